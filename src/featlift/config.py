@@ -1,0 +1,601 @@
+"""Architecture configuration for UPLiFT upsamplers.
+
+One frozen dataclass tree describes an upsampler completely: the backbone it serves (channels, patch,
+normalisation), the guidance encoder, the weight-shared decoder step, the Local Attender and the optional
+refiner.  Every value is checked when the dataclass is built, so a bad config fails early with a message
+that names the field.
+
+Two serialisations are supported:
+
+* :meth:`UpliftConfig.from_yaml` reads the UPLiFT authors' YAML schema (sections ``backbone`` and
+  ``uplift``), so their published config files load unchanged.
+* :meth:`UpliftConfig.to_dict` / :meth:`UpliftConfig.from_dict` (and the JSON helpers) are featlift's own
+  lossless format, written next to ``model.safetensors`` as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "ATTENDER_SIZES",
+    "BackboneConfig",
+    "BlockGroupConfig",
+    "ConfigError",
+    "DecoderConfig",
+    "DecoderStageConfig",
+    "DownConfig",
+    "EncoderConfig",
+    "EncoderStageConfig",
+    "RefinerConfig",
+    "UpConfig",
+    "UpliftConfig",
+]
+
+BLOCK_TYPES = ("SingleConv", "DoubleConv", "IdentityBlock")
+NORM_TYPES = ("batch", "layer")
+ATTENDER_SIZES = (5, 9, 13, 17, 25)
+RESAMPLE_MODES = ("nearest", "bilinear", "none")
+DOWN_OPS = ("none", "conv", "max")
+UP_OPS = ("tconv", "none")
+RESIDUAL_MODES = ("none", "bilinear")
+BACKBONE_SOURCES = ("timm", "diffusers")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{name}: {message}")
+
+
+def _check_choice(value: Any, name: str, choices: tuple) -> None:
+    _check(value in choices, name, f"got {value!r}, expected one of {', '.join(map(repr, choices))}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockGroupConfig:
+    """A sequence of residual conv blocks (the authors' ``block_i`` entries)."""
+
+    block: str = "SingleConv"  # "SingleConv" (3x3 conv) | "DoubleConv" (two 3x3 convs) | "IdentityBlock"
+    norm: str = "batch"  # "batch" (BatchNorm2d) | "layer" (channels-first LayerNorm, eps 1e-6)
+    widths: tuple[int, ...] = (64,)  # output channels of each block; the block count is len(widths)
+    residual: bool = True  # add the block input to its output (channel-mismatch rule)
+    stride: int = 1  # 2 makes each 3x3 conv strided (SingleConv in the encoder only)
+    one_by: bool = True  # end each block with a 1x1 conv (with bias)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(self.widths))
+        _check_choice(self.block, "block", BLOCK_TYPES)
+        _check_choice(self.norm, "norm", NORM_TYPES)
+        for i, width in enumerate(self.widths):
+            _check(_is_int(width) and width > 0, f"widths[{i}]", f"must be a positive integer, got {width!r}")
+        _check(isinstance(self.residual, bool), "residual", f"must be true or false, got {self.residual!r}")
+        _check(isinstance(self.one_by, bool), "one_by", f"must be true or false, got {self.one_by!r}")
+        _check(self.stride in (1, 2), "stride", f"must be 1 or 2, got {self.stride!r}")
+        _check(
+            self.stride == 1 or self.block == "SingleConv",
+            "stride",
+            "stride 2 is only supported for SingleConv blocks",
+        )
+
+    @property
+    def count(self) -> int:
+        """Number of blocks in the group (0 or an IdentityBlock group passes its input through)."""
+        return len(self.widths)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.block == "IdentityBlock" or not self.widths
+
+    def out_channels(self, in_channels: int) -> int:
+        return in_channels if self.is_identity else self.widths[-1]
+
+
+@dataclass(frozen=True)
+class DownConfig:
+    """Optional downsampling in front of an encoder stage (every published config uses ``op="none"``)."""
+
+    op: str = "none"  # "none" | "conv" (strided 3x3 conv + BatchNorm + ReLU) | "max" (2x2 max pool)
+    factor: float = 1.0  # spatial scale of the op: 0.5 halves; "conv" uses stride round(1/factor)
+    residual: str = "none"  # "none" | "bilinear" (bilinearly resized input added, align_corners=True)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.op, "op", DOWN_OPS)
+        _check_choice(self.residual, "residual", RESIDUAL_MODES)
+        _check(isinstance(self.factor, (int, float)) and 0 < self.factor <= 1, "factor", f"must be in (0, 1], got {self.factor!r}")
+        if self.op != "none":
+            stride = 1 / self.factor
+            _check(abs(stride - round(stride)) < 1e-6 and round(stride) >= 2, "factor", f"must be 1/k for an integer k >= 2 when op is {self.op!r}, got {self.factor!r}")
+        if self.op == "max":
+            _check(self.factor == 0.5, "factor", f"max pooling halves the size, so factor must be 0.5, got {self.factor!r}")
+
+    @property
+    def stride(self) -> int:
+        return 1 if self.op == "none" else round(1 / self.factor)
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """The decoder's upsampling op: a transposed conv with kernel = stride = factor."""
+
+    op: str = "tconv"  # "tconv" | "none"
+    factor: int = 2  # integer upsampling factor of the transposed conv
+    residual: str = "bilinear"  # "bilinear" (input resized with align_corners=True, added) | "none"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.op, "op", UP_OPS)
+        _check_choice(self.residual, "residual", RESIDUAL_MODES)
+        _check(_is_int(self.factor) and self.factor >= 1, "factor", f"must be a positive integer, got {self.factor!r}")
+
+    @property
+    def scale(self) -> int:
+        return self.factor if self.op == "tconv" else 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The three parts of the network
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncoderStageConfig:
+    """One guidance-encoder stage: an optional down op, then a block group. Each stage emits one map."""
+
+    blocks: BlockGroupConfig = BlockGroupConfig()
+    down: DownConfig = DownConfig()  # applied before ``blocks``; must be "none" on the first stage
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The guidance encoder: runs once on the image and returns one map per stage."""
+
+    stages: tuple[EncoderStageConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        _check(1 <= len(self.stages) <= 5, "stages", f"needs 1 to 5 stages, got {len(self.stages)}")
+        _check(self.stages[0].down.op == "none", "stages[0].down.op", "the first stage cannot downsample")
+
+    def out_channels(self, in_channels: int = 3) -> list[int]:
+        """Channels of each stage's output map, in order."""
+        channels, c = [], in_channels
+        for stage in self.stages:
+            c = stage.blocks.out_channels(c)
+            channels.append(c)
+        return channels
+
+
+@dataclass(frozen=True)
+class DecoderStageConfig:
+    """One upsampling stage of the decoder step: the up op, guidance concat, then a block group."""
+
+    up: UpConfig = UpConfig()
+    blocks: BlockGroupConfig = BlockGroupConfig()
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The weight-shared decoder step that produces the attender's guide map G.
+
+    Stage k (0 = ``input_blocks``) concatenates the guidance map ``-(k + 1)`` (the deepest first), resampled
+    to the current size, and ``noise_channels`` channels of Gaussian noise.
+    """
+
+    input_blocks: BlockGroupConfig = BlockGroupConfig(block="DoubleConv", widths=(64,))
+    stages: tuple[DecoderStageConfig, ...] = (DecoderStageConfig(),)
+    noise_channels: int = 0  # extra channels of N(0, 1) * noise_scale noise concatenated at every stage
+    noise_scale: float = 1.0
+    guidance_resample: str = "nearest"  # how guidance maps are resized to the decoder's grid
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        _check(len(self.stages) <= 4, "stages", f"supports 0 to 4 upsampling stages, got {len(self.stages)}")
+        _check(_is_int(self.noise_channels) and self.noise_channels >= 0, "noise_channels", f"must be a non-negative integer, got {self.noise_channels!r}")
+        _check(isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool), "noise_scale", f"must be a number, got {self.noise_scale!r}")
+        _check_choice(self.guidance_resample, "guidance_resample", RESAMPLE_MODES)
+        groups = [("input_blocks", self.input_blocks)] + [(f"stages[{i}].blocks", s.blocks) for i, s in enumerate(self.stages)]
+        for name, group in groups:
+            _check(group.stride == 1, f"{name}.stride", "decoder blocks cannot be strided")
+
+    @property
+    def scale(self) -> int:
+        """Spatial factor of one decoder step (the product of its up ops)."""
+        return math.prod(stage.up.scale for stage in self.stages)
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """Optional blocks after the attender (the VAE variant): concat guidance + noise, blocks, 1x1 conv."""
+
+    blocks: BlockGroupConfig = BlockGroupConfig(block="SingleConv", norm="layer", widths=(64,))
+    guidance_index: int | None = None  # which encoder map to concatenate (Python index); None: -1 - up steps
+    noise_channels: int = 0
+    noise_scale: float = 1.0
+    guidance_resample: str = "nearest"
+
+    def __post_init__(self) -> None:
+        _check(self.blocks.stride == 1, "blocks.stride", "refiner blocks cannot be strided")
+        _check(self.guidance_index is None or _is_int(self.guidance_index), "guidance_index", f"must be an integer or null, got {self.guidance_index!r}")
+        _check(_is_int(self.noise_channels) and self.noise_channels >= 0, "noise_channels", f"must be a non-negative integer, got {self.noise_channels!r}")
+        _check(isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool), "noise_scale", f"must be a number, got {self.noise_scale!r}")
+        _check_choice(self.guidance_resample, "guidance_resample", RESAMPLE_MODES)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The frozen backbone whose features are upsampled."""
+
+    channels: int = 384  # feature channels C
+    patch: int = 14  # pixels per feature cell (the ViT patch, or 8 for the SD VAE)
+    name: str | None = None  # timm model name or diffusers pipeline id, e.g. "vit_small_patch14_dinov2.lvd142m"
+    source: str | None = None  # "timm" | "diffusers" | None (features supplied by the user)
+    mean: tuple[float, ...] | None = None  # per-channel image normalisation; None: images stay in [0, 1]
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        _check(_is_int(self.channels) and self.channels > 0, "channels", f"must be a positive integer, got {self.channels!r}")
+        _check(_is_int(self.patch) and self.patch > 0, "patch", f"must be a positive integer, got {self.patch!r}")
+        _check(self.source is None or self.source in BACKBONE_SOURCES, "source", f"got {self.source!r}, expected one of {BACKBONE_SOURCES} or null")
+        _check((self.mean is None) == (self.std is None), "std", "mean and std must both be set or both be null")
+        if self.mean is not None:
+            _check(len(self.mean) == 3 and len(self.std) == 3, "mean", "mean and std need 3 values (RGB)")
+            _check(all(s > 0 for s in self.std), "std", "values must be positive")
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole model
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpliftConfig:
+    """Complete description of an UPLiFT upsampler. Build with keywords; every field is validated."""
+
+    backbone: BackboneConfig
+    encoder: EncoderConfig
+    decoder: DecoderConfig = DecoderConfig()
+    attender: int = 17  # Local Attender neighbourhood size: 5, 9, 13, 17 or 25 offsets
+    attender_residual: bool = True  # logits = conv1x1(G) + G[:, :n]
+    refiner: RefinerConfig | None = None
+    up_factor: int = 2  # spatial factor of one iteration; must equal the decoder's scale
+    share_encoder: bool = True  # run the guidance encoder once and reuse it in every iteration
+    guidance_patch: int | None = None  # guidance pixels per feature cell; None: 16 for patch 14, else patch
+    raw_image_guidance: bool = False  # the authors' ``no_UEP``: guidance image is not backbone-preprocessed
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.backbone, BackboneConfig), "backbone", "must be a BackboneConfig")
+        _check(isinstance(self.encoder, EncoderConfig), "encoder", "must be an EncoderConfig")
+        _check(isinstance(self.decoder, DecoderConfig), "decoder", "must be a DecoderConfig")
+        _check(self.attender in ATTENDER_SIZES, "attender", f"neighbourhood size must be one of {ATTENDER_SIZES}, got {self.attender!r}")
+        _check(isinstance(self.attender_residual, bool), "attender_residual", "must be true or false")
+        _check(isinstance(self.share_encoder, bool), "share_encoder", "must be true or false")
+        _check(_is_int(self.up_factor) and self.up_factor >= 1, "up_factor", f"must be a positive integer, got {self.up_factor!r}")
+        _check(
+            self.up_factor == self.decoder.scale,
+            "up_factor",
+            f"is {self.up_factor} but the decoder's up ops scale by {self.decoder.scale}; make them agree",
+        )
+        _check(self.guidance_patch is None or (_is_int(self.guidance_patch) and self.guidance_patch > 0), "guidance_patch", f"must be a positive integer or null, got {self.guidance_patch!r}")
+        n_maps = len(self.encoder.stages)
+        _check(
+            n_maps >= len(self.decoder.stages) + 1,
+            "decoder.stages",
+            f"{len(self.decoder.stages)} up stages read {len(self.decoder.stages) + 1} guidance maps but the encoder has {n_maps} stages",
+        )
+        if self.refiner is not None:
+            index = self.refiner_guidance_index
+            _check(-n_maps <= index < n_maps, "refiner.guidance_index", f"{index} is out of range for {n_maps} encoder stages")
+
+    # -- derived quantities -------------------------------------------------------------------------
+
+    @property
+    def channels(self) -> int:
+        return self.backbone.channels
+
+    @property
+    def patch(self) -> int:
+        return self.backbone.patch
+
+    @property
+    def resolved_guidance_patch(self) -> int:
+        """Guidance-image pixels per feature cell (the image is pre-resized when this differs from patch)."""
+        if self.guidance_patch is not None:
+            return self.guidance_patch
+        return 16 if self.backbone.patch == 14 else self.backbone.patch
+
+    @property
+    def default_iters(self) -> int:
+        """Iterations that reach the guidance resolution: 4 for patch 14 and 16, 3 for patch 8."""
+        if self.up_factor == 1:
+            return 1
+        iters, reach = 0, 1
+        while reach < self.resolved_guidance_patch:
+            reach *= self.up_factor
+            iters += 1
+        return max(iters, 1)
+
+    @property
+    def guide_channels(self) -> int:
+        """Channels of the decoder's output G (the attender's guide)."""
+        enc = self.encoder.out_channels(3)
+        c = self.decoder.input_blocks.out_channels(self.channels + enc[-1] + self.decoder.noise_channels)
+        for k, stage in enumerate(self.decoder.stages, start=2):
+            c = stage.blocks.out_channels(c + enc[-k] + self.decoder.noise_channels)
+        return c
+
+    @property
+    def refiner_guidance_index(self) -> int:
+        if self.refiner is None:
+            raise AttributeError("this config has no refiner")
+        if self.refiner.guidance_index is not None:
+            return self.refiner.guidance_index
+        return -1 - len(self.decoder.stages)
+
+    def replace(self, **changes: Any) -> UpliftConfig:
+        """A copy with some top-level fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- featlift's own format ----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict; :meth:`from_dict` inverts it exactly."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UpliftConfig:
+        return _from_plain(cls, data, "config")
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> UpliftConfig:
+        """Parse a JSON string, or read a ``config.json`` file."""
+        source = str(text_or_path)
+        if not source.lstrip().startswith("{"):
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            source = path.read_text()
+        try:
+            data = json.loads(source)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"config: not valid JSON ({err})") from None
+        return cls.from_dict(data)
+
+    # -- the authors' YAML schema -------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> UpliftConfig:
+        """Read a config file in the UPLiFT authors' schema (sections ``backbone`` and ``uplift``)."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        try:
+            return from_reference_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic dataclass <-> plain data conversion
+# --------------------------------------------------------------------------------------------------
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_plain(tp: Any, data: Any, path: str) -> Any:
+    """Rebuild a value of type ``tp`` from JSON data, naming ``path`` in every error."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if data is None:
+            return None
+        return _from_plain(args[0], data, path)
+    if origin is tuple:
+        item_type = typing.get_args(tp)[0]
+        if not isinstance(data, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {data!r}")
+        return tuple(_from_plain(item_type, v, f"{path}[{i}]") for i, v in enumerate(data))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {data!r}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(names)}")
+        kwargs = {k: _from_plain(hints[k], v, f"{path}.{k}") for k, v in data.items()}
+        try:
+            return tp(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(f"{path}.{err}") from None
+        except TypeError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    if tp is float and _is_int(data):
+        return float(data)
+    if tp in (int, float, str, bool) and not (isinstance(data, tp) and not (tp is int and isinstance(data, bool))):
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {data!r}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# The authors' schema
+# --------------------------------------------------------------------------------------------------
+
+_GROUP_KEYS = {"block", "norm", "count", "hc", "residual", "stride", "one_by"}
+
+
+def _take(section: dict, key: str, path: str, default: Any = dataclasses.MISSING) -> Any:
+    if key in section:
+        return section[key]
+    if default is dataclasses.MISSING:
+        raise ConfigError(f"{path}.{key}: missing")
+    return default
+
+
+def _no_unknown(section: Any, allowed: set[str], path: str) -> dict:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {section!r}")
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(allowed)}")
+    return section
+
+
+def _build(cls: type, path: str, **kwargs: Any) -> Any:
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{path}.{err}") from None
+
+
+def _reference_group(section: Any, path: str) -> BlockGroupConfig:
+    section = _no_unknown(section, _GROUP_KEYS, path)
+    count = _take(section, "count", path)
+    hc = _take(section, "hc", path, [])
+    if not _is_int(count) or count < 0:
+        raise ConfigError(f"{path}.count: must be a non-negative integer, got {count!r}")
+    if not isinstance(hc, (list, tuple)) or len(hc) < count:
+        raise ConfigError(f"{path}.hc: needs at least count={count} widths, got {hc!r}")
+    return _build(
+        BlockGroupConfig,
+        path,
+        block=_take(section, "block", path),
+        norm=_take(section, "norm", path, "batch"),
+        widths=tuple(hc[:count]),
+        residual=_take(section, "residual", path, True),
+        stride=_take(section, "stride", path, 1),
+        one_by=_take(section, "one_by", path, True),
+    )
+
+
+def from_reference_dict(data: Any) -> UpliftConfig:
+    """Convert a parsed authors'-schema document (``backbone`` and ``uplift`` sections) to a config."""
+    if not isinstance(data, dict) or "uplift" not in data or "backbone" not in data:
+        raise ConfigError("expected the UPLiFT authors' schema with top-level 'backbone' and 'uplift' sections")
+    bb = _no_unknown(data["backbone"], {"channel", "patch", "stride", "diff_pipe_name", "model_type"}, "backbone")
+    model_type, pipe = bb.get("model_type"), bb.get("diff_pipe_name")
+    if pipe:
+        name, source, mean, std = pipe, "diffusers", None, None
+    elif model_type:
+        dino = "dino" in model_type
+        name, source = model_type, "timm"
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if dino else ((0.5,) * 3, (0.5,) * 3)
+    else:
+        name = source = mean = std = None
+    backbone = _build(
+        BackboneConfig, "backbone", channels=_take(bb, "channel", "backbone"), patch=_take(bb, "patch", "backbone"),
+        name=name, source=source, mean=mean, std=std,
+    )
+
+    up = _no_unknown(data["uplift"], {"up_factor", "no_UEP", "attender", "enc_share", "encoder", "decoder", "refiner"}, "uplift")
+    attender = _take(up, "attender", "uplift")
+    if attender == -1:
+        raise ConfigError("uplift.attender: -1 (no Local Attender) is not supported; featlift models always use one")
+
+    enc = _take(up, "encoder", "uplift")
+    down_steps = _take(enc, "down_steps", "uplift.encoder")
+    if not _is_int(down_steps) or not 0 <= down_steps <= 4:
+        raise ConfigError(f"uplift.encoder.down_steps: must be 0 to 4, got {down_steps!r}")
+    allowed = {"down_steps"} | {f"block_{i}" for i in range(down_steps + 1)} | {f"down_{i}" for i in range(1, down_steps + 1)}
+    _no_unknown(enc, allowed, "uplift.encoder")
+    stages = []
+    for i in range(down_steps + 1):
+        blocks = _reference_group(_take(enc, f"block_{i}", "uplift.encoder"), f"uplift.encoder.block_{i}")
+        down = DownConfig()
+        if i > 0:
+            dpath = f"uplift.encoder.down_{i}"
+            d = _no_unknown(_take(enc, f"down_{i}", "uplift.encoder"), {"down_op", "factor", "residual"}, dpath)
+            down = _build(DownConfig, dpath, op=_take(d, "down_op", dpath), factor=_take(d, "factor", dpath, 1.0), residual=_take(d, "residual", dpath, "none"))
+        stages.append(EncoderStageConfig(blocks=blocks, down=down))
+    encoder = _build(EncoderConfig, "uplift.encoder", stages=tuple(stages))
+
+    dec = _take(up, "decoder", "uplift")
+    up_steps = _take(dec, "up_steps", "uplift.decoder")
+    if not _is_int(up_steps) or not 0 <= up_steps <= 4:
+        raise ConfigError(f"uplift.decoder.up_steps: must be 0 to 4, got {up_steps!r}")
+    allowed = {"up_steps", "ncat_c", "ncat_s", "enc_resample", "residual_outc"}
+    allowed |= {f"block_{i}" for i in range(up_steps + 1)} | {f"up_{i}" for i in range(1, up_steps + 1)}
+    _no_unknown(dec, allowed, "uplift.decoder")
+    dstages = []
+    for i in range(1, up_steps + 1):
+        upath = f"uplift.decoder.up_{i}"
+        u = _no_unknown(_take(dec, f"up_{i}", "uplift.decoder"), {"up_op", "factor", "residual"}, upath)
+        up_cfg = _build(UpConfig, upath, op=_take(u, "up_op", upath), factor=_take(u, "factor", upath, 2), residual=_take(u, "residual", upath, "none"))
+        blocks = _reference_group(_take(dec, f"block_{i}", "uplift.decoder"), f"uplift.decoder.block_{i}")
+        dstages.append(DecoderStageConfig(up=up_cfg, blocks=blocks))
+    decoder = _build(
+        DecoderConfig, "uplift.decoder",
+        input_blocks=_reference_group(_take(dec, "block_0", "uplift.decoder"), "uplift.decoder.block_0"),
+        stages=tuple(dstages),
+        noise_channels=_take(dec, "ncat_c", "uplift.decoder", 0),
+        noise_scale=_take(dec, "ncat_s", "uplift.decoder", 1.0),
+        guidance_resample=_take(dec, "enc_resample", "uplift.decoder", "none"),
+    )
+
+    refiner = None
+    if "refiner" in up:
+        rpath = "uplift.refiner"
+        ref = _no_unknown(up["refiner"], {"enc_resample", "ncat_c", "ncat_s", "ref_con", "block_0"}, rpath)
+        refiner = _build(
+            RefinerConfig, rpath,
+            blocks=_reference_group(_take(ref, "block_0", rpath), f"{rpath}.block_0"),
+            guidance_index=ref.get("ref_con"),
+            noise_channels=_take(ref, "ncat_c", rpath, 0),
+            noise_scale=_take(ref, "ncat_s", rpath, 1.0),
+            guidance_resample=_take(ref, "enc_resample", rpath, "none"),
+        )
+
+    return _build(
+        UpliftConfig, "uplift",
+        backbone=backbone,
+        encoder=encoder,
+        decoder=decoder,
+        attender=attender,
+        refiner=refiner,
+        up_factor=_take(up, "up_factor", "uplift", 2),
+        share_encoder=_take(up, "enc_share", "uplift", False),
+        raw_image_guidance=bool(up.get("no_UEP", False)),
+        description=str(data.get("description") or ""),
+    )

@@ -1,0 +1,43 @@
+"""The Local Attender: a guided, softmax-weighted sum over a fixed neighbourhood of coarse features."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..ops.local_attend import local_attend, neighbourhood_offsets
+from .blocks import add_residual
+
+__all__ = ["LocalAttender"]
+
+
+class LocalAttender(nn.Module):
+    """Upsample ``values`` with attention weights predicted from the fine-resolution ``guide``.
+
+    logits = 1x1 conv(guide) (+ guide[:, :n] when ``residual``); softmax over the n offsets at each
+    output pixel; output = weighted sum of the coarse values at the pixel's cell shifted by each offset.
+
+    Shape: guide [B, G, H, W], values [B, C, h, w] with H = s*h, W = s*w -> [B, C, H, W].
+    Every output vector is a convex combination of input vectors.
+    """
+
+    def __init__(self, guide_channels: int, size: int = 17, residual: bool = True) -> None:
+        super().__init__()
+        self.offsets = neighbourhood_offsets(size)
+        self.to_logits = nn.Conv2d(guide_channels, size, 1)
+        self.residual = residual
+
+    @property
+    def size(self) -> int:
+        return len(self.offsets)
+
+    def logits(self, guide: Tensor) -> Tensor:
+        logits = self.to_logits(guide)
+        return add_residual(guide, logits) if self.residual else logits
+
+    def forward(self, guide: Tensor, values: Tensor) -> Tensor:
+        scale = guide.shape[-2] // values.shape[-2]
+        if scale < 1 or guide.shape[-2] != scale * values.shape[-2] or guide.shape[-1] != scale * values.shape[-1]:
+            raise ValueError(
+                f"guide {tuple(guide.shape[-2:])} must be an integer multiple of values {tuple(values.shape[-2:])}"
+            )
+        return local_attend(self.logits(guide), values, self.offsets, scale)

@@ -1,0 +1,51 @@
+"""The decoder step: one set of weights, applied once per iteration, that produces the guide map G."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import DecoderConfig
+from .blocks import BlockGroup, UpBlock, concat_guidance
+
+__all__ = ["DecoderStep"]
+
+
+class DecoderStep(nn.Module):
+    """Features + guidance maps -> guide G at ``scale`` times the features' resolution.
+
+    Stage 0 concatenates the deepest guidance map (resampled to the features' grid) and runs
+    ``input_blocks``; every further stage upsamples (transposed conv + bilinear residual), concatenates
+    the next-deepest guidance map and runs its block group.
+
+    Shape: x [B, C, h, w], guidance maps [B, C_i, *, *] -> G [B, out_channels, h*scale, w*scale].
+    """
+
+    def __init__(self, config: DecoderConfig, channels: int, guidance_channels: list[int]) -> None:
+        super().__init__()
+        self.resample = config.guidance_resample
+        self.noise_channels = config.noise_channels
+        self.noise_scale = config.noise_scale
+        noise = config.noise_channels
+        self.input_blocks = BlockGroup(channels + guidance_channels[-1] + noise, config.input_blocks)
+        c = self.input_blocks.out_channels
+        stages = []
+        for k, stage in enumerate(config.stages, start=2):
+            blocks = BlockGroup(c + guidance_channels[-k] + noise, stage.blocks)
+            stages.append(nn.ModuleDict({"up": UpBlock(c, stage.up), "blocks": blocks}))
+            c = blocks.out_channels
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = c
+        self.scale = config.scale
+
+    def _fuse(self, x: Tensor, guidance: Tensor, generator: torch.Generator | None) -> Tensor:
+        return concat_guidance(
+            x, guidance, resample=self.resample, noise_channels=self.noise_channels,
+            noise_scale=self.noise_scale, generator=generator,
+        )
+
+    def forward(self, x: Tensor, guidance: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
+        x = self.input_blocks(self._fuse(x, guidance[-1], generator))
+        for k, stage in enumerate(self.stages, start=2):
+            x = stage["blocks"](self._fuse(stage["up"](x), guidance[-k], generator))
+        return x
