@@ -43,7 +43,9 @@ def resolve_config(config: ConfigLike) -> tuple[UpliftConfig, Path | None]:
             return UpliftConfig.from_yaml(path), None
         if path.suffix.lower() == ".json":
             return UpliftConfig.from_json(path), None
-        raise UnknownModelError(f"{path} is not a config file: expected .yaml/.yml (authors' schema) or .json (featlift)")
+        raise UnknownModelError(
+            f"{path} is not a config file: expected .yaml/.yml (authors' schema) or .json (featlift)"
+        )
     raise UnknownModelError(
         f"{text!r} is neither a registered upsampler nor an existing file or directory; "
         f"registered names: {', '.join(list_upsamplers())}"

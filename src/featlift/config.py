@@ -122,12 +122,22 @@ class DownConfig:
     def __post_init__(self) -> None:
         _check_choice(self.op, "op", DOWN_OPS)
         _check_choice(self.residual, "residual", RESIDUAL_MODES)
-        _check(isinstance(self.factor, (int, float)) and 0 < self.factor <= 1, "factor", f"must be in (0, 1], got {self.factor!r}")
+        _check(
+            isinstance(self.factor, (int, float)) and 0 < self.factor <= 1,
+            "factor",
+            f"must be in (0, 1], got {self.factor!r}",
+        )
         if self.op != "none":
             stride = 1 / self.factor
-            _check(abs(stride - round(stride)) < 1e-6 and round(stride) >= 2, "factor", f"must be 1/k for an integer k >= 2 when op is {self.op!r}, got {self.factor!r}")
+            _check(
+                abs(stride - round(stride)) < 1e-6 and round(stride) >= 2,
+                "factor",
+                f"must be 1/k for an integer k >= 2 when op is {self.op!r}, got {self.factor!r}",
+            )
         if self.op == "max":
-            _check(self.factor == 0.5, "factor", f"max pooling halves the size, so factor must be 0.5, got {self.factor!r}")
+            _check(
+                self.factor == 0.5, "factor", f"max pooling halves the size, so factor must be 0.5, got {self.factor!r}"
+            )
 
     @property
     def stride(self) -> int:
@@ -210,10 +220,20 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
         _check(len(self.stages) <= 4, "stages", f"supports 0 to 4 upsampling stages, got {len(self.stages)}")
-        _check(_is_int(self.noise_channels) and self.noise_channels >= 0, "noise_channels", f"must be a non-negative integer, got {self.noise_channels!r}")
-        _check(isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool), "noise_scale", f"must be a number, got {self.noise_scale!r}")
+        _check(
+            _is_int(self.noise_channels) and self.noise_channels >= 0,
+            "noise_channels",
+            f"must be a non-negative integer, got {self.noise_channels!r}",
+        )
+        _check(
+            isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool),
+            "noise_scale",
+            f"must be a number, got {self.noise_scale!r}",
+        )
         _check_choice(self.guidance_resample, "guidance_resample", RESAMPLE_MODES)
-        groups = [("input_blocks", self.input_blocks)] + [(f"stages[{i}].blocks", s.blocks) for i, s in enumerate(self.stages)]
+        groups = [("input_blocks", self.input_blocks)] + [
+            (f"stages[{i}].blocks", s.blocks) for i, s in enumerate(self.stages)
+        ]
         for name, group in groups:
             _check(group.stride == 1, f"{name}.stride", "decoder blocks cannot be strided")
 
@@ -235,9 +255,21 @@ class RefinerConfig:
 
     def __post_init__(self) -> None:
         _check(self.blocks.stride == 1, "blocks.stride", "refiner blocks cannot be strided")
-        _check(self.guidance_index is None or _is_int(self.guidance_index), "guidance_index", f"must be an integer or null, got {self.guidance_index!r}")
-        _check(_is_int(self.noise_channels) and self.noise_channels >= 0, "noise_channels", f"must be a non-negative integer, got {self.noise_channels!r}")
-        _check(isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool), "noise_scale", f"must be a number, got {self.noise_scale!r}")
+        _check(
+            self.guidance_index is None or _is_int(self.guidance_index),
+            "guidance_index",
+            f"must be an integer or null, got {self.guidance_index!r}",
+        )
+        _check(
+            _is_int(self.noise_channels) and self.noise_channels >= 0,
+            "noise_channels",
+            f"must be a non-negative integer, got {self.noise_channels!r}",
+        )
+        _check(
+            isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool),
+            "noise_scale",
+            f"must be a number, got {self.noise_scale!r}",
+        )
         _check_choice(self.guidance_resample, "guidance_resample", RESAMPLE_MODES)
 
 
@@ -257,9 +289,17 @@ class BackboneConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
-        _check(_is_int(self.channels) and self.channels > 0, "channels", f"must be a positive integer, got {self.channels!r}")
+        _check(
+            _is_int(self.channels) and self.channels > 0,
+            "channels",
+            f"must be a positive integer, got {self.channels!r}",
+        )
         _check(_is_int(self.patch) and self.patch > 0, "patch", f"must be a positive integer, got {self.patch!r}")
-        _check(self.source is None or self.source in BACKBONE_SOURCES, "source", f"got {self.source!r}, expected one of {BACKBONE_SOURCES} or null")
+        _check(
+            self.source is None or self.source in BACKBONE_SOURCES,
+            "source",
+            f"got {self.source!r}, expected one of {BACKBONE_SOURCES} or null",
+        )
         _check((self.mean is None) == (self.std is None), "std", "mean and std must both be set or both be null")
         if self.mean is not None:
             _check(len(self.mean) == 3 and len(self.std) == 3, "mean", "mean and std need 3 values (RGB)")
@@ -291,16 +331,28 @@ class UpliftConfig:
         _check(isinstance(self.backbone, BackboneConfig), "backbone", "must be a BackboneConfig")
         _check(isinstance(self.encoder, EncoderConfig), "encoder", "must be an EncoderConfig")
         _check(isinstance(self.decoder, DecoderConfig), "decoder", "must be a DecoderConfig")
-        _check(self.attender in ATTENDER_SIZES, "attender", f"neighbourhood size must be one of {ATTENDER_SIZES}, got {self.attender!r}")
+        _check(
+            self.attender in ATTENDER_SIZES,
+            "attender",
+            f"neighbourhood size must be one of {ATTENDER_SIZES}, got {self.attender!r}",
+        )
         _check(isinstance(self.attender_residual, bool), "attender_residual", "must be true or false")
         _check(isinstance(self.share_encoder, bool), "share_encoder", "must be true or false")
-        _check(_is_int(self.up_factor) and self.up_factor >= 1, "up_factor", f"must be a positive integer, got {self.up_factor!r}")
+        _check(
+            _is_int(self.up_factor) and self.up_factor >= 1,
+            "up_factor",
+            f"must be a positive integer, got {self.up_factor!r}",
+        )
         _check(
             self.up_factor == self.decoder.scale,
             "up_factor",
             f"is {self.up_factor} but the decoder's up ops scale by {self.decoder.scale}; make them agree",
         )
-        _check(self.guidance_patch is None or (_is_int(self.guidance_patch) and self.guidance_patch > 0), "guidance_patch", f"must be a positive integer or null, got {self.guidance_patch!r}")
+        _check(
+            self.guidance_patch is None or (_is_int(self.guidance_patch) and self.guidance_patch > 0),
+            "guidance_patch",
+            f"must be a positive integer or null, got {self.guidance_patch!r}",
+        )
         n_maps = len(self.encoder.stages)
         _check(
             n_maps >= len(self.decoder.stages) + 1,
@@ -309,7 +361,11 @@ class UpliftConfig:
         )
         if self.refiner is not None:
             index = self.refiner_guidance_index
-            _check(-n_maps <= index < n_maps, "refiner.guidance_index", f"{index} is out of range for {n_maps} encoder stages")
+            _check(
+                -n_maps <= index < n_maps,
+                "refiner.guidance_index",
+                f"{index} is out of range for {n_maps} encoder stages",
+            )
 
     # -- derived quantities -------------------------------------------------------------------------
 
@@ -525,11 +581,19 @@ def from_reference_dict(data: Any) -> UpliftConfig:
     else:
         name = source = mean = std = None
     backbone = _build(
-        BackboneConfig, "backbone", channels=_take(bb, "channel", "backbone"), patch=_take(bb, "patch", "backbone"),
-        name=name, source=source, mean=mean, std=std,
+        BackboneConfig,
+        "backbone",
+        channels=_take(bb, "channel", "backbone"),
+        patch=_take(bb, "patch", "backbone"),
+        name=name,
+        source=source,
+        mean=mean,
+        std=std,
     )
 
-    up = _no_unknown(data["uplift"], {"up_factor", "no_UEP", "attender", "enc_share", "encoder", "decoder", "refiner"}, "uplift")
+    up = _no_unknown(
+        data["uplift"], {"up_factor", "no_UEP", "attender", "enc_share", "encoder", "decoder", "refiner"}, "uplift"
+    )
     attender = _take(up, "attender", "uplift")
     if attender == -1:
         raise ConfigError("uplift.attender: -1 (no Local Attender) is not supported; featlift models always use one")
@@ -538,7 +602,9 @@ def from_reference_dict(data: Any) -> UpliftConfig:
     down_steps = _take(enc, "down_steps", "uplift.encoder")
     if not _is_int(down_steps) or not 0 <= down_steps <= 4:
         raise ConfigError(f"uplift.encoder.down_steps: must be 0 to 4, got {down_steps!r}")
-    allowed = {"down_steps"} | {f"block_{i}" for i in range(down_steps + 1)} | {f"down_{i}" for i in range(1, down_steps + 1)}
+    allowed = (
+        {"down_steps"} | {f"block_{i}" for i in range(down_steps + 1)} | {f"down_{i}" for i in range(1, down_steps + 1)}
+    )
     _no_unknown(enc, allowed, "uplift.encoder")
     stages = []
     for i in range(down_steps + 1):
@@ -547,7 +613,13 @@ def from_reference_dict(data: Any) -> UpliftConfig:
         if i > 0:
             dpath = f"uplift.encoder.down_{i}"
             d = _no_unknown(_take(enc, f"down_{i}", "uplift.encoder"), {"down_op", "factor", "residual"}, dpath)
-            down = _build(DownConfig, dpath, op=_take(d, "down_op", dpath), factor=_take(d, "factor", dpath, 1.0), residual=_take(d, "residual", dpath, "none"))
+            down = _build(
+                DownConfig,
+                dpath,
+                op=_take(d, "down_op", dpath),
+                factor=_take(d, "factor", dpath, 1.0),
+                residual=_take(d, "residual", dpath, "none"),
+            )
         stages.append(EncoderStageConfig(blocks=blocks, down=down))
     encoder = _build(EncoderConfig, "uplift.encoder", stages=tuple(stages))
 
@@ -562,11 +634,18 @@ def from_reference_dict(data: Any) -> UpliftConfig:
     for i in range(1, up_steps + 1):
         upath = f"uplift.decoder.up_{i}"
         u = _no_unknown(_take(dec, f"up_{i}", "uplift.decoder"), {"up_op", "factor", "residual"}, upath)
-        up_cfg = _build(UpConfig, upath, op=_take(u, "up_op", upath), factor=_take(u, "factor", upath, 2), residual=_take(u, "residual", upath, "none"))
+        up_cfg = _build(
+            UpConfig,
+            upath,
+            op=_take(u, "up_op", upath),
+            factor=_take(u, "factor", upath, 2),
+            residual=_take(u, "residual", upath, "none"),
+        )
         blocks = _reference_group(_take(dec, f"block_{i}", "uplift.decoder"), f"uplift.decoder.block_{i}")
         dstages.append(DecoderStageConfig(up=up_cfg, blocks=blocks))
     decoder = _build(
-        DecoderConfig, "uplift.decoder",
+        DecoderConfig,
+        "uplift.decoder",
         input_blocks=_reference_group(_take(dec, "block_0", "uplift.decoder"), "uplift.decoder.block_0"),
         stages=tuple(dstages),
         noise_channels=_take(dec, "ncat_c", "uplift.decoder", 0),
@@ -579,7 +658,8 @@ def from_reference_dict(data: Any) -> UpliftConfig:
         rpath = "uplift.refiner"
         ref = _no_unknown(up["refiner"], {"enc_resample", "ncat_c", "ncat_s", "ref_con", "block_0"}, rpath)
         refiner = _build(
-            RefinerConfig, rpath,
+            RefinerConfig,
+            rpath,
             blocks=_reference_group(_take(ref, "block_0", rpath), f"{rpath}.block_0"),
             guidance_index=ref.get("ref_con"),
             noise_channels=_take(ref, "ncat_c", rpath, 0),
@@ -588,7 +668,8 @@ def from_reference_dict(data: Any) -> UpliftConfig:
         )
 
     return _build(
-        UpliftConfig, "uplift",
+        UpliftConfig,
+        "uplift",
         backbone=backbone,
         encoder=encoder,
         decoder=decoder,

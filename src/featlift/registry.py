@@ -39,14 +39,18 @@ class Variant:
 
 def _encoder(norm: str, widths: list[tuple[int, ...]]) -> EncoderConfig:
     return EncoderConfig(
-        stages=tuple(EncoderStageConfig(blocks=BlockGroupConfig(block="SingleConv", norm=norm, widths=w)) for w in widths)
+        stages=tuple(
+            EncoderStageConfig(blocks=BlockGroupConfig(block="SingleConv", norm=norm, widths=w)) for w in widths
+        )
     )
 
 
 def _dino_config(patch: int, backbone_name: str, description: str) -> UpliftConfig:
     """The DINO architecture (about 0.79 M parameters): BatchNorm, 5-stage encoder, DoubleConv decoder."""
     return UpliftConfig(
-        backbone=BackboneConfig(channels=384, patch=patch, name=backbone_name, source="timm", mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        backbone=BackboneConfig(
+            channels=384, patch=patch, name=backbone_name, source="timm", mean=IMAGENET_MEAN, std=IMAGENET_STD
+        ),
         encoder=_encoder("batch", [(16,), (32,), (64,), (128,), (128,)]),
         decoder=DecoderConfig(
             input_blocks=BlockGroupConfig(block="DoubleConv", norm="batch", widths=(64,)),
@@ -70,7 +74,9 @@ def _dino_config(patch: int, backbone_name: str, description: str) -> UpliftConf
 def _sd15_vae_config() -> UpliftConfig:
     """The SD1.5 VAE architecture: LayerNorm blocks, noise channels and a 12-block refiner."""
     return UpliftConfig(
-        backbone=BackboneConfig(channels=4, patch=8, name="stable-diffusion-v1-5/stable-diffusion-v1-5", source="diffusers"),
+        backbone=BackboneConfig(
+            channels=4, patch=8, name="stable-diffusion-v1-5/stable-diffusion-v1-5", source="diffusers"
+        ),
         encoder=_encoder("layer", [(64, 64), (128, 128), (256, 256), (512, 512), (512, 512)]),
         decoder=DecoderConfig(
             input_blocks=BlockGroupConfig(block="SingleConv", norm="layer", widths=(512,)),
@@ -104,13 +110,21 @@ _VARIANTS: dict[str, Variant] = {
     for v in (
         Variant(
             name="dinov2_s14",
-            config=_dino_config(14, "vit_small_patch14_dinov2.lvd142m", "UPLiFT model for DINOv2-S/14 model features, trained on ImageNet"),
+            config=_dino_config(
+                14,
+                "vit_small_patch14_dinov2.lvd142m",
+                "UPLiFT model for DINOv2-S/14 model features, trained on ImageNet",
+            ),
             hub_repo="UPLiFT-upsampler/uplift_dinov2-s14",
             hub_filename="uplift_dinov2-s14.safetensors",
         ),
         Variant(
             name="dinov3_splus16",
-            config=_dino_config(16, "vit_small_plus_patch16_dinov3.lvd1689m", "UPLiFT model for DINOv3-S+/16 model features, trained on ImageNet"),
+            config=_dino_config(
+                16,
+                "vit_small_plus_patch16_dinov3.lvd1689m",
+                "UPLiFT model for DINOv3-S+/16 model features, trained on ImageNet",
+            ),
             hub_repo="UPLiFT-upsampler/uplift_dinov3-splus16",
             hub_filename="uplift_dinov3-splus16.safetensors",
         ),

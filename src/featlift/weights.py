@@ -186,11 +186,17 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str
     if missing or unexpected or wrong:
         parts = [f"{source} does not match the model's config:"]
         if missing:
-            parts.append(f"  {len(missing)} missing tensor(s) (model key, expected shape):\n{_describe(missing, expected)}")
+            parts.append(
+                f"  {len(missing)} missing tensor(s) (model key, expected shape):\n{_describe(missing, expected)}"
+            )
         if unexpected:
-            parts.append(f"  {len(unexpected)} unexpected tensor(s) (checkpoint key, shape):\n{_describe(unexpected, state)}")
+            parts.append(
+                f"  {len(unexpected)} unexpected tensor(s) (checkpoint key, shape):\n{_describe(unexpected, state)}"
+            )
         if wrong:
-            rows = [f"    {k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)}" for k in wrong[:20]]
+            rows = [
+                f"    {k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)}" for k in wrong[:20]
+            ]
             parts.append(f"  {len(wrong)} shape mismatch(es):\n" + "\n".join(rows))
         parts.append("  Use the config the weights were trained with (a registered name, its YAML or config.json).")
         raise CheckpointError("\n".join(parts))
@@ -218,7 +224,9 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config.to_json(directory / CONFIG_NAME)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "featlift", "version": __version__})
+    save_file(
+        tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "featlift", "version": __version__}
+    )
     logger.info("saved %s and %s to %s", CONFIG_NAME, WEIGHTS_NAME, directory)
     return directory
 

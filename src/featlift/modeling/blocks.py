@@ -8,7 +8,16 @@ from torch import Tensor, nn
 
 from ..config import BlockGroupConfig, DownConfig, UpConfig
 
-__all__ = ["BlockGroup", "ConvBlock", "DownBlock", "LayerNorm2d", "UpBlock", "add_residual", "concat_guidance", "resize_to"]
+__all__ = [
+    "BlockGroup",
+    "ConvBlock",
+    "DownBlock",
+    "LayerNorm2d",
+    "UpBlock",
+    "add_residual",
+    "concat_guidance",
+    "resize_to",
+]
 
 
 def add_residual(residual: Tensor, out: Tensor) -> Tensor:
@@ -69,7 +78,9 @@ class ConvBlock(nn.Module):
     resized bilinearly (align_corners=True).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, double: bool, norm: str, residual: bool, stride: int, one_by: bool) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, double: bool, norm: str, residual: bool, stride: int, one_by: bool
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False, stride=stride)
         self.norm1 = _norm(norm, out_channels)
@@ -102,8 +113,13 @@ class BlockGroup(nn.Sequential):
             for width in config.widths:
                 blocks.append(
                     ConvBlock(
-                        c, width, double=config.block == "DoubleConv", norm=config.norm,
-                        residual=config.residual, stride=config.stride, one_by=config.one_by,
+                        c,
+                        width,
+                        double=config.block == "DoubleConv",
+                        norm=config.norm,
+                        residual=config.residual,
+                        stride=config.stride,
+                        one_by=config.one_by,
                     )
                 )
                 c = width
@@ -142,7 +158,11 @@ class UpBlock(nn.Module):
 
     def __init__(self, channels: int, config: UpConfig) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(channels, channels, config.factor, stride=config.factor) if config.op == "tconv" else None
+        self.up = (
+            nn.ConvTranspose2d(channels, channels, config.factor, stride=config.factor)
+            if config.op == "tconv"
+            else None
+        )
         self.residual = self.up is not None and config.residual == "bilinear"
 
     def forward(self, x: Tensor) -> Tensor:

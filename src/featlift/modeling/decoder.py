@@ -40,8 +40,12 @@ class DecoderStep(nn.Module):
 
     def _fuse(self, x: Tensor, guidance: Tensor, generator: torch.Generator | None) -> Tensor:
         return concat_guidance(
-            x, guidance, resample=self.resample, noise_channels=self.noise_channels,
-            noise_scale=self.noise_scale, generator=generator,
+            x,
+            guidance,
+            resample=self.resample,
+            noise_channels=self.noise_channels,
+            noise_scale=self.noise_scale,
+            generator=generator,
         )
 
     def forward(self, x: Tensor, guidance: list[Tensor], generator: torch.Generator | None = None) -> Tensor:

@@ -25,7 +25,11 @@ class Refiner(nn.Module):
 
     def forward(self, x: Tensor, guidance: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
         x = concat_guidance(
-            x, guidance[self.guidance_index], resample=self.resample,
-            noise_channels=self.noise_channels, noise_scale=self.noise_scale, generator=generator,
+            x,
+            guidance[self.guidance_index],
+            resample=self.resample,
+            noise_channels=self.noise_channels,
+            noise_scale=self.noise_scale,
+            generator=generator,
         )
         return self.out_proj(self.blocks(x))

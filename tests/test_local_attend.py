@@ -1,0 +1,177 @@
+"""The attender operation: brute-force loop, oracle agreement, properties, dtypes and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from featlift.ops import local_attend, local_attend_reference, neighbourhood_offsets
+
+SIZES = [5, 9, 13, 17, 25]
+
+
+def brute_force(logits, values, offsets, scale):
+    """One output element at a time, straight from the definition."""
+    b, c, h, w = values.shape
+    out = torch.zeros(b, c, h * scale, w * scale, dtype=torch.float64)
+    for bi in range(b):
+        for y in range(h * scale):
+            for x in range(w * scale):
+                weights = torch.softmax(logits[bi, :, y, x].double(), dim=0)
+                for k, (dy, dx) in enumerate(offsets):
+                    yy = min(max(y // scale + dy, 0), h - 1)
+                    xx = min(max(x // scale + dx, 0), w - 1)
+                    out[bi, :, y, x] += weights[k] * values[bi, :, yy, xx].double()
+    return out
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_offsets_follow_the_published_shapes(size):
+    offsets = neighbourhood_offsets(size)
+    assert len(offsets) == len(set(offsets)) == size
+    assert list(offsets) == sorted(offsets), "row-major: by dy, then dx"
+    assert (0, 0) in offsets
+    expected = {
+        5: {(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2) if abs(dy) + abs(dx) <= 1},
+        9: {(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2)},
+        13: {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2},
+        17: {(dy, dx) for dy in range(-1, 2) for dx in range(-1, 2)}
+        | {(dy, dx) for dy in (-2, 0, 2) for dx in (-2, 0, 2)},
+        25: {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)},
+    }[size]
+    assert set(offsets) == expected
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("scale", [1, 2, 3])
+@pytest.mark.parametrize("impl", [local_attend, local_attend_reference])
+def test_matches_brute_force_loop(size, scale, impl):
+    gen = torch.Generator().manual_seed(size * 10 + scale)
+    values = torch.randn(2, 3, 3, 4, generator=gen)
+    logits = 3 * torch.randn(2, size, 3 * scale, 4 * scale, generator=gen)
+    offsets = neighbourhood_offsets(size)
+    got = impl(logits, values, offsets, scale)
+    assert got.shape == (2, 3, 3 * scale, 4 * scale)
+    assert torch.allclose(got.double(), brute_force(logits, values, offsets, scale), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(("h", "w", "scale"), [(1, 1, 2), (5, 3, 2), (4, 7, 4), (6, 2, 5)])
+def test_default_path_equals_oracle(size, h, w, scale):
+    gen = torch.Generator().manual_seed(h * w * scale + size)
+    values = torch.randn(2, 6, h, w, generator=gen)
+    logits = 4 * torch.randn(2, size, h * scale, w * scale, generator=gen)
+    offsets = neighbourhood_offsets(size)
+    a = local_attend(logits, values, offsets, scale)
+    b = local_attend_reference(logits, values, offsets, scale)
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.sampled_from(SIZES),
+    h=st.integers(1, 5),
+    w=st.integers(1, 5),
+    scale=st.integers(1, 4),
+    c=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_outputs_stay_inside_the_neighbourhood_range(size, h, w, scale, c, seed):
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(1, c, h, w, generator=gen)
+    logits = 5 * torch.randn(1, size, h * scale, w * scale, generator=gen)
+    offsets = neighbourhood_offsets(size)
+    out = local_attend(logits, values, offsets, scale)
+    for y in range(h * scale):
+        for x in range(w * scale):
+            cells = torch.stack(
+                [
+                    values[0, :, min(max(y // scale + dy, 0), h - 1), min(max(x // scale + dx, 0), w - 1)]
+                    for dy, dx in offsets
+                ]
+            )
+            assert torch.all(out[0, :, y, x] >= cells.min(0).values - 1e-5)
+            assert torch.all(out[0, :, y, x] <= cells.max(0).values + 1e-5)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_constant_features_give_constant_output(size):
+    values = torch.full((2, 4, 3, 5), 0.0)
+    values += torch.tensor([1.5, -2.0, 0.25, 7.0]).view(1, 4, 1, 1)
+    logits = 10 * torch.randn(2, size, 6, 10)
+    out = local_attend(logits, values, neighbourhood_offsets(size), 2)
+    assert torch.allclose(out, values[:, :, :1, :1].expand_as(out), atol=1e-5)
+
+
+def test_batch_items_are_independent():
+    values = torch.randn(3, 4, 4, 4)
+    logits = torch.randn(3, 17, 8, 8)
+    offsets = neighbourhood_offsets(17)
+    full = local_attend(logits, values, offsets, 2)
+    for i in range(3):
+        single = local_attend(logits[i : i + 1], values[i : i + 1], offsets, 2)
+        assert torch.allclose(full[i : i + 1], single, atol=1e-6)
+    changed = values.clone()
+    changed[1] += 100
+    out = local_attend(logits, changed, offsets, 2)
+    assert torch.equal(out[0], full[0]) and torch.equal(out[2], full[2])
+    assert not torch.allclose(out[1], full[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_dtypes_match_float32_within_rounding(dtype):
+    values = torch.randn(1, 8, 5, 6)
+    logits = 3 * torch.randn(1, 17, 10, 12)
+    offsets = neighbourhood_offsets(17)
+    ref = local_attend_reference(logits.double(), values.double(), offsets, 2)
+    out = local_attend(logits.to(dtype), values.to(dtype), offsets, 2)
+    assert out.dtype == dtype
+    tol = {torch.bfloat16: 3e-2, torch.float16: 5e-3, torch.float64: 1e-12}[dtype]
+    assert (out.double() - ref).abs().max().item() <= tol * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    ("logits_shape", "values_shape", "scale", "match"),
+    [
+        ((1, 17, 8, 8), (1, 4, 4), 2, "logits \\[B, n, H, W\\]"),
+        ((1, 9, 8, 8), (1, 4, 4, 4), 2, "9 channels but the neighbourhood has 17"),
+        ((2, 17, 8, 8), (1, 4, 4, 4), 2, "batch mismatch"),
+        ((1, 17, 8, 9), (1, 4, 4, 4), 2, "need logits of 8x8"),
+        ((1, 17, 8, 8), (1, 4, 4, 4), 0, "positive integer"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(logits_shape, values_shape, scale, match):
+    with pytest.raises(ValueError, match=match):
+        local_attend(torch.randn(*logits_shape), torch.randn(*values_shape), neighbourhood_offsets(17), scale)
+
+
+def test_unknown_neighbourhood_size():
+    with pytest.raises(ValueError, match="must be one of \\(5, 9, 13, 17, 25\\)"):
+        neighbourhood_offsets(7)
+
+
+def test_default_path_never_builds_the_stacked_tensor():
+    """Peak memory of one call stays near the output size (the oracle would need 17x)."""
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        from featlift.ops import local_attend, neighbourhood_offsets
+        torch.set_num_threads(1)
+        values = torch.randn(1, 384, 32, 32)
+        logits = torch.randn(1, 17, 256, 256)
+        out_bytes = 384 * 256 * 256 * 4
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out = local_attend(logits, values, neighbourhood_offsets(17), 8)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print((after - before) / out_bytes)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    growth = float(result.stdout.strip())
+    assert growth < 2.5, f"peak memory grew by {growth:.2f}x the output size"

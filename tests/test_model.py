@@ -1,0 +1,222 @@
+"""UPLiFT forward: shapes, odd sizes, dtypes, encoder sharing, noise, gradients and input errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import featlift
+from featlift.config import (
+    BackboneConfig,
+    BlockGroupConfig,
+    DecoderConfig,
+    DecoderStageConfig,
+    DownConfig,
+    EncoderConfig,
+    EncoderStageConfig,
+    RefinerConfig,
+    UpliftConfig,
+)
+from featlift.registry import get_variant
+
+
+def _tiny(patch=14, channels=6, attender=9, **changes) -> UpliftConfig:
+    cfg = UpliftConfig(
+        backbone=BackboneConfig(channels=channels, patch=patch),
+        encoder=EncoderConfig(
+            stages=tuple(EncoderStageConfig(blocks=BlockGroupConfig(widths=(w,))) for w in (4, 8, 8))
+        ),
+        decoder=DecoderConfig(
+            input_blocks=BlockGroupConfig(block="DoubleConv", widths=(12,)),
+            stages=(DecoderStageConfig(blocks=BlockGroupConfig(block="DoubleConv", widths=(12,))),),
+        ),
+        attender=attender,
+    )
+    return dataclasses.replace(cfg, **changes)
+
+
+def _inputs(cfg, b=2, h=3, w=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 3, h * cfg.patch, w * cfg.patch, generator=gen)
+    features = torch.randn(b, cfg.channels, h, w, generator=gen)
+    return image, features
+
+
+@pytest.mark.parametrize(("name", "patch"), [("dinov2_s14", 14), ("dinov3_splus16", 16)])
+def test_default_iters_reach_pixel_density(name, patch):
+    model = featlift.build_upsampler(name)
+    image = torch.randn(1, 3, 2 * patch, 3 * patch)
+    with torch.no_grad():
+        out = model(image, torch.randn(1, 384, 2, 3))
+    assert out.shape == (1, 384, 32, 48)
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (3, 5), (7, 2)])
+@pytest.mark.parametrize("iters", [0, 1, 2, 3, 5])
+def test_output_shape_for_odd_sizes_and_any_iteration_count(h, w, iters):
+    cfg = _tiny()
+    model = featlift.UPLiFT(cfg).eval()
+    image, features = _inputs(cfg, h=h, w=w)
+    with torch.no_grad():
+        out = model(image, features, iters=iters)
+    assert out.shape == (2, cfg.channels, h * 2**iters, w * 2**iters)
+    if iters == 0:
+        assert torch.equal(out, features)
+
+
+def test_named_parts():
+    model = featlift.UPLiFT(get_variant("sd15_vae").config)
+    names = {name for name, _ in model.named_children()}
+    assert names == {"guidance_encoder", "decoder_step", "attender", "refiner"}
+    assert featlift.UPLiFT(get_variant("dinov2_s14").config).refiner is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_model_dtypes(dtype):
+    cfg = _tiny()
+    model = featlift.UPLiFT(cfg).eval()
+    image, features = _inputs(cfg)
+    with torch.no_grad():
+        ref = model(image, features, iters=2)
+        out = model.to(dtype)(image, features, iters=2)  # float32 inputs are cast to the model's dtype
+    assert out.dtype == dtype
+    tol = {torch.bfloat16: 0.1, torch.float16: 0.02, torch.float64: 1e-5}[dtype]
+    assert (out.float() - ref).abs().max().item() <= tol * ref.abs().max().item()
+
+
+def test_half_inputs_to_a_float32_model_compute_in_float32():
+    cfg = _tiny()
+    model = featlift.UPLiFT(cfg).eval()
+    image, features = _inputs(cfg)
+    with torch.no_grad():
+        out = model(image.half(), features.half(), iters=1)
+    assert out.dtype == torch.float32
+
+
+def test_unshared_encoder_runs_once_per_iteration():
+    cfg = _tiny(share_encoder=False)
+    model = featlift.UPLiFT(cfg).eval()
+    calls = []
+    model.guidance_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[-2:]))
+    image, features = _inputs(cfg, h=2, w=3)
+    with torch.no_grad():
+        out = model(image, features, iters=3)
+    assert out.shape[-2:] == (16, 24)
+    # iteration i sees the image grown by 2**i, then pre-resized by 16/14
+    assert [tuple(s) for s in calls] == [(32, 48), (64, 96), (128, 192)]
+
+    shared = featlift.UPLiFT(dataclasses.replace(cfg, share_encoder=True)).eval()
+    shared.load_state_dict(model.state_dict())
+    calls.clear()
+    shared.guidance_encoder.register_forward_hook(lambda m, i, o: calls.append(1))
+    with torch.no_grad():
+        shared(image, features, iters=3)
+    assert calls == [1]
+
+
+def test_guidance_patch_override_skips_the_pre_resize():
+    cfg = _tiny(guidance_patch=14)
+    model = featlift.UPLiFT(cfg).eval()
+    seen = []
+    model.guidance_encoder.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    image, features = _inputs(cfg, h=2, w=2)
+    with torch.no_grad():
+        model(image, features, iters=1)
+    assert seen == [(28, 28)]
+
+
+def test_encoder_down_ops_run():
+    stages = (
+        EncoderStageConfig(blocks=BlockGroupConfig(widths=(4,))),
+        EncoderStageConfig(
+            blocks=BlockGroupConfig(widths=(8,)), down=DownConfig(op="conv", factor=0.5, residual="bilinear")
+        ),
+        EncoderStageConfig(
+            blocks=BlockGroupConfig(widths=(8,), stride=2), down=DownConfig(op="max", factor=0.5, residual="bilinear")
+        ),
+    )
+    cfg = dataclasses.replace(_tiny(patch=16), encoder=EncoderConfig(stages=stages))
+    model = featlift.UPLiFT(cfg).eval()
+    image, features = _inputs(cfg, h=2, w=3)
+    maps = model.encode_guidance(image)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(32, 48), (16, 24), (4, 6)]
+    with torch.no_grad():
+        assert model(image, features).shape == (2, cfg.channels, 32, 48)
+
+
+def _noisy_config(scale):
+    base = _tiny(patch=8, channels=4)
+    dec = dataclasses.replace(base.decoder, noise_channels=3, noise_scale=scale)
+    ref = RefinerConfig(blocks=BlockGroupConfig(norm="layer", widths=(8, 8)), noise_channels=2, noise_scale=scale)
+    return dataclasses.replace(base, decoder=dec, refiner=ref)
+
+
+def test_noise_channels_use_the_generator():
+    model = featlift.UPLiFT(_noisy_config(1.0)).eval()
+    image, features = _inputs(model.config)
+    with torch.no_grad():
+        a = model(image, features, generator=torch.Generator().manual_seed(1))
+        b = model(image, features, generator=torch.Generator().manual_seed(1))
+        c = model(image, features, generator=torch.Generator().manual_seed(2))
+    assert a.shape == (2, 4, 24, 32)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_zero_noise_scale_is_deterministic():
+    model = featlift.UPLiFT(_noisy_config(0.0)).eval()
+    image, features = _inputs(model.config)
+    with torch.no_grad():
+        assert torch.equal(model(image, features), model(image, features))
+
+
+def test_gradients_reach_every_parameter():
+    cfg = _tiny()
+    model = featlift.UPLiFT(cfg).train()
+    image, features = _inputs(cfg)
+    model(image, features, iters=2).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_outputs_are_convex_combinations_of_input_features():
+    """Without a refiner, every output vector lies in the per-channel range of the input map."""
+    cfg = _tiny()
+    model = featlift.UPLiFT(cfg).eval()
+    image, features = _inputs(cfg)
+    with torch.no_grad():
+        out = model(image, features, iters=3)
+    lo = features.amin(dim=(2, 3), keepdim=True)
+    hi = features.amax(dim=(2, 3), keepdim=True)
+    assert torch.all(out >= lo - 1e-5) and torch.all(out <= hi + 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda i, f: (i, f[:, :5]), ValueError, "features have 5 channels but this upsampler expects 6"),
+        (lambda i, f: (i[:1], f), ValueError, "batch mismatch: image has 1 items, features 2"),
+        (lambda i, f: (i[..., :-1], f), ValueError, "need an image of 42x56"),
+        (lambda i, f: (i[:, :2], f), ValueError, "image must have 3 channels"),
+        (lambda i, f: (i[0], f), ValueError, "image must be a 4-D tensor"),
+        (lambda i, f: (i, f[0]), ValueError, "features must be a 4-D tensor \\[B, 6, h, w\\]"),
+        (lambda i, f: (i, f.long()), TypeError, "features must be a floating-point tensor"),
+        (lambda i, f: (i.numpy(), f), TypeError, "image must be a torch.Tensor"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(make, error, match):
+    cfg = _tiny()
+    model = featlift.UPLiFT(cfg).eval()
+    image, features = make(*_inputs(cfg))
+    with pytest.raises(error, match=match):
+        model(image, features, iters=1)
+
+
+def test_bad_iters():
+    cfg = _tiny()
+    model = featlift.UPLiFT(cfg).eval()
+    with pytest.raises(ValueError, match="iters must be a non-negative integer"):
+        model(*_inputs(cfg), iters=-1)
+    with pytest.raises(ValueError, match="iters must be a non-negative integer"):
+        model(*_inputs(cfg), iters=2.0)

@@ -1,0 +1,154 @@
+"""build_upsampler and weight files: every config form, strict loading, featlift's format, bad files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import featlift
+from featlift.errors import CheckpointError, UnknownModelError
+from featlift.registry import get_variant
+from featlift.weights import convert_reference_state_dict, read_state_dict
+
+
+def _run(model, case, iters=1):
+    with torch.no_grad():
+        return model(case.inputs["image"], case.inputs["features"], iters=iters)
+
+
+def test_every_config_form_gives_the_same_model(tmp_path, dinov2_case):
+    from_yaml = featlift.build_upsampler(dinov2_case.config_path, weights=dinov2_case.weights_path)
+    from_name = featlift.build_upsampler("dinov2_s14", weights=dinov2_case.weights_path)
+    from_obj = featlift.build_upsampler(get_variant("dinov2_s14").config, weights=dinov2_case.weights_path)
+    from_yaml.save_pretrained(tmp_path / "model")
+    from_dir = featlift.build_upsampler(tmp_path / "model")
+    outputs = [_run(m, dinov2_case) for m in (from_yaml, from_name, from_obj, from_dir)]
+    for out in outputs[1:]:
+        assert torch.equal(out, outputs[0])
+    assert not from_dir.training
+
+
+def test_save_and_load_round_trip_exactly(tmp_path, case):
+    model = featlift.build_upsampler(case.config_path, weights=case.weights_path)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    again = featlift.build_upsampler(str(tmp_path))
+    assert again.config == model.config
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    assert torch.equal(_run(model, case), _run(again, case))
+
+
+def test_config_json_beside_foreign_weights(tmp_path, dinov2_case):
+    featlift.build_upsampler("dinov2_s14").save_pretrained(tmp_path)
+    model = featlift.build_upsampler(tmp_path / "config.json", weights=dinov2_case.weights_path)
+    assert (_run(model, dinov2_case) - dinov2_case.outputs["iters_1"]).abs().max() <= 1e-4
+
+
+def test_num_batches_tracked_is_optional(tmp_path, dinov2_case):
+    weights = {k: v for k, v in dinov2_case.weights.items() if not k.endswith("num_batches_tracked")}
+    assert len(weights) < len(dinov2_case.weights)
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    model = featlift.build_upsampler("dinov2_s14", weights=tmp_path / "w.safetensors")
+    assert (_run(model, dinov2_case) - dinov2_case.outputs["iters_1"]).abs().max() <= 1e-4
+
+
+def test_converted_keys_cover_the_model_exactly(case):
+    model = featlift.UPLiFT(featlift.UpliftConfig.from_yaml(case.config_path))
+    converted = convert_reference_state_dict(case.weights, model.config)
+    assert converted.keys() == model.state_dict().keys()
+    assert all(converted[k].shape == v.shape for k, v in model.state_dict().items())
+
+
+def test_missing_tensor_is_listed_with_its_shape(tmp_path, dinov2_case):
+    weights = dict(dinov2_case.weights)
+    del weights["decoder.block_1.blocks.0.conv.3.weight"]
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)1 missing tensor.*decoder_step\.stages\.0\.blocks\.0\.conv2\.weight \(64, 64, 3, 3\)",
+    ) as info:
+        featlift.build_upsampler("dinov2_s14", weights=tmp_path / "w.safetensors")
+    assert "does not match the model's config" in str(info.value)
+
+
+def test_unexpected_tensor_is_listed(tmp_path, dinov2_case):
+    weights = dict(dinov2_case.weights)
+    weights["decoder.extra.weight"] = torch.zeros(3, 2)
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError, match=r"(?s)1 unexpected tensor.*decoder\.extra\.weight \(3, 2\)"):
+        featlift.build_upsampler("dinov2_s14", weights=tmp_path / "w.safetensors")
+
+
+def test_weights_for_another_config_are_rejected(dinov2_case, vae_case):
+    with pytest.raises(CheckpointError, match="does not match the model's config"):
+        featlift.build_upsampler(vae_case.config_path, weights=dinov2_case.weights_path)
+
+
+def test_wrong_neighbourhood_reports_the_shape_mismatch(tmp_path, dinov2_case):
+    text = dinov2_case.config_path.read_text().replace("attender: 17", "attender: 9")
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(
+        CheckpointError, match=r"attender\.to_logits\.weight: checkpoint \(17, 64, 1, 1\), model \(9, 64, 1, 1\)"
+    ):
+        featlift.build_upsampler(tmp_path / "c.yaml", weights=dinov2_case.weights_path)
+
+
+def test_wrapped_and_ddp_prefixed_checkpoints(tmp_path, dinov2_case):
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in dinov2_case.weights.items()}, "epoch": 3}, tmp_path / "w.pth"
+    )
+    model = featlift.build_upsampler("dinov2_s14", weights=tmp_path / "w.pth")
+    assert (_run(model, dinov2_case) - dinov2_case.outputs["iters_1"]).abs().max() <= 1e-4
+
+
+def test_corrupt_files(tmp_path, dinov2_case):
+    data = dinov2_case.weights_path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        featlift.build_upsampler("dinov2_s14", weights=tmp_path / "cut.safetensors")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        read_state_dict(tmp_path / "junk.pth")
+    torch.save({"w": torch.zeros(2), "opt": object.__new__(_Opaque)}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        read_state_dict(tmp_path / "pickled.pth")
+    (tmp_path / "w.npz").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="expected .safetensors, .pth or .pt"):
+        read_state_dict(tmp_path / "w.npz")
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        read_state_dict(tmp_path / "absent.safetensors")
+
+
+class _Opaque:
+    pass
+
+
+def test_non_finite_weights_are_rejected(tmp_path, dinov2_case):
+    weights = dict(dinov2_case.weights)
+    weights["attender.conv1.bias"] = torch.full((17,), float("nan"))
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        featlift.build_upsampler("dinov2_s14", weights=tmp_path / "w.safetensors")
+
+
+def test_unknown_names_and_paths(tmp_path):
+    with pytest.raises(UnknownModelError, match="registered names: dinov2_s14, dinov3_splus16, sd15_vae"):
+        featlift.build_upsampler("dinov2_g14")
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        featlift.build_upsampler(tmp_path)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(UnknownModelError, match="not a config file"):
+        featlift.build_upsampler(tmp_path / "notes.txt")
+    with pytest.raises(TypeError, match="config must be a name"):
+        featlift.build_upsampler(17)
+
+
+def test_dtype_and_device_arguments(dinov2_case):
+    model = featlift.build_upsampler("dinov2_s14", weights=dinov2_case.weights_path, dtype=torch.float64, device="cpu")
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert (_run(model, dinov2_case).float() - dinov2_case.outputs["iters_1"]).abs().max() <= 1e-4
+    with pytest.raises(TypeError, match="floating-point"):
+        featlift.build_upsampler("dinov2_s14", dtype=torch.int32)
