@@ -4,19 +4,23 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .builder import build_upsampler
+from .builder import build_upsampler, load_upsampler
 from .config import UpliftConfig
-from .errors import CheckpointError, ConfigError, UnknownModelError
+from .errors import CheckpointError, ConfigError, DownloadError, UnknownModelError
 from .modeling.uplift import UPLiFT
 from .registry import list_upsamplers
+from .upsampler import Upsampler
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DownloadError",
     "UPLiFT",
     "UnknownModelError",
+    "Upsampler",
     "UpliftConfig",
     "__version__",
     "build_upsampler",
     "list_upsamplers",
+    "load_upsampler",
 ]

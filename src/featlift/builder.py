@@ -12,9 +12,10 @@ from .config import UpliftConfig
 from .errors import UnknownModelError
 from .modeling.uplift import UPLiFT
 from .registry import get_variant, list_upsamplers
+from .upsampler import Upsampler
 from .weights import load_into, read_pretrained_dir, read_state_dict
 
-__all__ = ["build_upsampler", "resolve_config"]
+__all__ = ["build_upsampler", "load_upsampler", "resolve_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +91,95 @@ def build_upsampler(
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_upsampler(
+    name: str | os.PathLike,
+    *,
+    pretrained: bool = True,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    iters: int | None = None,
+    weights: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Upsampler:
+    """A ready-to-use, frozen :class:`Upsampler`: backbone + UPLiFT with pre- and post-processing.
+
+    Args:
+        name: a registered name (see :func:`list_upsamplers`), a local directory or a Hugging Face Hub
+            repo id holding featlift's ``config.json`` and ``model.safetensors``.
+        pretrained: download the published weights (UPLiFT and backbone). False gives random weights.
+        device: default CUDA when available, otherwise CPU.
+        dtype: parameter dtype, e.g. ``torch.bfloat16`` (default float32).
+        iters: upsampling iterations (default: pixel density for the variant).
+        weights: local UPLiFT weights file instead of the download (air-gapped machines).
+        backbone_weights: local backbone weights: a timm ``.safetensors``/``.pth`` file, or for the VAE a
+            folder with ``config.json`` and ``diffusion_pytorch_model.safetensors``.
+        revision: Hub branch, tag or commit pinning the UPLiFT files.
+        cache_dir: Hugging Face cache directory (default: the standard HF cache).
+    """
+    from . import hub
+
+    text = os.fspath(name)
+    local_dir = None
+    hub_file = None
+    if text in list_upsamplers():
+        variant = get_variant(text)
+        cfg = variant.config
+        hub_file = (variant.hub_repo, variant.hub_filename)
+    elif Path(text).expanduser().is_dir():
+        local_dir = Path(text).expanduser()
+        cfg, _ = read_pretrained_dir(local_dir)
+    elif hub.is_repo_id(text):
+        local_dir = hub.download_pretrained_dir(text, revision=revision, cache_dir=cache_dir)
+        cfg, _ = read_pretrained_dir(local_dir)
+    else:
+        raise UnknownModelError(
+            f"unknown upsampler {text!r}: not a registered name, a local directory or a Hub repo id; "
+            f"registered names: {', '.join(list_upsamplers())}"
+        )
+
+    if weights is None and local_dir is not None:
+        weights = local_dir / "model.safetensors"
+    if weights is None and pretrained and hub_file is not None:
+        weights = hub.download(*hub_file, revision=revision, cache_dir=cache_dir)
+    uplift = build_upsampler(cfg, weights=weights)
+
+    backbone = _load_backbone(cfg, pretrained=pretrained, backbone_weights=backbone_weights, cache_dir=cache_dir)
+    up = Upsampler(backbone, uplift, iters=iters, name=text)
+    up.to(device=torch.device(device) if device is not None else _default_device())
+    if dtype is not None:
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        up.to(dtype=dtype)
+    return up
+
+
+def _load_backbone(cfg: UpliftConfig, *, pretrained: bool, backbone_weights, cache_dir):
+    from . import hub
+    from .backbones import create_backbone
+
+    bb = cfg.backbone
+    if bb.source is None or bb.name is None:
+        raise ValueError(
+            "this upsampler's config names no backbone (backbone.source / backbone.name); run your backbone "
+            "yourself and call featlift.build_upsampler(...)(image, features)"
+        )
+    if bb.source == "timm":
+        if backbone_weights is None and pretrained:
+            import timm
+
+            pcfg = timm.models.get_pretrained_cfg(bb.name)
+            if pcfg is None or not pcfg.hf_hub_id:
+                raise ValueError(f"timm has no Hub weights for {bb.name!r}; pass backbone_weights=PATH")
+            backbone_weights = hub.download(pcfg.hf_hub_id, "model.safetensors", cache_dir=cache_dir, local_arg="backbone_weights")
+        return create_backbone("timm", bb.name, weights=backbone_weights)
+    if backbone_weights is None and pretrained:
+        backbone_weights = hub.download_diffusers_vae(bb.name, cache_dir=cache_dir)
+    return create_backbone("diffusers", bb.name, vae_dir=backbone_weights)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "UnknownModelError"]
+__all__ = ["CheckpointError", "ConfigError", "DownloadError", "MissingDependencyError", "UnknownModelError"]
 
 
 class ConfigError(ValueError):
@@ -15,3 +15,11 @@ class CheckpointError(ValueError):
 
 class UnknownModelError(ValueError):
     """A model name that is neither registered nor a usable path."""
+
+
+class DownloadError(RuntimeError):
+    """A file that could not be fetched from the Hugging Face Hub and is not in the local cache."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency that a feature needs is not installed."""

@@ -1,0 +1,100 @@
+"""Every Hugging Face Hub access featlift makes.
+
+Downloads go through ``huggingface_hub`` with ``library_name``/``library_version`` set, so the standard
+cache (``HF_HOME`` / ``HF_HUB_CACHE``) and ``HF_HUB_OFFLINE=1`` are honoured; there is no home-made
+offline mode. Only safetensors weights (and small JSON configs) are fetched from the network. When a file
+can be neither downloaded nor found in the cache, :class:`~featlift.errors.DownloadError` names the repo,
+the file and the fixes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .errors import DownloadError
+
+__all__ = ["download", "download_diffusers_vae", "download_pretrained_dir", "is_repo_id"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_repo_id(name: str) -> bool:
+    """True for strings shaped like a Hub repo id (``org/name``) that are not local paths."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not os.path.exists(name) and not name.startswith((".", "~"))
+
+
+def _fix_hint(local_arg: str) -> str:
+    return (
+        "Fixes: run once with network access to fill the Hugging Face cache (HF_HOME / HF_HUB_CACHE), "
+        "then set HF_HUB_OFFLINE=1 to use only the cache; or pass a local file with "
+        f"{local_arg}=PATH on air-gapped machines."
+    )
+
+
+def download(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_arg: str = "weights",
+) -> Path:
+    """Path of ``filename`` from ``repo_id`` in the local cache, downloading it when needed.
+
+    ``revision`` pins a branch, tag or commit. ``local_arg`` names the keyword argument that takes a
+    local file instead, for the error message.
+    """
+    if not (filename.endswith(".safetensors") or filename.endswith(".json")):
+        raise ValueError(f"featlift only downloads safetensors weights and JSON configs, not {filename!r}")
+    from huggingface_hub import hf_hub_download
+
+    from . import __version__
+
+    try:
+        path = hf_hub_download(
+            repo_id,
+            filename,
+            revision=revision,
+            cache_dir=cache_dir,
+            library_name="featlift",
+            library_version=__version__,
+        )
+    except Exception as err:  # network, offline mode, missing repo or file: all end the same way
+        where = f"{repo_id}@{revision}" if revision else repo_id
+        raise DownloadError(
+            f"could not get {filename!r} from the Hugging Face Hub repo {where!r} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}). {_fix_hint(local_arg)}"
+        ) from err
+    logger.debug("using %s from %s (%s)", filename, repo_id, path)
+    return Path(path)
+
+
+def download_pretrained_dir(
+    repo_id: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """Fetch featlift's own format (``config.json`` + ``model.safetensors``) and return its folder."""
+    from .weights import CONFIG_NAME, WEIGHTS_NAME
+
+    config = download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
+    download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
+    return config.parent
+
+
+def download_diffusers_vae(
+    repo_id: str, *, subfolder: str = "vae", revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """Fetch a diffusers VAE (its ``config.json`` and safetensors weights) and return its folder."""
+    config = download(
+        repo_id, f"{subfolder}/config.json", revision=revision, cache_dir=cache_dir, local_arg="backbone_weights"
+    )
+    download(
+        repo_id,
+        f"{subfolder}/diffusion_pytorch_model.safetensors",
+        revision=revision,
+        cache_dir=cache_dir,
+        local_arg="backbone_weights",
+    )
+    return config.parent
