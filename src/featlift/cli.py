@@ -1,0 +1,134 @@
+"""The ``featlift`` command line: list models, upsample image files to pixel-dense features."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def _collect(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _parse_size(text: str | None):
+    if text is None:
+        return None
+    if text == "native":
+        return "native"
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be 'native' or HxW such as 448x448, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"--size must be positive, got {text!r}")
+    return (h, w)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import featlift
+    from featlift.registry import get_variant
+
+    for name in featlift.list_upsamplers():
+        v = get_variant(name)
+        bb = v.config.backbone
+        print(f"{name:16} {bb.source}:{bb.name}  channels={bb.channels} patch={bb.patch}  weights={v.hub_repo}")
+    return 0
+
+
+def _cmd_upsample(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    import featlift
+    from featlift.viz import pca_rgb
+
+    files = _collect(args.inputs)
+    if not files:
+        print("no images found in the given paths", file=sys.stderr)
+        return 2
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    up = featlift.load_upsampler(
+        args.model,
+        device=args.device,
+        dtype=dtype,
+        iters=args.iters,
+        weights=args.weights,
+        backbone_weights=args.backbone_weights,
+        pretrained=not args.no_pretrained,
+    )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    bar = tqdm(total=len(files), unit="img", desc="upsampling")
+    for start in range(0, len(files), args.batch_size):
+        batch = []
+        for path in files[start : start + args.batch_size]:
+            try:
+                with Image.open(path) as im:
+                    batch.append((path, im.convert("RGB")))
+            except Exception as err:  # unreadable or not an image: report, keep going
+                failed += 1
+                tqdm.write(f"skipped {path}: {type(err).__name__}: {err}")
+                bar.update(1)
+        if not batch:
+            continue
+        feats = up([im for _, im in batch], output_size=args.size)
+        feats = list(feats.unbind(0)) if isinstance(feats, torch.Tensor) else [f[0] for f in feats]
+        for (path, _), f in zip(batch, feats, strict=True):
+            stem = out_dir / path.stem
+            save_file({"features": f.float().cpu().contiguous()}, f"{stem}.safetensors", metadata={"source": str(path), "model": args.model})
+            if args.pca:
+                Image.fromarray(pca_rgb(f)).save(f"{stem}_pca.png")
+            bar.update(1)
+    bar.close()
+    print(f"wrote features for {len(files) - failed} image(s) to {out_dir}" + (f"; skipped {failed}" if failed else ""))
+    return 1 if failed == len(files) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featlift", description="Pixel-dense features with UPLiFT upsamplers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the registered upsamplers").set_defaults(func=_cmd_models)
+    p = sub.add_parser("upsample", help="write pixel-dense features of images as .safetensors")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
+    p.add_argument("--model", default="dinov2_s14", help="registered name, local model dir or Hub repo id")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=_parse_size, default=None, help="'native' or HxW (default: each image's size)")
+    p.add_argument("--pca", action="store_true", help="also write a PNG of the first three principal components")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--iters", type=int, default=None, help="upsampling iterations (default: pixel density)")
+    p.add_argument("--weights", default=None, help="local UPLiFT weights instead of the download")
+    p.add_argument("--backbone-weights", default=None, help="local backbone weights instead of the download")
+    p.add_argument("--no-pretrained", action="store_true", help="random weights (testing only)")
+    p.set_defaults(func=_cmd_upsample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        print(f"featlift: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
