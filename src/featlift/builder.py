@@ -178,7 +178,9 @@ def _load_backbone(cfg: UpliftConfig, *, pretrained: bool, backbone_weights, cac
             pcfg = timm.models.get_pretrained_cfg(bb.name)
             if pcfg is None or not pcfg.hf_hub_id:
                 raise ValueError(f"timm has no Hub weights for {bb.name!r}; pass backbone_weights=PATH")
-            backbone_weights = hub.download(pcfg.hf_hub_id, "model.safetensors", cache_dir=cache_dir, local_arg="backbone_weights")
+            backbone_weights = hub.download(
+                pcfg.hf_hub_id, "model.safetensors", cache_dir=cache_dir, local_arg="backbone_weights"
+            )
         return create_backbone("timm", bb.name, weights=backbone_weights)
     if backbone_weights is None and pretrained:
         backbone_weights = hub.download_diffusers_vae(bb.name, cache_dir=cache_dir)

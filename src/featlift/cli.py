@@ -81,7 +81,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
                     batch.append((path, im.convert("RGB")))
             except Exception as err:  # unreadable or not an image: report, keep going
                 failed += 1
-                tqdm.write(f"skipped {path}: {type(err).__name__}: {err}")
+                tqdm.write(f"skipped {path}: {type(err).__name__}: {err}", file=sys.stderr)
                 bar.update(1)
         if not batch:
             continue
@@ -89,7 +89,11 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         feats = list(feats.unbind(0)) if isinstance(feats, torch.Tensor) else [f[0] for f in feats]
         for (path, _), f in zip(batch, feats, strict=True):
             stem = out_dir / path.stem
-            save_file({"features": f.float().cpu().contiguous()}, f"{stem}.safetensors", metadata={"source": str(path), "model": args.model})
+            save_file(
+                {"features": f.float().cpu().contiguous()},
+                f"{stem}.safetensors",
+                metadata={"source": str(path), "model": args.model},
+            )
             if args.pca:
                 Image.fromarray(pca_rgb(f)).save(f"{stem}_pca.png")
             bar.update(1)
@@ -122,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError, RuntimeError) as err:

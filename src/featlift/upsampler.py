@@ -129,7 +129,9 @@ class Upsampler(nn.Module):
                 original = tuple(tensor.shape[-2:])
                 size = self._snap(original)
                 if size != original:
-                    tensor = F.interpolate(tensor[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+                    tensor = F.interpolate(
+                        tensor[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
+                    )[0]
             prepared.append((tensor[None], original))
         return prepared
 
@@ -174,7 +176,9 @@ class Upsampler(nn.Module):
             if not native:
                 size = tuple(output_size) if output_size is not None else original
                 if tuple(out.shape[-2:]) != size:
-                    out = F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False, antialias=True).to(out.dtype)
+                    out = F.interpolate(
+                        out.float(), size=size, mode="bilinear", align_corners=False, antialias=True
+                    ).to(out.dtype)
             feats.append(out)
             lows.append(lowres)
         result = feats[0] if same else feats
@@ -187,7 +191,9 @@ class Upsampler(nn.Module):
         """VAE variants only: (upsampled) latents [B, 4, h, w] -> images [B, 3, 8h, 8w] in [0, 1]."""
         decode = getattr(self.backbone, "decode", None)
         if decode is None:
-            raise TypeError(f"decode() needs a VAE backbone; this upsampler's backbone is {type(self.backbone).__name__}")
+            raise TypeError(
+                f"decode() needs a VAE backbone; this upsampler's backbone is {type(self.backbone).__name__}"
+            )
         return decode(latents.to(self.device, self.dtype))
 
 

@@ -16,9 +16,7 @@ def _autoencoder_kl():
     try:
         from diffusers import AutoencoderKL
     except ImportError as err:
-        raise MissingDependencyError(
-            "the SD VAE backbone needs diffusers: pip install 'featlift[vae]'"
-        ) from err
+        raise MissingDependencyError("the SD VAE backbone needs diffusers: pip install 'featlift[vae]'") from err
     return AutoencoderKL
 
 
