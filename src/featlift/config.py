@@ -67,6 +67,21 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_fusion(cfg: Any) -> None:
+    """The guidance-concat fields shared by the decoder and the refiner."""
+    _check(
+        _is_int(cfg.noise_channels) and cfg.noise_channels >= 0,
+        "noise_channels",
+        f"must be a non-negative integer, got {cfg.noise_channels!r}",
+    )
+    _check(
+        isinstance(cfg.noise_scale, (int, float)) and not isinstance(cfg.noise_scale, bool),
+        "noise_scale",
+        f"must be a number, got {cfg.noise_scale!r}",
+    )
+    _check_choice(cfg.guidance_resample, "guidance_resample", RESAMPLE_MODES)
+
+
 # --------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------
@@ -220,17 +235,7 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
         _check(len(self.stages) <= 4, "stages", f"supports 0 to 4 upsampling stages, got {len(self.stages)}")
-        _check(
-            _is_int(self.noise_channels) and self.noise_channels >= 0,
-            "noise_channels",
-            f"must be a non-negative integer, got {self.noise_channels!r}",
-        )
-        _check(
-            isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool),
-            "noise_scale",
-            f"must be a number, got {self.noise_scale!r}",
-        )
-        _check_choice(self.guidance_resample, "guidance_resample", RESAMPLE_MODES)
+        _check_fusion(self)
         groups = [("input_blocks", self.input_blocks)] + [
             (f"stages[{i}].blocks", s.blocks) for i, s in enumerate(self.stages)
         ]
@@ -260,17 +265,7 @@ class RefinerConfig:
             "guidance_index",
             f"must be an integer or null, got {self.guidance_index!r}",
         )
-        _check(
-            _is_int(self.noise_channels) and self.noise_channels >= 0,
-            "noise_channels",
-            f"must be a non-negative integer, got {self.noise_channels!r}",
-        )
-        _check(
-            isinstance(self.noise_scale, (int, float)) and not isinstance(self.noise_scale, bool),
-            "noise_scale",
-            f"must be a number, got {self.noise_scale!r}",
-        )
-        _check_choice(self.guidance_resample, "guidance_resample", RESAMPLE_MODES)
+        _check_fusion(self)
 
 
 @dataclass(frozen=True)
