@@ -13,7 +13,7 @@ from .errors import UnknownModelError
 from .modeling.uplift import UPLiFT
 from .registry import get_variant, list_upsamplers
 from .upsampler import Upsampler
-from .weights import load_into, read_pretrained_dir, read_state_dict
+from .weights import WEIGHTS_NAME, load_into, read_pretrained_dir, read_state_dict
 
 __all__ = ["build_upsampler", "load_upsampler", "resolve_config"]
 
@@ -146,7 +146,7 @@ def load_upsampler(
         )
 
     if weights is None and local_dir is not None:
-        weights = local_dir / "model.safetensors"
+        weights = local_dir / WEIGHTS_NAME
     if weights is None and pretrained and hub_file is not None:
         weights = hub.download(*hub_file, revision=revision, cache_dir=cache_dir)
     uplift = build_upsampler(cfg, weights=weights)

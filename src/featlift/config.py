@@ -561,6 +561,19 @@ def _reference_group(section: Any, path: str) -> BlockGroupConfig:
     )
 
 
+def _reference_resampler(cls: type, parent: dict, key: str, op_key: str, default_factor: Any, path: str) -> Any:
+    """An encoder ``down_i`` or decoder ``up_i`` entry (keys ``*_op``, ``factor``, ``residual``)."""
+    path = f"{path}.{key}"
+    section = _no_unknown(_take(parent, key, path.rsplit(".", 1)[0]), {op_key, "factor", "residual"}, path)
+    return _build(
+        cls,
+        path,
+        op=_take(section, op_key, path),
+        factor=_take(section, "factor", path, default_factor),
+        residual=_take(section, "residual", path, "none"),
+    )
+
+
 def from_reference_dict(data: Any) -> UpliftConfig:
     """Convert a parsed authors'-schema document (``backbone`` and ``uplift`` sections) to a config."""
     if not isinstance(data, dict) or "uplift" not in data or "backbone" not in data:
@@ -604,17 +617,9 @@ def from_reference_dict(data: Any) -> UpliftConfig:
     stages = []
     for i in range(down_steps + 1):
         blocks = _reference_group(_take(enc, f"block_{i}", "uplift.encoder"), f"uplift.encoder.block_{i}")
-        down = DownConfig()
-        if i > 0:
-            dpath = f"uplift.encoder.down_{i}"
-            d = _no_unknown(_take(enc, f"down_{i}", "uplift.encoder"), {"down_op", "factor", "residual"}, dpath)
-            down = _build(
-                DownConfig,
-                dpath,
-                op=_take(d, "down_op", dpath),
-                factor=_take(d, "factor", dpath, 1.0),
-                residual=_take(d, "residual", dpath, "none"),
-            )
+        down = (
+            _reference_resampler(DownConfig, enc, f"down_{i}", "down_op", 1.0, "uplift.encoder") if i else DownConfig()
+        )
         stages.append(EncoderStageConfig(blocks=blocks, down=down))
     encoder = _build(EncoderConfig, "uplift.encoder", stages=tuple(stages))
 
@@ -627,15 +632,7 @@ def from_reference_dict(data: Any) -> UpliftConfig:
     _no_unknown(dec, allowed, "uplift.decoder")
     dstages = []
     for i in range(1, up_steps + 1):
-        upath = f"uplift.decoder.up_{i}"
-        u = _no_unknown(_take(dec, f"up_{i}", "uplift.decoder"), {"up_op", "factor", "residual"}, upath)
-        up_cfg = _build(
-            UpConfig,
-            upath,
-            op=_take(u, "up_op", upath),
-            factor=_take(u, "factor", upath, 2),
-            residual=_take(u, "residual", upath, "none"),
-        )
+        up_cfg = _reference_resampler(UpConfig, dec, f"up_{i}", "up_op", 2, "uplift.decoder")
         blocks = _reference_group(_take(dec, f"block_{i}", "uplift.decoder"), f"uplift.decoder.block_{i}")
         dstages.append(DecoderStageConfig(up=up_cfg, blocks=blocks))
     decoder = _build(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from .backbones.base import Backbone
@@ -25,20 +26,21 @@ logger = logging.getLogger(__name__)
 OutputSize = None | str | tuple[int, int]
 
 
+def _uint8_to_tensor(array: np.ndarray) -> Tensor:
+    """HxWx3 uint8 -> float [3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+
+
 def _to_float_image(image: Any) -> tuple[Tensor, Any]:
     """One image as a float tensor [3, H, W] in [0, 1] (or a PIL image kept for PIL resizing)."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow comes with the core install
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
+    if isinstance(image, Image.Image):
         return None, image.convert("RGB")
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"numpy images must be HxWx3, got shape {image.shape}")
         if image.dtype != np.uint8:
             raise ValueError(f"numpy images must be uint8 (0-255), got {image.dtype}; pass floats as a tensor [3,H,W]")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255, None
+        return _uint8_to_tensor(image), None
     if isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensors must be [3, H, W] or [B, 3, H, W], got shape {tuple(image.shape)}")
@@ -106,8 +108,6 @@ class Upsampler(nn.Module):
 
     def prepare(self, images: Any) -> list[tuple[Tensor, tuple[int, int]]]:
         """Each image as (tensor [1, 3, H', W'] in [0, 1] resized to patch multiples, original (H, W))."""
-        from PIL import Image
-
         if isinstance(images, Tensor) and images.dim() == 4:
             items = list(images.unbind(0))
         elif isinstance(images, (list, tuple)):
@@ -124,7 +124,7 @@ class Upsampler(nn.Module):
                 h, w = self._snap(original)
                 if (h, w) != original:
                     pil = pil.resize((w, h), resample=Image.BILINEAR)
-                tensor = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+                tensor = _uint8_to_tensor(np.asarray(pil, dtype=np.uint8))
             else:
                 original = tuple(tensor.shape[-2:])
                 size = self._snap(original)
