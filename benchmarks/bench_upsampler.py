@@ -32,15 +32,13 @@ def _worker(args: argparse.Namespace) -> dict:
     import torch.nn.functional as F
 
     import featlift
-    from featlift.modeling import attender as attender_module
-    from featlift.ops import local_attend_reference
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     model = featlift.build_upsampler("dinov2_s14", device=device, dtype=dtype)
     if args.variant == "plain":
-        attender_module.local_attend = local_attend_reference
+        model.attender.impl = "reference"
     elif args.variant == "convs":
         type(model.attender).forward = lambda self, guide, values: F.interpolate(
             values, size=guide.shape[-2:], mode="nearest"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..ops.local_attend import local_attend, neighbourhood_offsets
+from ..ops.local_attend import IMPLS, local_attend, neighbourhood_offsets
 from .blocks import add_residual
 
 __all__ = ["LocalAttender"]
@@ -18,13 +18,20 @@ class LocalAttender(nn.Module):
 
     Shape: guide [B, G, H, W], values [B, C, h, w] with H = s*h, W = s*w -> [B, C, H, W].
     Every output vector is a convex combination of input vectors.
+
+    ``impl`` chooses the implementation of the core op (see :func:`featlift.ops.local_attend`):
+    ``"auto"`` (default: Triton on CUDA, fused PyTorch elsewhere), ``"fused"``, ``"triton"`` or
+    ``"reference"``.
     """
 
-    def __init__(self, guide_channels: int, size: int = 17, residual: bool = True) -> None:
+    def __init__(self, guide_channels: int, size: int = 17, residual: bool = True, impl: str = "auto") -> None:
         super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"unknown local-attend implementation {impl!r}; choose one of {IMPLS}")
         self.offsets = neighbourhood_offsets(size)
         self.to_logits = nn.Conv2d(guide_channels, size, 1)
         self.residual = residual
+        self.impl = impl
 
     @property
     def size(self) -> int:
@@ -40,4 +47,4 @@ class LocalAttender(nn.Module):
             raise ValueError(
                 f"guide {tuple(guide.shape[-2:])} must be an integer multiple of values {tuple(values.shape[-2:])}"
             )
-        return local_attend(self.logits(guide), values, self.offsets, scale)
+        return local_attend(self.logits(guide), values, self.offsets, scale, impl=self.impl)

@@ -9,19 +9,25 @@ the output pixel ``(y, x)`` is the softmax-weighted sum of the values at the coa
 
 Every output vector is therefore a convex combination of input feature vectors.
 
-:func:`local_attend` is the entry point the model uses. :func:`local_attend_reference` is the plain,
-obviously correct formulation (it stacks all shifted copies) and serves as the test oracle.
+:func:`local_attend` is the one entry point the model uses; it picks an implementation by device and
+dtype (:func:`resolve_impl`):
+
+- ``"fused"`` (:mod:`featlift.ops.fused`): banded PyTorch, cache-sized scratch, any device. CPU default.
+- ``"triton"`` (:mod:`featlift.ops.triton_kernel`): one fused kernel launch. CUDA default.
+- ``"reference"``: :func:`local_attend_reference`, the plain, obviously correct formulation (it stacks
+  all shifted copies); the oracle the other two are tested against.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ATTENDER_SIZES
+from .fused import accumulation_dtype, fused_backward, fused_forward
+from .triton_kernel import triton_available, triton_forward
 
-__all__ = ["local_attend", "local_attend_reference", "neighbourhood_offsets"]
+__all__ = ["IMPLS", "local_attend", "local_attend_reference", "neighbourhood_offsets", "resolve_impl"]
 
 Offsets = tuple[tuple[int, int], ...]
 
@@ -54,6 +60,12 @@ def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
         )
     if not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if not logits.is_floating_point() or not values.is_floating_point():
+        raise TypeError(
+            f"local_attend needs floating-point tensors, got {logits.dtype} logits and {values.dtype} values"
+        )
+    if logits.device != values.device:
+        raise ValueError(f"logits are on {logits.device} but values on {values.device}; move them to one device")
     b, n, hh, ww = logits.shape
     vb, _, h, w = values.shape
     if n != len(offsets):
@@ -66,11 +78,28 @@ def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
         )
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+IMPLS = ("auto", "reference", "fused", "triton")
 
 
-def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> Tensor:
+def resolve_impl(impl: str, values: Tensor) -> str:
+    """The implementation ``impl`` stands for on ``values``' device and dtype.
+
+    ``"auto"`` picks the Triton kernel on CUDA when Triton is installed and the fused PyTorch path
+    everywhere else (CPU, MPS, CUDA without Triton).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown local-attend implementation {impl!r}; choose one of {IMPLS}")
+    if impl == "auto":
+        return "triton" if values.device.type == "cuda" and triton_available(values.device) else "fused"
+    if impl == "triton" and not triton_available(values.device):
+        raise RuntimeError(
+            f"the Triton local-attend kernel cannot run on {values.device}: it needs a CUDA device and the "
+            "triton package (or TRITON_INTERPRET=1 for the CPU interpreter); use impl='fused' or 'auto'"
+        )
+    return impl
+
+
+def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *, impl: str = "auto") -> Tensor:
     """Softmax over ``logits`` and weighted sum of shifted ``values``; see the module docstring.
 
     Args:
@@ -78,24 +107,55 @@ def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -
         values: [B, C, h, w] coarse features.
         offsets: the n ``(dy, dx)`` offsets, from :func:`neighbourhood_offsets`.
         scale: integer upsampling factor.
+        impl: ``"auto"`` (default), ``"fused"`` (banded PyTorch, any device), ``"triton"`` (CUDA kernel)
+            or ``"reference"`` (the plain oracle); see :func:`resolve_impl`.
 
     Returns:
         [B, C, h*scale, w*scale] in ``values.dtype``; half-precision inputs accumulate in float32.
 
-    Memory: the output plus the softmax weights. Neither the n-fold stack of shifted copies nor an
-    upsampled copy of ``values`` is ever built: each offset adds its broadcast product in place.
+    Memory: the output plus cache-sized scratch (fused) or nothing else (Triton). Gradients flow to
+    both inputs through an explicit backward, and ``torch.compile`` sees the op as one opaque node
+    (``torch.ops.featlift.local_attend``).
     """
     _check_inputs(logits, values, offsets, scale)
+    impl = resolve_impl(impl, values)
+    if impl == "reference":
+        return local_attend_reference(logits, values, offsets, scale)
+    flat = [v for pair in offsets for v in pair]
+    return torch.ops.featlift.local_attend(logits, values, flat, scale, impl)
+
+
+def _pairs(flat: list[int]) -> Offsets:
+    return tuple(zip(flat[0::2], flat[1::2], strict=True))
+
+
+@torch.library.custom_op("featlift::local_attend", mutates_args=())
+def _local_attend_op(logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str) -> Tensor:
+    if impl == "triton":
+        return triton_forward(logits, values, _pairs(offsets), scale)
+    return fused_forward(logits, values, _pairs(offsets), scale)
+
+
+@_local_attend_op.register_fake
+def _(logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str) -> Tensor:
     b, c, h, w = values.shape
-    acc = _accumulation_dtype(values.dtype)
-    weights = torch.softmax(logits.to(acc), dim=1).view(b, len(offsets), h, scale, w, scale)
-    radius = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    padded = F.pad(values.to(acc), (radius,) * 4, mode="replicate") if radius else values.to(acc)
-    out = torch.zeros(b, c, h, scale, w, scale, dtype=acc, device=values.device)
-    for k, (dy, dx) in enumerate(offsets):
-        shifted = padded[:, :, radius + dy : radius + dy + h, radius + dx : radius + dx + w]
-        out.addcmul_(shifted[:, :, :, None, :, None], weights[:, k : k + 1])
-    return out.view(b, c, h * scale, w * scale).to(values.dtype)
+    return values.new_empty(b, c, h * scale, w * scale)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    logits, values, offsets, scale, _ = inputs
+    ctx.save_for_backward(logits, values)
+    ctx.offsets = _pairs(offsets)
+    ctx.scale = scale
+
+
+def _backward(ctx, grad_out: Tensor):
+    logits, values = ctx.saved_tensors
+    d_logits, d_values = fused_backward(grad_out, logits, values, ctx.offsets, ctx.scale)
+    return d_logits, d_values, None, None, None
+
+
+_local_attend_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def local_attend_reference(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> Tensor:
@@ -105,7 +165,7 @@ def local_attend_reference(logits: Tensor, values: Tensor, offsets: Offsets, sca
     """
     _check_inputs(logits, values, offsets, scale)
     _, _, h, w = values.shape
-    acc = _accumulation_dtype(values.dtype)
+    acc = accumulation_dtype(values.dtype)
     weights = torch.softmax(logits.to(acc), dim=1)  # [B, n, H, W]
     rows = torch.arange(h, device=values.device)
     cols = torch.arange(w, device=values.device)
