@@ -40,9 +40,8 @@ def _worker(args: argparse.Namespace) -> dict:
     if args.variant == "plain":
         model.attender.impl = "reference"
     elif args.variant == "convs":
-        type(model.attender).forward = lambda self, guide, values: F.interpolate(
-            values, size=guide.shape[-2:], mode="nearest"
-        )
+        # Everything but the weighted sum runs (logits included); the sum becomes a nearest upsample.
+        model.attender.attend = lambda logits, values: F.interpolate(values, size=logits.shape[-2:], mode="nearest")
 
     cells = args.size // 14
     gen = torch.Generator().manual_seed(0)

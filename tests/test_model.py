@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import featlift
 from featlift.config import (
@@ -140,7 +141,7 @@ def test_encoder_down_ops_run():
     cfg = dataclasses.replace(_tiny(patch=16), encoder=EncoderConfig(stages=stages))
     model = featlift.UPLiFT(cfg).eval()
     image, features = _inputs(cfg, h=2, w=3)
-    maps = model.encode_guidance(image)
+    maps = model.guidance_encoder(model.guidance_image(image))  # every map, not just those read
     assert [tuple(m.shape[-2:]) for m in maps] == [(32, 48), (16, 24), (4, 6)]
     with torch.no_grad():
         assert model(image, features).shape == (2, cfg.channels, 32, 48)
@@ -220,3 +221,43 @@ def test_bad_iters():
         model(*_inputs(cfg), iters=-1)
     with pytest.raises(ValueError, match="iters must be a non-negative integer"):
         model(*_inputs(cfg), iters=2.0)
+
+
+def _random_batchnorm_statistics(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+
+
+def test_deferred_deepest_map_equals_the_nearest_resampled_full_map():
+    model = featlift.UPLiFT(get_variant("dinov2_s14").config).eval()
+    _random_batchnorm_statistics(model)
+    image = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        lean = model.guidance_encoder(image, keep=model.guidance_reads)
+    full = model.guidance_encoder(image)  # autograd on: the plain path, every map at full resolution
+    assert lean.deferred and not full.deferred
+    for size in [(4, 3), (8, 6), (16, 12), (32, 24), (64, 48), (5, 7)]:
+        want = F.interpolate(full[-1], size=size, mode="nearest")
+        assert (lean.at(-1, size, "nearest") - want).abs().max().item() <= 1e-5, size
+    assert (lean[3] - full[3]).abs().max().item() <= 1e-5
+    with pytest.raises(RuntimeError, match="was not kept"):
+        lean[0]
+    lean.release()
+    with pytest.raises(RuntimeError, match="released"):
+        lean[3]
+
+
+def test_inference_path_matches_the_autograd_path_with_batchnorm_statistics():
+    """Folded BatchNorm, split concatenations and in-place adds give the plain path's numbers."""
+    model = featlift.UPLiFT(get_variant("dinov2_s14").config).eval()
+    _random_batchnorm_statistics(model, seed=1)
+    image, features = torch.randn(2, 3, 42, 56), torch.randn(2, 384, 3, 4)
+    with torch.no_grad():
+        lean = model(image, features, iters=3)
+    plain = model(image, features, iters=3).detach()
+    assert (lean - plain).abs().max().item() <= 1e-4 * max(1.0, plain.abs().max().item())

@@ -42,9 +42,13 @@ class LocalAttender(nn.Module):
         return add_residual(guide, logits) if self.residual else logits
 
     def forward(self, guide: Tensor, values: Tensor) -> Tensor:
-        scale = guide.shape[-2] // values.shape[-2]
-        if scale < 1 or guide.shape[-2] != scale * values.shape[-2] or guide.shape[-1] != scale * values.shape[-1]:
+        return self.attend(self.logits(guide), values)
+
+    def attend(self, logits: Tensor, values: Tensor) -> Tensor:
+        """The weighted sum for precomputed :meth:`logits` (lets callers free the guide first)."""
+        scale = logits.shape[-2] // max(values.shape[-2], 1)
+        if scale < 1 or logits.shape[-2] != scale * values.shape[-2] or logits.shape[-1] != scale * values.shape[-1]:
             raise ValueError(
-                f"guide {tuple(guide.shape[-2:])} must be an integer multiple of values {tuple(values.shape[-2:])}"
+                f"guide {tuple(logits.shape[-2:])} must be an integer multiple of values {tuple(values.shape[-2:])}"
             )
-        return local_attend(self.logits(guide), values, self.offsets, scale, impl=self.impl)
+        return local_attend(logits, values, self.offsets, scale, impl=self.impl)

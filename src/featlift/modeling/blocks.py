@@ -14,8 +14,12 @@ __all__ = [
     "DownBlock",
     "LayerNorm2d",
     "UpBlock",
+    "add_parts_",
     "add_residual",
-    "concat_guidance",
+    "conv_parts",
+    "fold_batchnorm",
+    "inference_path",
+    "noise_part",
     "resize_to",
 ]
 
@@ -70,12 +74,73 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else LayerNorm2d(channels)
 
 
+def inference_path(module: nn.Module) -> bool:
+    """Whether ``module`` may take the lean inference path: eval mode and no autograd graph.
+
+    That path folds BatchNorm into the convolutions, convolves concatenation parts separately instead of
+    concatenating them, and works in place. It computes the same function up to float reassociation.
+    """
+    return not module.training and not torch.is_grad_enabled()
+
+
+def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor | None, bool]:
+    """(weight, bias, folded): ``conv`` with an eval-mode BatchNorm folded in, when ``norm`` is one."""
+    if not isinstance(norm, nn.BatchNorm2d) or norm.running_var is None:
+        return conv.weight, conv.bias, False
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    bias = -norm.running_mean * scale
+    if norm.bias is not None:
+        bias = bias + norm.bias
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
+    return weight, bias.to(conv.weight.dtype), True
+
+
+def conv_parts(parts: list[Tensor], weight: Tensor, bias: Tensor | None, conv: nn.Conv2d, stride=None) -> Tensor:
+    """``conv(cat(parts, 1))`` without building the concatenation: one convolution per part, summed."""
+    stride = conv.stride if stride is None else stride
+    out = None
+    start = 0
+    for part in parts:
+        w = weight[:, start : start + part.shape[1]]
+        start += part.shape[1]
+        y = F.conv2d(part, w, bias if out is None else None, stride, conv.padding, conv.dilation)
+        out = y if out is None else out.add_(y)
+    return out
+
+
+def add_parts_(out: Tensor, parts: list[Tensor]) -> Tensor:
+    """In place: ``out += cat(parts, 1)`` under the channel-mismatch rule of :func:`add_residual`."""
+    start, channels = 0, out.shape[1]
+    for part in parts:
+        if start >= channels:
+            break
+        k = min(part.shape[1], channels - start)
+        out[:, start : start + k] += part[:, :k]
+        start += k
+    return out
+
+
+def _as_parts(x: Tensor | list[Tensor]) -> list[Tensor]:
+    return [x] if isinstance(x, Tensor) else list(x)
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 class ConvBlock(nn.Module):
     """Residual conv block: (3x3 conv -> norm -> ReLU) once or twice, then an optional 1x1 conv.
 
     Shape: [B, in_channels, H, W] -> [B, out_channels, H / stride, W / stride]. The block input is added
     to the output (channel-mismatch rule of :func:`add_residual`); with stride 2 the input is first
     resized bilinearly (align_corners=True).
+
+    The input may also be given as a list of tensors that the block treats as their channel
+    concatenation; on the inference path (:func:`inference_path`) the concatenation is never built.
     """
 
     def __init__(
@@ -90,7 +155,10 @@ class ConvBlock(nn.Module):
         self.residual = residual
         self.stride = stride
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | list[Tensor]) -> Tensor:
+        if inference_path(self):
+            return self._lean(_as_parts(x), self.stride)
+        x = _cat(_as_parts(x))
         y = F.relu(self.norm1(self.conv1(x)))
         if self.conv2 is not None:
             y = F.relu(self.norm2(self.conv2(y)))
@@ -102,9 +170,46 @@ class ConvBlock(nn.Module):
             x = F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True)
         return add_residual(x, y)
 
+    @property
+    def pointwise_after_first_conv(self) -> bool:
+        """True when every layer after ``conv1`` is per pixel, so the block can be evaluated on a subgrid."""
+        return self.conv2 is None and self.stride == 1
+
+    def subsampled(self, x: Tensor | list[Tensor], step: tuple[int, int]) -> Tensor:
+        """The block's output at pixels ``(step[0] * i, step[1] * j)`` only (inference path, stride-1 blocks
+        with one 3x3 conv): the conv runs with that stride, everything after it is per pixel."""
+        if not self.pointwise_after_first_conv:
+            raise ValueError("only single-conv, stride-1 blocks can be evaluated on a subgrid")
+        return self._lean(_as_parts(x), step)
+
+    def _lean(self, parts: list[Tensor], stride) -> Tensor:
+        weight, bias, folded = fold_batchnorm(self.conv1, self.norm1)
+        y = conv_parts(parts, weight, bias, self.conv1, stride)
+        if not folded:
+            y = self.norm1(y)
+        y = y.relu_()
+        if self.conv2 is not None:
+            weight, bias, folded = fold_batchnorm(self.conv2, self.norm2)
+            y = F.conv2d(y, weight, bias, 1, 1)
+            y = (y if folded else self.norm2(y)).relu_()
+        if self.proj is not None:
+            y = self.proj(y)
+        if not self.residual:
+            return y
+        if stride != 1 and stride != (1, 1):
+            step = (stride, stride) if isinstance(stride, int) else stride
+            if self.stride != 1:  # a strided block: the residual is the bilinearly resized input
+                x = F.interpolate(_cat(parts), size=y.shape[-2:], mode="bilinear", align_corners=True)
+                return add_residual(x, y)
+            parts = [p[:, :, :: step[0], :: step[1]] for p in parts]
+        return add_parts_(y, parts)
+
 
 class BlockGroup(nn.Sequential):
-    """A sequence of :class:`ConvBlock` s built from a :class:`BlockGroupConfig` (empty = identity)."""
+    """A sequence of :class:`ConvBlock` s built from a :class:`BlockGroupConfig` (empty = identity).
+
+    Like :class:`ConvBlock`, it accepts a list of tensors standing for their channel concatenation.
+    """
 
     def __init__(self, in_channels: int, config: BlockGroupConfig) -> None:
         blocks = []
@@ -125,6 +230,13 @@ class BlockGroup(nn.Sequential):
                 c = width
         super().__init__(*blocks)
         self.out_channels = config.out_channels(in_channels)
+
+    def forward(self, x: Tensor | list[Tensor]) -> Tensor:
+        if len(self) == 0:
+            return _cat(_as_parts(x))
+        for block in self:
+            x = block(x)
+        return x
 
 
 class DownBlock(nn.Module):
@@ -170,30 +282,17 @@ class UpBlock(nn.Module):
             return x
         y = self.up(x)
         if self.residual:
-            y = y + F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True)
+            residual = F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True)
+            y = y.add_(residual) if inference_path(self) else y + residual
         return y
 
 
-def concat_guidance(
-    x: Tensor,
-    guidance: Tensor,
-    *,
-    resample: str,
-    noise_channels: int = 0,
-    noise_scale: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """``cat([x, guidance resized to x, noise], dim=1)``: the input of every decoder and refiner stage.
-
-    The noise is ``noise_scale * N(0, 1)`` with ``noise_channels`` channels (the VAE recipe); it is drawn
-    from ``generator`` when one is given.
-    """
-    parts = [x, resize_to(guidance, tuple(x.shape[-2:]), resample)]
-    if noise_channels:
-        shape = (x.shape[0], noise_channels, x.shape[2], x.shape[3])
-        if noise_scale == 0:
-            parts.append(x.new_zeros(shape))
-        else:
-            noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-            parts.append(noise * noise_scale)
-    return torch.cat(parts, dim=1)
+def noise_part(like: Tensor, channels: int, scale: float, generator: torch.Generator | None = None) -> Tensor | None:
+    """``scale * N(0, 1)`` noise channels shaped like ``like`` (the VAE recipe); ``None`` without channels."""
+    if not channels:
+        return None
+    shape = (like.shape[0], channels, like.shape[2], like.shape[3])
+    if scale == 0:
+        return like.new_zeros(shape)
+    noise = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    return noise.mul_(scale)

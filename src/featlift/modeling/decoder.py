@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DecoderConfig
-from .blocks import BlockGroup, UpBlock, concat_guidance
+from .blocks import BlockGroup, UpBlock, noise_part
+from .guidance import GuidanceMaps
 
 __all__ = ["DecoderStep"]
 
@@ -38,18 +39,22 @@ class DecoderStep(nn.Module):
         self.out_channels = c
         self.scale = config.scale
 
-    def _fuse(self, x: Tensor, guidance: Tensor, generator: torch.Generator | None) -> Tensor:
-        return concat_guidance(
-            x,
-            guidance,
-            resample=self.resample,
-            noise_channels=self.noise_channels,
-            noise_scale=self.noise_scale,
-            generator=generator,
-        )
+    @property
+    def guidance_reads(self) -> list[int]:
+        """The guidance-map indices this step reads (negative, deepest first)."""
+        return [-k for k in range(1, len(self.stages) + 2)]
 
-    def forward(self, x: Tensor, guidance: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
-        x = self.input_blocks(self._fuse(x, guidance[-1], generator))
+    def _parts(self, x: Tensor, guidance: GuidanceMaps, index: int, generator) -> list[Tensor]:
+        parts = [x, guidance.at(index, tuple(x.shape[-2:]), self.resample)]
+        noise = noise_part(x, self.noise_channels, self.noise_scale, generator)
+        return parts if noise is None else [*parts, noise]
+
+    def forward(
+        self, x: Tensor, guidance: GuidanceMaps | list[Tensor], generator: torch.Generator | None = None
+    ) -> Tensor:
+        if not isinstance(guidance, GuidanceMaps):
+            guidance = GuidanceMaps(list(guidance))
+        x = self.input_blocks(self._parts(x, guidance, -1, generator))
         for k, stage in enumerate(self.stages, start=2):
-            x = stage["blocks"](self._fuse(stage["up"](x), guidance[-k], generator))
+            x = stage["blocks"](self._parts(stage["up"](x), guidance, -k, generator))
         return x

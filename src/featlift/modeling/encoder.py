@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import EncoderConfig
-from .blocks import BlockGroup, DownBlock
+from .blocks import BlockGroup, DownBlock, inference_path
+from .guidance import GuidanceMaps
 
 __all__ = ["GuidanceEncoder"]
 
@@ -13,8 +14,8 @@ __all__ = ["GuidanceEncoder"]
 class GuidanceEncoder(nn.Module):
     """Stack of (optional down op, block group) stages on the guidance image.
 
-    Shape: image [B, 3, H, W] -> list of maps, map i is [B, out_channels[i], H_i, W_i] where H_i = H
-    unless a stage downsamples (no published config does).
+    Shape: image [B, 3, H, W] -> list-like :class:`GuidanceMaps`, map i is [B, out_channels[i], H_i, W_i]
+    where H_i = H unless a stage downsamples (no published config does).
     """
 
     def __init__(self, config: EncoderConfig, in_channels: int = 3) -> None:
@@ -28,10 +29,37 @@ class GuidanceEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_channels = config.out_channels(in_channels)
 
-    def forward(self, image: Tensor) -> list[Tensor]:
-        maps = []
+    @property
+    def can_defer_last(self) -> bool:
+        """Whether the deepest map can be computed on subgrids only (see :class:`GuidanceMaps`)."""
+        last = self.stages[-1]
+        blocks = last["blocks"]
+        return (
+            len(self.stages) >= 2
+            and last["down"].op is None
+            and len(blocks) == 1
+            and blocks[0].pointwise_after_first_conv
+            and inference_path(blocks[0])
+        )
+
+    def forward(self, image: Tensor, keep: set[int] | None = None) -> GuidanceMaps:
+        """Run the encoder, keeping only the maps in ``keep`` (all when ``None``).
+
+        On the inference path the deepest map is deferred when :attr:`can_defer_last` allows it; the
+        map before it is then kept as its input.
+        """
+        n = len(self.stages)
+        keep = set(range(n)) if keep is None else {i % n for i in keep}
+        defer = (n - 1) in keep and self.can_defer_last
+        if defer:
+            keep.add(n - 2)
+        maps: list[Tensor | None] = []
         x = image
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
+            if defer and i == n - 1:
+                maps.append(None)
+                break
             x = stage["blocks"](stage["down"](x))
-            maps.append(x)
-        return maps
+            maps.append(x if i in keep else None)
+        del x
+        return GuidanceMaps(maps, deferred=self.stages[-1]["blocks"][0] if defer else None)

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import RefinerConfig
-from .blocks import BlockGroup, concat_guidance
+from .blocks import BlockGroup, noise_part
+from .guidance import GuidanceMaps
 
 __all__ = ["Refiner"]
 
@@ -23,13 +24,13 @@ class Refiner(nn.Module):
         self.blocks = BlockGroup(channels + guidance_channels[guidance_index] + config.noise_channels, config.blocks)
         self.out_proj = nn.Conv2d(self.blocks.out_channels, channels, 1)
 
-    def forward(self, x: Tensor, guidance: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
-        x = concat_guidance(
-            x,
-            guidance[self.guidance_index],
-            resample=self.resample,
-            noise_channels=self.noise_channels,
-            noise_scale=self.noise_scale,
-            generator=generator,
-        )
-        return self.out_proj(self.blocks(x))
+    def forward(
+        self, x: Tensor, guidance: GuidanceMaps | list[Tensor], generator: torch.Generator | None = None
+    ) -> Tensor:
+        if not isinstance(guidance, GuidanceMaps):
+            guidance = GuidanceMaps(list(guidance))
+        parts = [x, guidance.at(self.guidance_index, tuple(x.shape[-2:]), self.resample)]
+        noise = noise_part(x, self.noise_channels, self.noise_scale, generator)
+        if noise is not None:
+            parts.append(noise)
+        return self.out_proj(self.blocks(parts))

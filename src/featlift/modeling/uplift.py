@@ -13,6 +13,7 @@ from ..config import UpliftConfig
 from .attender import LocalAttender
 from .decoder import DecoderStep
 from .encoder import GuidanceEncoder
+from .guidance import GuidanceMaps
 from .refiner import Refiner
 
 __all__ = ["UPLiFT"]
@@ -44,6 +45,7 @@ class UPLiFT(nn.Module):
             if config.refiner is not None
             else None
         )
+        self.channels_last: bool | None = None
 
     # -- inspection --------------------------------------------------------------------------------
 
@@ -64,24 +66,59 @@ class UPLiFT(nn.Module):
 
     # -- the forward pass --------------------------------------------------------------------------
 
-    def encode_guidance(self, image: Tensor) -> list[Tensor]:
-        """Run the guidance encoder on a normalised image at backbone-input resolution.
+    def guidance_image(self, image: Tensor) -> Tensor:
+        """The image the guidance encoder sees.
 
-        When the guidance patch differs from the backbone patch (patch 14 -> 16), the image is first
-        resized bilinearly (align_corners=False) to ``H * guidance_patch // patch``.
+        When the guidance patch differs from the backbone patch (patch 14 -> 16), the image is resized
+        bilinearly (align_corners=False) to ``H * guidance_patch // patch``; otherwise it is returned as is.
         """
         patch, guide_patch = self.config.patch, self.config.resolved_guidance_patch
-        if guide_patch != patch:
-            size = (image.shape[-2] * guide_patch // patch, image.shape[-1] * guide_patch // patch)
-            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        return self.guidance_encoder(image)
+        if guide_patch == patch:
+            return image
+        size = (image.shape[-2] * guide_patch // patch, image.shape[-1] * guide_patch // patch)
+        return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
 
-    def step(self, features: Tensor, guidance: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
-        """One upsampling iteration: [B, C, h, w] -> [B, C, h*up_factor, w*up_factor]."""
-        guide = self.decoder_step(features, guidance, generator)
-        out = self.attender(guide, features)
+    @property
+    def guidance_reads(self) -> set[int]:
+        """Indices (non-negative) of the guidance maps that the decoder step and refiner read."""
+        n = len(self.guidance_encoder.stages)
+        reads = {i % n for i in self.decoder_step.guidance_reads}
+        if self.refiner is not None:
+            reads.add(self.refiner.guidance_index % n)
+        return reads
+
+    def encode_guidance(self, image: Tensor) -> GuidanceMaps:
+        """Run the guidance encoder on a normalised image at backbone-input resolution.
+
+        Returns the maps the decoder and refiner read (a list-like :class:`GuidanceMaps`); see
+        :meth:`guidance_image` for the resize applied first.
+        """
+        return self.guidance_encoder(self.guidance_image(image), keep=self.guidance_reads)
+
+    def step(
+        self,
+        features: Tensor,
+        guidance: GuidanceMaps | list[Tensor],
+        generator: torch.Generator | None = None,
+        *,
+        release_guidance: bool = False,
+    ) -> Tensor:
+        """One upsampling iteration: [B, C, h, w] -> [B, C, h*up_factor, w*up_factor].
+
+        ``release_guidance`` frees the guidance maps as soon as this step has read them (used by
+        :meth:`forward` on its last iteration to lower peak memory).
+        """
+        if not isinstance(guidance, GuidanceMaps):
+            guidance = GuidanceMaps(list(guidance))
+        logits = self.attender.logits(self.decoder_step(features, guidance, generator))
+        if release_guidance and self.refiner is None:
+            guidance.release()
+        out = self.attender.attend(logits, features)
+        del logits
         if self.refiner is not None:
             out = self.refiner(out, guidance, generator)
+            if release_guidance:
+                guidance.release()
         return out
 
     def forward(
@@ -105,21 +142,34 @@ class UPLiFT(nn.Module):
             return_steps: return the list of every iteration's output instead of the last one.
 
         Returns:
-            [B, C, h * f**iters, w * f**iters] with f = ``config.up_factor``, in the model's dtype.
+            [B, C, h * f**iters, w * f**iters] with f = ``config.up_factor``, in the model's dtype. On the
+            CPU inference path the tensor is laid out channels_last in memory (call ``.contiguous()`` if
+            you need plain NCHW strides); set ``model.channels_last = False`` to opt out.
         """
         iters = self.default_iters if iters is None else iters
         image, features = self._check_inputs(image, features, iters)
+        if self._use_channels_last(features):
+            image = image.contiguous(memory_format=torch.channels_last)
+            features = features.contiguous(memory_format=torch.channels_last)
         steps = []
         x = features
         guidance = None
+        shared = self.config.share_encoder
         for i in range(iters):
-            if guidance is None or not self.config.share_encoder:
+            if guidance is None or not shared:
                 guidance = self.encode_guidance(image if i == 0 else self._grow(image, i))
-            x = self.step(x, guidance, generator)
-            steps.append(x)
-        if return_steps:
-            return steps
-        return x
+            x = self.step(x, guidance, generator, release_guidance=i == iters - 1 or not shared)
+            if return_steps:
+                steps.append(x)
+        return steps if return_steps else x
+
+    def _use_channels_last(self, features: Tensor) -> bool:
+        """channels_last on the CPU inference path: oneDNN convolves [B, H, W, C] memory without layout
+        reorders (measured 1.6x faster and leaner at 448 px, see benchmarks/); the fused attender then
+        writes channels_last output directly. ``self.channels_last`` (True/False) overrides."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return features.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
 
     def _grow(self, image: Tensor, i: int) -> Tensor:
         """The image scaled by up_factor**i, for configs that re-run the encoder each iteration."""

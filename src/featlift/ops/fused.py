@@ -58,8 +58,19 @@ def _band_plan(values: Tensor, scale: int) -> tuple[int, int]:
     return max(1, min(h, budget // per_row)), group
 
 
+def is_channels_last(t: Tensor) -> bool:
+    """True for a 4-D tensor laid out [B, H, W, C] in memory (and not also plainly contiguous)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def fused_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> Tensor:
-    """Banded softmax + weighted sum; inputs are assumed validated. Returns values.dtype."""
+    """Banded softmax + weighted sum; inputs are assumed validated. Returns values.dtype.
+
+    The output takes the memory format of ``values``: channels_last values (what the model's convs
+    produce on CPU) give a channels_last output, built without a layout change.
+    """
+    if is_channels_last(values):
+        return _fused_forward_channels_last(logits, values, offsets, scale)
     b, c, h, w = values.shape
     n, s = len(offsets), scale
     acc = accumulation_dtype(values.dtype)
@@ -85,6 +96,35 @@ def fused_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
                 else:
                     scratch.addcmul_(shifted, weights[:, k : k + 1])
             target[:, c0:c1].copy_(scratch.permute(0, 1, 4, 2, 5, 3))
+    return out
+
+
+def _fused_forward_channels_last(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> Tensor:
+    """:func:`fused_forward` for [B, H, W, C]-ordered memory: scratch ``[B, s, s, R, w, C]``, so every
+    accumulation and the final write run along contiguous channels."""
+    b, c, h, w = values.shape
+    n, s = len(offsets), scale
+    acc = accumulation_dtype(values.dtype)
+    radius = _radius(offsets)
+    out = torch.empty(b, c, h * s, w * s, dtype=values.dtype, device=values.device, memory_format=torch.channels_last)
+    out_nhwc = out.permute(0, 2, 3, 1)  # a contiguous view [B, H, W, C]
+    rows, _ = _band_plan(values, s)
+    rows = max(1, rows * min(c, _MAX_CHANNEL_GROUP) // c)  # no channel groups here: shrink the bands instead
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        band = r1 - r0
+        src = _padded_rows(values, r0, r1, radius, acc).permute(0, 2, 3, 1)  # [B, R + 2r, w + 2r, C]
+        lg = logits[:, :, r0 * s : r1 * s].to(acc).reshape(b, n, band, s, w, s)
+        weights = torch.softmax(lg.permute(0, 1, 3, 5, 2, 4), dim=1).contiguous()[..., None]  # [B, n, s, s, R, w, 1]
+        scratch = torch.empty(b, s, s, band, w, c, dtype=acc, device=values.device)
+        for k, (dy, dx) in enumerate(offsets):
+            shifted = src[:, None, None, radius + dy : radius + dy + band, radius + dx : radius + dx + w]
+            if k == 0:
+                torch.mul(shifted, weights[:, k], out=scratch)
+            else:
+                scratch.addcmul_(shifted, weights[:, k])
+        target = out_nhwc[:, r0 * s : r1 * s].view(b, band, s, w, s, c)
+        target.copy_(scratch.permute(0, 3, 1, 4, 2, 5))
     return out
 
 
