@@ -6,9 +6,10 @@ Variants, each measured in a fresh subprocess so peak-memory readings do not mix
 * ``plain``: the same network with the plain attender formulation (all n shifted copies stacked).
 * ``convs``: the network's convolutions alone, the attender replaced by a nearest upsample (the floor).
 
-Times are medians over ``--repeats`` calls after one warm-up call. Peak memory is the growth of the
-process's peak RSS during the calls (CPU) or ``torch.cuda.max_memory_allocated`` (GPU), reported as a
-multiple of the output tensor's bytes. Compare figures as ratios within one run.
+Times are medians over ``--repeats`` calls after one warm-up call. Peak memory is the most any one call
+raised the process's RSS above where it started (CPU: the Linux peak-RSS mark, reset before each call
+through /proc/self/clear_refs) or ``torch.cuda.max_memory_allocated`` above the allocation before the
+call (GPU), reported as a multiple of the output tensor's bytes. Compare figures as ratios within one run.
 
     python benchmarks/bench_upsampler.py --sizes 224 448 --threads 2 --json bench.json
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,9 +27,47 @@ import time
 VARIANTS = ("featlift", "plain", "convs")
 
 
-def _worker(args: argparse.Namespace) -> dict:
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+_HWM_RESETTABLE = None
+
+
+def _reset_peak_rss() -> int:
+    """Reset the process's peak-RSS mark to its current RSS (Linux clear_refs) and return that RSS.
+
+    Where the mark cannot be reset, fall back to the lifetime peak, which can only overstate growth.
+    """
+    global _HWM_RESETTABLE
     import resource
 
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        _HWM_RESETTABLE = True
+        return _status_bytes("VmRSS")
+    except OSError:
+        _HWM_RESETTABLE = False
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_rss() -> int:
+    import resource
+
+    if _HWM_RESETTABLE:
+        return _status_bytes("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _worker(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -70,14 +110,16 @@ def _worker(args: argparse.Namespace) -> dict:
             del out
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        for _ in range(args.repeats + 1):
+        call()  # warm-up: one-time allocations (thread pools, oneDNN primitives) are not the call's cost
+        peaks = []
+        for _ in range(args.repeats):
+            base = _reset_peak_rss()
             t0 = time.perf_counter()
             out = call()
             times.append(time.perf_counter() - t0)
+            peaks.append(_peak_rss() - base)
             del out
-        times = times[1:]
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = max(peaks)
     return {
         "size": args.size,
         "variant": args.variant,
@@ -86,6 +128,15 @@ def _worker(args: argparse.Namespace) -> dict:
         "output_bytes": out_bytes,
         "output_pixels": out_side * out_side,
     }
+
+
+def _worker_env() -> dict:
+    """glibc keeps freed blocks below its (dynamic) mmap threshold in the heap, so RSS would carry the
+    previous call's memory. A fixed 128 KiB threshold maps every tensor-sized block and unmaps it on
+    free: RSS then tracks live memory and the peak is the call's own."""
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    return env
 
 
 def main() -> None:
@@ -121,7 +172,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", "--size", str(size), "--variant", variant]
             cmd += ["--iters", str(args.iters), "--threads", str(args.threads), "--repeats", str(args.repeats)]
             cmd += ["--device", args.device, "--dtype", args.dtype]
-            result = subprocess.run(cmd, capture_output=True, text=True)
+            result = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
             if result.returncode != 0:
                 print(f"{size}px {variant}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
                 continue

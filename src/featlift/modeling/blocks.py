@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import BlockGroupConfig, DownConfig, UpConfig
+from .region import Region, corner_aligned_upsample
 
 __all__ = [
     "BlockGroup",
@@ -277,20 +278,36 @@ class UpBlock(nn.Module):
         )
         self.residual = self.up is not None and config.residual == "bilinear"
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, region: Region | None = None) -> Tensor:
+        """``region`` (tiled inference) places the crop ``x`` in its full grid for the residual."""
         if self.up is None:
             return x
         y = self.up(x)
         if self.residual:
-            residual = F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True)
+            if region is None:
+                residual = F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True)
+            else:
+                residual = corner_aligned_upsample(x, region, self.up.stride[0])
             y = y.add_(residual) if inference_path(self) else y + residual
         return y
 
 
-def noise_part(like: Tensor, channels: int, scale: float, generator: torch.Generator | None = None) -> Tensor | None:
-    """``scale * N(0, 1)`` noise channels shaped like ``like`` (the VAE recipe); ``None`` without channels."""
+def noise_part(
+    like: Tensor,
+    channels: int,
+    scale: float,
+    generator: torch.Generator | None = None,
+    region: Region | None = None,
+    key: str = "",
+) -> Tensor | None:
+    """``scale * N(0, 1)`` noise channels shaped like ``like`` (the VAE recipe); ``None`` without channels.
+
+    With a ``region`` (tiled inference) the noise is this crop's slice of one full-grid draw per ``key``.
+    """
     if not channels:
         return None
+    if region is not None and scale != 0:
+        return region.noise(key, like, channels, scale, generator)
     shape = (like.shape[0], channels, like.shape[2], like.shape[3])
     if scale == 0:
         return like.new_zeros(shape)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from ..config import DecoderConfig
 from .blocks import BlockGroup, UpBlock, noise_part
 from .guidance import GuidanceMaps
+from .region import Region
 
 __all__ = ["DecoderStep"]
 
@@ -44,17 +45,25 @@ class DecoderStep(nn.Module):
         """The guidance-map indices this step reads (negative, deepest first)."""
         return [-k for k in range(1, len(self.stages) + 2)]
 
-    def _parts(self, x: Tensor, guidance: GuidanceMaps, index: int, generator) -> list[Tensor]:
+    def _parts(self, x: Tensor, guidance: GuidanceMaps, index: int, generator, region) -> list[Tensor]:
         parts = [x, guidance.at(index, tuple(x.shape[-2:]), self.resample)]
-        noise = noise_part(x, self.noise_channels, self.noise_scale, generator)
+        noise = noise_part(x, self.noise_channels, self.noise_scale, generator, region, f"decoder{-index}")
         return parts if noise is None else [*parts, noise]
 
     def forward(
-        self, x: Tensor, guidance: GuidanceMaps | list[Tensor], generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        guidance: GuidanceMaps | list[Tensor],
+        generator: torch.Generator | None = None,
+        region: Region | None = None,
     ) -> Tensor:
+        """``region`` places the crop ``x`` in its full grid (tiled inference); ``None`` for whole images."""
         if not isinstance(guidance, GuidanceMaps):
             guidance = GuidanceMaps(list(guidance))
-        x = self.input_blocks(self._parts(x, guidance, -1, generator))
+        x = self.input_blocks(self._parts(x, guidance, -1, generator, region))
         for k, stage in enumerate(self.stages, start=2):
-            x = stage["blocks"](self._parts(stage["up"](x), guidance, -k, generator))
+            up = stage["up"](x, region)
+            if region is not None:
+                region = region.scaled(up.shape[-2] // x.shape[-2])
+            x = stage["blocks"](self._parts(up, guidance, -k, generator, region))
         return x

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from ..config import RefinerConfig
 from .blocks import BlockGroup, noise_part
 from .guidance import GuidanceMaps
+from .region import Region
 
 __all__ = ["Refiner"]
 
@@ -25,12 +26,16 @@ class Refiner(nn.Module):
         self.out_proj = nn.Conv2d(self.blocks.out_channels, channels, 1)
 
     def forward(
-        self, x: Tensor, guidance: GuidanceMaps | list[Tensor], generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        guidance: GuidanceMaps | list[Tensor],
+        generator: torch.Generator | None = None,
+        region: Region | None = None,
     ) -> Tensor:
         if not isinstance(guidance, GuidanceMaps):
             guidance = GuidanceMaps(list(guidance))
         parts = [x, guidance.at(self.guidance_index, tuple(x.shape[-2:]), self.resample)]
-        noise = noise_part(x, self.noise_channels, self.noise_scale, generator)
+        noise = noise_part(x, self.noise_channels, self.noise_scale, generator, region, "refiner")
         if noise is not None:
             parts.append(noise)
         return self.out_proj(self.blocks(parts))

@@ -1,0 +1,194 @@
+"""Exact tiled inference: tiled output equals untiled output for every kind of config, the halo matters,
+per-tile heads, and clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import featlift
+from featlift.config import (
+    BackboneConfig,
+    BlockGroupConfig,
+    DecoderConfig,
+    DecoderStageConfig,
+    DownConfig,
+    EncoderConfig,
+    EncoderStageConfig,
+    RefinerConfig,
+    UpliftConfig,
+)
+from featlift.modeling.region import Region, corner_aligned_upsample
+from featlift.registry import get_variant
+
+TOL = 2e-5
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights and BatchNorm statistics, so no layer is close to the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+            elif t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=gen) * (0.3 if t.dim() > 1 else 0.5))
+    return model.eval()
+
+
+def _config(patch=16, channels=5, attender=17, **changes) -> UpliftConfig:
+    cfg = UpliftConfig(
+        backbone=BackboneConfig(channels=channels, patch=patch),
+        encoder=EncoderConfig(stages=tuple(EncoderStageConfig(blocks=BlockGroupConfig(widths=(w,))) for w in (4, 6, 8))),
+        decoder=DecoderConfig(
+            input_blocks=BlockGroupConfig(block="DoubleConv", widths=(8,)),
+            stages=(DecoderStageConfig(blocks=BlockGroupConfig(block="DoubleConv", widths=(8,))),),
+        ),
+        attender=attender,
+    )
+    return dataclasses.replace(cfg, **changes)
+
+
+def _deeper_decoder(cfg: UpliftConfig) -> UpliftConfig:
+    stage = DecoderStageConfig(blocks=BlockGroupConfig(widths=(8,)))
+    dec = dataclasses.replace(cfg.decoder, stages=(cfg.decoder.stages[0], stage))
+    return dataclasses.replace(cfg, decoder=dec, up_factor=4)
+
+
+def _vae_like(cfg: UpliftConfig) -> UpliftConfig:
+    dec = dataclasses.replace(cfg.decoder, noise_channels=2, noise_scale=0.7)
+    ref = RefinerConfig(blocks=BlockGroupConfig(norm="layer", widths=(8,)), noise_channels=1, noise_scale=0.5)
+    return dataclasses.replace(cfg, decoder=dec, refiner=ref, backbone=dataclasses.replace(cfg.backbone, patch=8))
+
+
+CONFIGS = {
+    "patch14-n17": _config(patch=14),
+    "patch16-n5": _config(attender=5),
+    "patch16-n25": _config(attender=25),
+    "bilinear-guidance": _config(
+        decoder=dataclasses.replace(_config().decoder, guidance_resample="bilinear"), attender=13
+    ),
+    "unshared-encoder": _config(share_encoder=False, attender=9),
+    "two-stage-decoder": _deeper_decoder(_config()),
+    "noise-and-refiner": _vae_like(_config()),
+}
+
+
+def _inputs(cfg: UpliftConfig, b: int, h: int, w: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 3, h * cfg.patch, w * cfg.patch, generator=gen)
+    return image, torch.randn(b, cfg.channels, h, w, generator=gen)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize(("tile", "b", "h", "w", "iters"), [(3, 1, 7, 9, 2), ((2, 5), 2, 6, 11, 3)])
+def test_tiled_equals_untiled(name, tile, b, h, w, iters):
+    cfg = CONFIGS[name]
+    model = _randomise(featlift.UPLiFT(cfg))
+    image, features = _inputs(cfg, b, h, w)
+    with torch.no_grad():
+        full = model(image, features, iters=iters, generator=torch.Generator().manual_seed(5))
+        tiled = model(image, features, iters=iters, generator=torch.Generator().manual_seed(5), tile=tile)
+    assert tiled.shape == full.shape
+    scale = max(1.0, full.abs().max().item())
+    assert (tiled - full).abs().max().item() <= TOL * scale
+
+
+def test_fixture_model_tiles_exactly(dinov2_case):
+    """The published layout with the authors' fixture weights, at the default 4 iterations."""
+    model = featlift.build_upsampler(dinov2_case.config_path, weights=dinov2_case.weights_path)
+    image, features = _inputs(model.config, 1, 13, 10)
+    with torch.no_grad():
+        full = model(image, features)
+        tiled = model(image, features, tile=(4, 6))
+    assert (tiled - full).abs().max().item() <= TOL * max(1.0, full.abs().max().item())
+
+
+def test_the_halo_is_needed():
+    """With too small a halo the tiles disagree with the whole image: the equality above is not vacuous."""
+    model = _randomise(featlift.UPLiFT(CONFIGS["patch16-n5"]))
+    image, features = _inputs(model.config, 1, 12, 12)
+    with torch.no_grad():
+        full = model(image, features, iters=2)
+        model.tile_halo = lambda iters=None: 1
+        tiled = model(image, features, iters=2, tile=4)
+    assert (tiled - full).abs().max().item() > 1e-3
+
+
+def test_halo_bound_for_the_published_layout():
+    """By hand for dinov2_s14 (errors in cells of each iteration's input grid): iteration 0 reaches
+    5/16 (encoder) + 2 (DoubleConv) + 1 (bilinear) + 2/2 (DoubleConv at 2x) = 4.31 cells; each later
+    iteration doubles the error so far and adds 4, giving 6.31, 7.31 and 7.81 coarse cells -> 8."""
+    model = featlift.UPLiFT(get_variant("dinov2_s14").config)
+    assert [model.tile_halo(i) for i in (1, 2, 3, 4)] == [5, 7, 8, 8]
+    assert model.tile_halo() == 8
+
+
+def test_autograd_path_tiles_exactly_too():
+    model = _randomise(featlift.UPLiFT(CONFIGS["patch14-n17"]))
+    image, features = _inputs(model.config, 1, 6, 7)
+    full = model(image, features, iters=2)
+    tiled = model(image, features, iters=2, tile=3)
+    assert (tiled - full).abs().max().item() <= TOL * max(1.0, full.abs().max().item())
+
+
+def test_head_runs_per_tile_and_matches_the_whole_image():
+    cfg = CONFIGS["patch14-n17"]
+    model = _randomise(featlift.UPLiFT(cfg))
+    probe = torch.nn.Conv2d(cfg.channels, 3, 1)
+    seen = []
+
+    def head(x):
+        seen.append(tuple(x.shape[-2:]))
+        return probe(x)
+
+    image, features = _inputs(cfg, 2, 8, 6)
+    with torch.no_grad():
+        want = probe(model(image, features, iters=2))
+        got = model(image, features, iters=2, tile=(4, 3), head=head)
+        untiled = model(image, features, iters=2, head=probe)
+    assert got.shape == (2, 3, 32, 24)
+    assert seen == [(16, 12)] * 4, "one call per tile, on the tile's own pixels"
+    assert (got - want).abs().max().item() <= TOL * max(1.0, want.abs().max().item())
+    assert torch.allclose(untiled, want)
+
+
+def test_bad_head_and_tile_arguments():
+    model = featlift.UPLiFT(CONFIGS["patch16-n5"]).eval()
+    image, features = _inputs(model.config, 1, 4, 4)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"head must map features \[B, C, H, W\] to \[B, K, H, W\]"):
+            model(image, features, iters=1, tile=2, head=lambda x: x.mean(dim=(2, 3)))
+        for bad in (0, -3, (2,), (2, 0), 1.5, "big"):
+            with pytest.raises(ValueError, match="tile must be a positive number of coarse cells"):
+                model(image, features, iters=1, tile=bad)
+        with pytest.raises(ValueError, match="cannot be combined with tile"):
+            model(image, features, iters=1, tile=2, return_steps=True)
+
+
+def test_configs_that_downsample_are_refused():
+    stages = (
+        EncoderStageConfig(blocks=BlockGroupConfig(widths=(4,))),
+        EncoderStageConfig(blocks=BlockGroupConfig(widths=(4,)), down=DownConfig(op="max", factor=0.5)),
+    )
+    model = featlift.UPLiFT(_config(encoder=EncoderConfig(stages=stages))).eval()
+    image, features = _inputs(model.config, 1, 4, 4)
+    with pytest.raises(ValueError, match="keeps full resolution"):
+        model(image, features, iters=1, tile=2)
+
+
+@pytest.mark.parametrize(("full", "origin", "size"), [(9, 0, 4), (9, 3, 5), (9, 6, 3), (1, 0, 1), (17, 5, 12)])
+def test_corner_aligned_upsample_equals_cropping_the_full_resize(full, origin, size):
+    x = torch.randn(2, 3, full, full + 2)
+    region = Region((origin, 1), (size, full), (full, full + 2))
+    crop = x[:, :, origin : origin + size, 1 : 1 + full]
+    want = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    want = want[:, :, 2 * origin : 2 * (origin + size), 2 : 2 * (1 + full)]
+    got = corner_aligned_upsample(crop, region, 2)
+    # Output rows/cols next to a cut edge may tap cells outside the crop (halo); compare the rest.
+    rows = slice(0 if origin == 0 else 2, 2 * size if origin + size == full else 2 * size - 2)
+    cols = slice(2, 2 * full - 2)  # the crop is cut on both sides horizontally
+    assert got.shape == want.shape
+    assert torch.allclose(got[:, :, rows, cols], want[:, :, rows, cols], atol=1e-6)
