@@ -41,7 +41,9 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def _config(patch=16, channels=5, attender=17, **changes) -> UpliftConfig:
     cfg = UpliftConfig(
         backbone=BackboneConfig(channels=channels, patch=patch),
-        encoder=EncoderConfig(stages=tuple(EncoderStageConfig(blocks=BlockGroupConfig(widths=(w,))) for w in (4, 6, 8))),
+        encoder=EncoderConfig(
+            stages=tuple(EncoderStageConfig(blocks=BlockGroupConfig(widths=(w,))) for w in (4, 6, 8))
+        ),
         decoder=DecoderConfig(
             input_blocks=BlockGroupConfig(block="DoubleConv", widths=(8,)),
             stages=(DecoderStageConfig(blocks=BlockGroupConfig(block="DoubleConv", widths=(8,))),),

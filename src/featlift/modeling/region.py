@@ -44,9 +44,7 @@ class Region:
             self.noise_cache,
         )
 
-    def noise(
-        self, key: str, like: Tensor, channels: int, scale: float, generator: torch.Generator | None
-    ) -> Tensor:
+    def noise(self, key: str, like: Tensor, channels: int, scale: float, generator: torch.Generator | None) -> Tensor:
         """``scale * N(0, 1)`` for this crop, cut from one draw over the full grid (drawn on first use)."""
         cache_key = (self.iteration, key)
         if cache_key not in self.noise_cache:

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import UpliftConfig
+from ..ops.fused import is_channels_last
 from .attender import LocalAttender
 from .decoder import DecoderStep
 from .encoder import GuidanceEncoder
-from ..ops.fused import is_channels_last
 from .guidance import GuidanceMaps
-from .region import Region
 from .refiner import Refiner
+from .region import Region
 
 __all__ = ["UPLiFT"]
 
