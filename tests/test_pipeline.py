@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -338,3 +339,27 @@ def test_examples_run_with_local_weights(script, width, tmp_path, backbone_file)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(tmp_path / "out.png").size == (width, 40)
+
+
+def test_upsampler_tiles_exactly_with_a_head_and_runs_the_backbone_once(upsampler):
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 255, (100, 130, 3), dtype=np.uint8))
+    calls = []
+    hook = upsampler.backbone.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    probe = torch.nn.Conv2d(384, 5, 1)
+    try:
+        whole = upsampler(img, output_size="native")
+        tiled = upsampler(img, output_size="native", tile=3)
+        labels = upsampler(img, tile=(2, 4), head=probe)
+        upsampler.tile = 3
+        default_tiled = upsampler(img, output_size="native")
+    finally:
+        upsampler.tile = None
+        hook.remove()
+    assert len(calls) == 4, "the backbone runs once per call, on the whole image"
+    assert (tiled - whole).abs().max().item() <= 1e-4 * max(1.0, whole.abs().max().item())
+    assert torch.equal(default_tiled, tiled)
+    with torch.no_grad():
+        want = F.interpolate(probe(whole), size=(100, 130), mode="bilinear", align_corners=False, antialias=True)
+    assert labels.shape == (1, 5, 100, 130)
+    assert (labels - want).abs().max().item() <= 1e-3

@@ -69,6 +69,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         backbone_weights=args.backbone_weights,
         pretrained=not args.no_pretrained,
     )
+    up.tile = args.tile
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--iters", type=int, default=None, help="upsampling iterations (default: pixel density)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="exact tiled upsampling over tiles of this many backbone cells (bounds memory on big images)",
+    )
     p.add_argument("--weights", default=None, help="local UPLiFT weights instead of the download")
     p.add_argument("--backbone-weights", default=None, help="local backbone weights instead of the download")
     p.add_argument("--no-pretrained", action="store_true", help="random weights (testing only)")

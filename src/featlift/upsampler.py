@@ -7,7 +7,7 @@ normalised batches, runs the backbone and the upsampler, and resizes the result.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,9 +61,21 @@ class Upsampler(nn.Module):
         feats = up(image)                          # [1, C, H, W] at the image's own size
         feats = up(image, output_size="native")    # the upsampler's own grid, e.g. 512x512 for 448 px
         feats, lowres = up(image, return_lowres=True)
+        labels = up(big_image, tile=64, head=probe)  # exact tiled inference, per-tile head
+
+    ``tile`` (here or per call) runs UPLiFT over tiles of that many backbone cells with an exact halo
+    (see :meth:`featlift.UPLiFT.forward`): the backbone still sees the whole image once, peak memory
+    follows the tile size.
     """
 
-    def __init__(self, backbone: Backbone, uplift: UPLiFT, iters: int | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        uplift: UPLiFT,
+        iters: int | None = None,
+        name: str | None = None,
+        tile: int | tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         if backbone.patch != uplift.patch or backbone.channels != uplift.channels:
             raise ValueError(
@@ -74,6 +86,7 @@ class Upsampler(nn.Module):
         self.uplift = uplift
         self.iters = uplift.default_iters if iters is None else iters
         self.name = name
+        self.tile = tile
         cfg = uplift.config.backbone
         mean = torch.tensor(cfg.mean if cfg.mean is not None else (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
         std = torch.tensor(cfg.std if cfg.std is not None else (1.0, 1.0, 1.0)).view(1, 3, 1, 1)
@@ -144,7 +157,13 @@ class Upsampler(nn.Module):
 
     @torch.inference_mode()
     def forward(
-        self, images: Any, output_size: OutputSize = None, return_lowres: bool = False
+        self,
+        images: Any,
+        output_size: OutputSize = None,
+        return_lowres: bool = False,
+        *,
+        tile: int | tuple[int, int] | None | str = "default",
+        head: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor | list[Tensor] | tuple[Any, Any]:
         """Pixel-dense features for ``images``.
 
@@ -155,6 +174,11 @@ class Upsampler(nn.Module):
             output_size: None (default) gives each image's own size; ``"native"`` the upsampler's grid
                 (h * 2**iters); ``(H, W)`` that size for every image.
             return_lowres: also return the backbone features.
+            tile: tile size in backbone cells for exact tiled upsampling (``None``: whole image); by
+                default ``self.tile``.
+            head: per-pixel callable [B, C, H, W] -> [B, K, H, W] (linear probe, PCA, ...) applied to each
+                tile at the upsampler's native resolution; the K-channel result is then resized to
+                ``output_size``. Pixel-dense C-channel features are never held for the whole image.
 
         Returns:
             [B, C, H, W] when all images share a size, else a list of [1, C, H, W] tensors; with
@@ -163,6 +187,7 @@ class Upsampler(nn.Module):
         native = output_size == "native"
         if not (output_size is None or native or _is_size(output_size)):
             raise ValueError(f"output_size must be None, 'native' or (height, width), got {output_size!r}")
+        tile = self.tile if tile == "default" else tile
         prepared = self.prepare(images)
         same = len({(t.shape, orig) for t, orig in prepared}) == 1
         groups = [prepared] if same else [[p] for p in prepared]
@@ -172,7 +197,7 @@ class Upsampler(nn.Module):
             original = group[0][1]
             image = self.normalize(batch)
             lowres = self.backbone(image)
-            out = self.uplift(image, lowres, iters=self.iters)
+            out = self.uplift(image, lowres, iters=self.iters, tile=tile, head=head)
             if not native:
                 size = tuple(output_size) if output_size is not None else original
                 if tuple(out.shape[-2:]) != size:
