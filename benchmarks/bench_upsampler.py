@@ -1,17 +1,26 @@
 """Time and peak memory of the UPLiFT upsampler alone (dinov2_s14 architecture, random weights, batch 1).
 
-Variants, each measured in a fresh subprocess so peak-memory readings do not mix:
+Variants, each measured in fresh subprocesses so readings do not mix:
 
 * ``featlift``: the library's default path.
 * ``plain``: the same network with the plain attender formulation (all n shifted copies stacked).
-* ``convs``: the network's convolutions alone, the attender replaced by a nearest upsample (the floor).
+* ``convs``: the network's convolutions alone (the floor): everything runs, logits included, but the
+  attender's weighted sum is replaced by a nearest upsample of its values.
+* ``tiled``: featlift with ``tile=--tile`` cells and a ``--head-classes`` linear head applied per tile,
+  so the output holds class scores, not features (the 4096 px case).
 
-Times are medians over ``--repeats`` calls after one warm-up call. Peak memory is the most any one call
-raised the process's RSS above where it started (CPU: the Linux peak-RSS mark, reset before each call
-through /proc/self/clear_refs) or ``torch.cuda.max_memory_allocated`` above the allocation before the
-call (GPU), reported as a multiple of the output tensor's bytes. Compare figures as ratios within one run.
+Times are medians over ``--repeats`` calls after one warm-up call per variant; featlift, convs and
+tiled are timed in one process, round-robin, so machine drift affects them alike. On CPU, peak memory comes from a
+second subprocess run with glibc's mmap threshold fixed at 128 KiB, so that freed tensors leave RSS at
+once and RSS tracks live memory; the figure is the largest rise of the peak-RSS mark (reset through
+/proc/self/clear_refs before each call) above the RSS at the start of the call. On GPU it is
+``torch.cuda.max_memory_allocated`` above the allocation before the call, and times come from CUDA
+events. Memory is reported as a multiple of the output tensor's bytes (for ``tiled``: of the
+pixel-dense feature map the call never holds). Compare figures as ratios within one run.
 
-    python benchmarks/bench_upsampler.py --sizes 224 448 --threads 2 --json bench.json
+    python benchmarks/bench_upsampler.py --json bench.json                 # 224 448 896 1344, CPU
+    python benchmarks/bench_upsampler.py --sizes 4096 --variants tiled     # 4096 px, tiled + 21 classes
+    python benchmarks/bench_upsampler.py --device cuda --dtypes float32 bfloat16
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("featlift", "plain", "convs")
+VARIANTS = ("featlift", "plain", "convs", "tiled")
+CHANNELS = 384
+PATCH = 14
 
 
 def _status_bytes(field: str) -> int | None:
@@ -38,170 +49,199 @@ def _status_bytes(field: str) -> int | None:
     return None
 
 
-_HWM_RESETTABLE = None
+class _PeakRSS:
+    """Peak RSS of one call: Linux clear_refs resets the mark; elsewhere the lifetime peak (overstates)."""
 
+    def __init__(self) -> None:
+        self.resettable = True
 
-def _reset_peak_rss() -> int:
-    """Reset the process's peak-RSS mark to its current RSS (Linux clear_refs) and return that RSS.
+    def reset(self) -> int:
+        import resource
 
-    Where the mark cannot be reset, fall back to the lifetime peak, which can only overstate growth.
-    """
-    global _HWM_RESETTABLE
-    import resource
+        if self.resettable:
+            try:
+                with open("/proc/self/clear_refs", "w") as fh:
+                    fh.write("5")
+                return _status_bytes("VmRSS")
+            except OSError:
+                self.resettable = False
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        _HWM_RESETTABLE = True
-        return _status_bytes("VmRSS")
-    except OSError:
-        _HWM_RESETTABLE = False
+    def peak(self) -> int:
+        import resource
+
+        if self.resettable:
+            return _status_bytes("VmHWM")
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _peak_rss() -> int:
-    import resource
-
-    if _HWM_RESETTABLE:
-        return _status_bytes("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _worker(args: argparse.Namespace) -> dict:
+def _build(variant: str, device, dtype, args):
+    """The model call for one variant: (callable, kwargs for the model)."""
     import torch
     import torch.nn.functional as F
 
     import featlift
 
+    model = featlift.build_upsampler("dinov2_s14", device=device, dtype=dtype)
+    kwargs = {}
+    if variant == "plain":
+        model.attender.impl = "reference"
+    elif variant == "convs":
+        model.attender.attend = lambda logits, values: F.interpolate(values, size=logits.shape[-2:], mode="nearest")
+    elif variant == "tiled":
+        head = torch.nn.Conv2d(CHANNELS, args.head_classes, 1).to(device, dtype)
+        kwargs = {"tile": args.tile, "head": head}
+    return model, kwargs
+
+
+def _worker(args: argparse.Namespace) -> list[dict]:
+    """Time the listed variants round-robin in one process (so drift hits them alike), or measure the
+    peak memory of one variant."""
+    import torch
+
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    model = featlift.build_upsampler("dinov2_s14", device=device, dtype=dtype)
-    if args.variant == "plain":
-        model.attender.impl = "reference"
-    elif args.variant == "convs":
-        # Everything but the weighted sum runs (logits included); the sum becomes a nearest upsample.
-        model.attender.attend = lambda logits, values: F.interpolate(values, size=logits.shape[-2:], mode="nearest")
+    variants = args.variant.split(",")
+    built = {v: _build(v, device, dtype, args) for v in variants}
 
-    cells = args.size // 14
+    cells = args.size // PATCH
     gen = torch.Generator().manual_seed(0)
-    image = torch.randn(1, 3, cells * 14, cells * 14, generator=gen).to(device, dtype)
-    features = torch.randn(1, 384, cells, cells, generator=gen).to(device, dtype)
+    image = torch.randn(1, 3, cells * PATCH, cells * PATCH, generator=gen).to(device, dtype)
+    features = torch.randn(1, CHANNELS, cells, cells, generator=gen).to(device, dtype)
     out_side = cells * 2**args.iters
-    out_bytes = 384 * out_side * out_side * torch.finfo(dtype).bits // 8
+    elem = torch.finfo(dtype).bits // 8
 
-    def call():
+    def call(variant):
+        model, kwargs = built[variant]
         with torch.inference_mode():
-            return model(image, features, iters=args.iters)
+            return model(image, features, iters=args.iters, **kwargs)
 
-    times = []
+    times = {v: [] for v in variants}
+    peaks = {v: [] for v in variants}
+    out_bytes = {}
+    rss = _PeakRSS()
+    for v in variants:  # warm-up: thread pools, oneDNN primitives and kernels are set up once
+        out = call(v)
+        out_bytes[v] = out.numel() * out.element_size()
+        del out
     if device.type == "cuda":
-        call()
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        for _ in range(args.repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = call()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
+    for _ in range(args.repeats):
+        for v in variants:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = call(v)
+                end.record()
+                torch.cuda.synchronize()
+                times[v].append(start.elapsed_time(end) / 1000)
+                peaks[v].append(torch.cuda.max_memory_allocated() - base)
+            else:
+                base = rss.reset()
+                t0 = time.perf_counter()
+                out = call(v)
+                times[v].append(time.perf_counter() - t0)
+                peaks[v].append(rss.peak() - base)
             del out
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        call()  # warm-up: one-time allocations (thread pools, oneDNN primitives) are not the call's cost
-        peaks = []
-        for _ in range(args.repeats):
-            base = _reset_peak_rss()
-            t0 = time.perf_counter()
-            out = call()
-            times.append(time.perf_counter() - t0)
-            peaks.append(_peak_rss() - base)
-            del out
-        peak = max(peaks)
-    return {
-        "size": args.size,
-        "variant": args.variant,
-        "time_s": statistics.median(times),
-        "peak_bytes": peak,
-        "output_bytes": out_bytes,
-        "output_pixels": out_side * out_side,
-    }
+    return [
+        {
+            "size": args.size,
+            "variant": v,
+            "dtype": args.dtype,
+            "time_s": statistics.median(times[v]),
+            "times_s": times[v],
+            "peak_bytes": max(peaks[v]),
+            "output_bytes": out_bytes[v],
+            "feature_bytes": CHANNELS * out_side * out_side * elem,
+            "output_pixels": out_side * out_side,
+        }
+        for v in variants
+    ]
 
 
-def _worker_env() -> dict:
-    """glibc keeps freed blocks below its (dynamic) mmap threshold in the heap, so RSS would carry the
-    previous call's memory. A fixed 128 KiB threshold maps every tensor-sized block and unmaps it on
-    free: RSS then tracks live memory and the peak is the call's own."""
+def _run_worker(args: argparse.Namespace, size: int, variants: list[str], dtype: str, memory: bool) -> list[dict]:
+    cmd = [sys.executable, __file__, "--worker", "--size", str(size), "--variant", ",".join(variants)]
+    cmd += ["--dtype-one", dtype, "--iters", str(args.iters), "--threads", str(args.threads)]
+    cmd += ["--repeats", str(args.repeats), "--device", args.device]
+    cmd += ["--tile", str(args.tile), "--head-classes", str(args.head_classes)]
     env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
-    return env
+    if memory:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        print(f"{size}px {variants} {dtype}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+        return []
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 896, 1344])
+    parser.add_argument("--variants", nargs="+", default=["featlift", "plain", "convs"], choices=VARIANTS)
     parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
-        "--max-plain-size",
-        type=int,
-        default=448,
-        help="skip the plain variant above this size (it needs n x the output)",
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default: float32 on CPU; float32 and bfloat16 on CUDA",
     )
+    parser.add_argument("--max-plain-size", type=int, default=448, help="skip the plain variant above this size")
+    parser.add_argument("--tile", type=int, default=64, help="tile size in coarse cells for the tiled variant")
+    parser.add_argument("--head-classes", type=int, default=21, help="linear head width for the tiled variant")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype-one", dest="dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         print(json.dumps(_worker(args)))
         return
 
+    dtypes = args.dtypes or (["float32", "bfloat16"] if args.device.startswith("cuda") else ["float32"])
     rows = []
-    for size in args.sizes:
-        for variant in args.variants:
-            if variant == "plain" and size > args.max_plain_size:
-                continue
-            cmd = [sys.executable, __file__, "--worker", "--size", str(size), "--variant", variant]
-            cmd += ["--iters", str(args.iters), "--threads", str(args.threads), "--repeats", str(args.repeats)]
-            cmd += ["--device", args.device, "--dtype", args.dtype]
-            result = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
-            if result.returncode != 0:
-                print(f"{size}px {variant}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
-                continue
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    for dtype in dtypes:
+        for size in args.sizes:
+            variants = [v for v in args.variants if not (v == "plain" and size > args.max_plain_size)]
+            timed = [v for v in variants if v != "plain"]  # plain is too slow to interleave; it runs alone
+            found = _run_worker(args, size, timed, dtype, memory=False) if timed else []
+            if "plain" in variants:
+                found += _run_worker(args, size, ["plain"], dtype, memory=False)
+            for row in found:
+                if args.device == "cpu":  # memory from a separate run with exact RSS accounting
+                    mem = _run_worker(args, size, [row["variant"]], dtype, memory=True)
+                    row["peak_bytes"] = mem[0]["peak_bytes"] if mem else float("nan")
+                rows.append(row)
 
-    print(f"{'size':>6} {'variant':>9} {'time':>10} {'x convs':>8} {'peak/out':>9} {'ns/px':>8}")
+    print(f"{'size':>6} {'variant':>9} {'dtype':>9} {'time':>10} {'x convs':>8} {'peak/out':>9} {'ns/px':>8}")
     for row in rows:
-        floor = next((r for r in rows if r["size"] == row["size"] and r["variant"] == "convs"), None)
-        ratio = row["time_s"] / floor["time_s"] if floor else float("nan")
-        row["time_vs_convs"] = ratio
+        floor = next(
+            (r for r in rows if (r["size"], r["dtype"], r["variant"]) == (row["size"], row["dtype"], "convs")), None
+        )
+        row["time_vs_convs"] = row["time_s"] / floor["time_s"] if floor else float("nan")
         row["peak_vs_output"] = row["peak_bytes"] / row["output_bytes"]
+        row["peak_vs_features"] = row["peak_bytes"] / row["feature_bytes"]
         row["ns_per_pixel"] = row["time_s"] / row["output_pixels"] * 1e9
+        time_text = f"{row['time_s'] * 1e3:>8.2f}ms" if args.device != "cpu" else f"{row['time_s']:>9.3f}s"
+        note = (
+            f"  (peak = {row['peak_vs_features']:.3f}x the pixel-dense features)" if row["variant"] == "tiled" else ""
+        )
         print(
-            f"{row['size']:>5}px {row['variant']:>9} {row['time_s']:>9.3f}s {ratio:>7.2f}x "
-            f"{row['peak_vs_output']:>8.2f}x {row['ns_per_pixel']:>8.1f}"
+            f"{row['size']:>5}px {row['variant']:>9} {row['dtype']:>9} {time_text} {row['time_vs_convs']:>7.2f}x "
+            f"{row['peak_vs_output']:>8.2f}x {row['ns_per_pixel']:>8.1f}{note}"
         )
     if args.json:
+        meta = {"device": args.device, "threads": args.threads, "iters": args.iters, "tile": args.tile}
         with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "device": args.device,
-                    "dtype": args.dtype,
-                    "threads": args.threads,
-                    "iters": args.iters,
-                    "rows": rows,
-                },
-                fh,
-                indent=2,
-            )
+            json.dump({**meta, "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

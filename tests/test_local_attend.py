@@ -279,3 +279,20 @@ def test_default_path_never_builds_the_stacked_tensor():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     growth = float(result.stdout.strip())
     assert growth < 1.3, f"peak memory grew by {growth:.2f}x the output size"
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("scale", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_channels_last_layout(size, scale, dtype):
+    """channels_last values (what the model's convs give on CPU) keep their layout and their numbers."""
+    gen = torch.Generator().manual_seed(size + 7 * scale)
+    values = torch.randn(2, 19, 5, 4, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    logits = 3 * torch.randn(2, size, 5 * scale, 4 * scale, generator=gen)
+    logits = logits.to(dtype).contiguous(memory_format=torch.channels_last)
+    offsets = neighbourhood_offsets(size)
+    out = local_attend(logits, values, offsets, scale, impl="fused")
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    ref = local_attend_reference(logits.double(), values.double(), offsets, scale)
+    eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6
+    assert torch.all((out.double() - ref).abs() <= eps * ref.abs() + max(eps * 1e-2, 1e-6))

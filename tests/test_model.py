@@ -261,3 +261,14 @@ def test_inference_path_matches_the_autograd_path_with_batchnorm_statistics():
         lean = model(image, features, iters=3)
     plain = model(image, features, iters=3).detach()
     assert (lean - plain).abs().max().item() <= 1e-4 * max(1.0, plain.abs().max().item())
+
+
+def test_whole_model_compiles_without_graph_breaks():
+    """fullgraph=True raises on any graph break: the attender op and the lean path trace as one graph."""
+    model = featlift.UPLiFT(_tiny(patch=16)).eval()
+    image, features = _inputs(model.config, h=3, w=2)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        want = model(image, features, iters=2)
+        got = compiled(image, features, iters=2)
+    assert (got - want).abs().max().item() <= 1e-5

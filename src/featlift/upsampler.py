@@ -162,7 +162,7 @@ class Upsampler(nn.Module):
         output_size: OutputSize = None,
         return_lowres: bool = False,
         *,
-        tile: int | tuple[int, int] | None | str = "default",
+        tile: int | tuple[int, int] | str | None = "default",
         head: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor | list[Tensor] | tuple[Any, Any]:
         """Pixel-dense features for ``images``.

@@ -100,31 +100,34 @@ def fused_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
 
 
 def _fused_forward_channels_last(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> Tensor:
-    """:func:`fused_forward` for [B, H, W, C]-ordered memory: scratch ``[B, s, s, R, w, C]``, so every
-    accumulation and the final write run along contiguous channels."""
+    """:func:`fused_forward` for [B, H, W, C]-ordered memory. Channels are the innermost dimension of the
+    values and of the output, so each offset accumulates straight into the output band (a contiguous
+    run of C per pixel, the weight broadcast over it) with no scratch buffer and no layout change."""
     b, c, h, w = values.shape
     n, s = len(offsets), scale
     acc = accumulation_dtype(values.dtype)
     radius = _radius(offsets)
     out = torch.empty(b, c, h * s, w * s, dtype=values.dtype, device=values.device, memory_format=torch.channels_last)
     out_nhwc = out.permute(0, 2, 3, 1)  # a contiguous view [B, H, W, C]
-    rows, _ = _band_plan(values, s)
-    rows = max(1, rows * min(c, _MAX_CHANNEL_GROUP) // c)  # no channel groups here: shrink the bands instead
+    direct = acc == values.dtype  # half precision accumulates in a float32 band, then rounds once
+    budget = _CPU_BAND_BYTES if values.device.type == "cpu" else _DEVICE_BAND_BYTES
+    rows = max(1, min(h, budget // max(1, b * s * s * w * c * torch.finfo(acc).bits // 8)))
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         band = r1 - r0
         src = _padded_rows(values, r0, r1, radius, acc).permute(0, 2, 3, 1)  # [B, R + 2r, w + 2r, C]
-        lg = logits[:, :, r0 * s : r1 * s].to(acc).reshape(b, n, band, s, w, s)
-        weights = torch.softmax(lg.permute(0, 1, 3, 5, 2, 4), dim=1).contiguous()[..., None]  # [B, n, s, s, R, w, 1]
-        scratch = torch.empty(b, s, s, band, w, c, dtype=acc, device=values.device)
-        for k, (dy, dx) in enumerate(offsets):
-            shifted = src[:, None, None, radius + dy : radius + dy + band, radius + dx : radius + dx + w]
-            if k == 0:
-                torch.mul(shifted, weights[:, k], out=scratch)
-            else:
-                scratch.addcmul_(shifted, weights[:, k])
+        lg = logits[:, :, r0 * s : r1 * s].to(acc)
+        weights = torch.softmax(lg, dim=1).permute(0, 2, 3, 1).reshape(b, band, s, w, s, n)
         target = out_nhwc[:, r0 * s : r1 * s].view(b, band, s, w, s, c)
-        target.copy_(scratch.permute(0, 3, 1, 4, 2, 5))
+        sums = target if direct else torch.empty(target.shape, dtype=acc, device=values.device)
+        for k, (dy, dx) in enumerate(offsets):
+            shifted = src[:, radius + dy : radius + dy + band, None, radius + dx : radius + dx + w, None]
+            if k == 0:
+                torch.mul(shifted, weights[..., k : k + 1], out=sums)
+            else:
+                sums.addcmul_(shifted, weights[..., k : k + 1])
+        if not direct:
+            target.copy_(sums)
     return out
 
 
