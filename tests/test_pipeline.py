@@ -158,7 +158,18 @@ def test_cli_writes_features_and_pca_and_skips_bad_files(hf_home, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert load_file(str(out / "a.safetensors"))["features"].shape == (384, 48, 64)
+    native = load_file(str(out / "a.safetensors"))["features"]
+    assert native.shape == (384, 48, 64)
+    tiled_out = tmp_path / "tiled"
+    result = subprocess.run(
+        [*cli, "upsample", str(images / "a.png"), "--out", str(tiled_out), "--size", "native", "--tile", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (load_file(str(tiled_out / "a.safetensors"))["features"] - native).abs().max().item() <= 1e-4
 
 
 # -- in-process: local weights, no Hub access ---------------------------------------------------------

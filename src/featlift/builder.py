@@ -108,6 +108,7 @@ def load_upsampler(
     backbone_weights: str | os.PathLike | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    tile: int | tuple[int, int] | None = None,
 ) -> Upsampler:
     """A ready-to-use, frozen :class:`Upsampler`: backbone + UPLiFT with pre- and post-processing.
 
@@ -123,6 +124,8 @@ def load_upsampler(
             folder with ``config.json`` and ``diffusion_pytorch_model.safetensors``.
         revision: Hub branch, tag or commit pinning the UPLiFT files.
         cache_dir: Hugging Face cache directory (default: the standard HF cache).
+        tile: default tile size, in backbone cells, for exact tiled upsampling of large images
+            (``None``: whole images); see :class:`Upsampler`.
     """
     from . import hub
 
@@ -152,7 +155,7 @@ def load_upsampler(
     uplift = build_upsampler(cfg, weights=weights)
 
     backbone = _load_backbone(cfg, pretrained=pretrained, backbone_weights=backbone_weights, cache_dir=cache_dir)
-    up = Upsampler(backbone, uplift, iters=iters, name=text)
+    up = Upsampler(backbone, uplift, iters=iters, name=text, tile=tile)
     up.to(device=torch.device(device) if device is not None else _default_device())
     if dtype is not None:
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

@@ -68,8 +68,8 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         weights=args.weights,
         backbone_weights=args.backbone_weights,
         pretrained=not args.no_pretrained,
+        tile=args.tile,
     )
-    up.tile = args.tile
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
