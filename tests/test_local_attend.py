@@ -296,3 +296,28 @@ def test_fused_channels_last_layout(size, scale, dtype):
     ref = local_attend_reference(logits.double(), values.double(), offsets, scale)
     eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6
     assert torch.all((out.double() - ref).abs() <= eps * ref.abs() + max(eps * 1e-2, 1e-6))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_custom_op_registration_passes_opcheck(layout):
+    """Schema, fake (meta) kernel strides, autograd registration and dispatch, checked by PyTorch."""
+    offsets = neighbourhood_offsets(9)
+    logits = torch.randn(2, 9, 6, 8, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    values = torch.randn(2, 3, 3, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    flat = [v for pair in offsets for v in pair]
+    channels_last = layout == torch.channels_last
+    torch.library.opcheck(torch.ops.featlift.local_attend.default, (logits, values, flat, 2, "fused", channels_last))
+
+
+def test_output_layout_is_the_requested_one_whatever_the_input_layout():
+    """What a compiler relies on: the layout argument, not the input strides, fixes the output layout."""
+    offsets = neighbourhood_offsets(17)
+    logits, values = torch.randn(1, 17, 8, 6), torch.randn(1, 5, 4, 3)
+    flat = [v for pair in offsets for v in pair]
+    ref = local_attend_reference(logits, values, offsets, 2)
+    for want_cl in (False, True):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            v = values.contiguous(memory_format=layout)
+            out = torch.ops.featlift.local_attend(logits, v, flat, 2, "fused", want_cl)
+            assert out.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
+            assert (out - ref).abs().max().item() <= 1e-5

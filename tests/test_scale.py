@@ -48,3 +48,17 @@ def test_4096px_tiled_with_a_21_class_head():
     assert data["shape"] == [1, 21, 4672, 4672] and data["finite"]
     # The 384-channel map would be 33 GB; the run must stay far below it.
     assert data["peak"] <= 0.3 * data["features"], data
+
+
+def test_inductor_compiles_the_whole_model_on_cpu():
+    """Default torch.compile backend (needs a C++ compiler): the custom op's fake kernel must agree with
+    the real one on layouts even when inductor picks its own for intermediates."""
+    import torch
+
+    import featlift
+
+    model = featlift.build_upsampler("dinov2_s14")
+    image, features = torch.randn(1, 3, 112, 98), torch.randn(1, 384, 8, 7)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.inference_mode():
+        assert (compiled(image, features) - model(image, features)).abs().max().item() <= 1e-4

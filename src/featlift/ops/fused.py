@@ -63,13 +63,16 @@ def is_channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
-def fused_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> Tensor:
+def fused_forward(
+    logits: Tensor, values: Tensor, offsets: Offsets, scale: int, channels_last: bool | None = None
+) -> Tensor:
     """Banded softmax + weighted sum; inputs are assumed validated. Returns values.dtype.
 
-    The output takes the memory format of ``values``: channels_last values (what the model's convs
-    produce on CPU) give a channels_last output, built without a layout change.
+    ``channels_last`` picks the output layout (default: that of ``values``). Inputs of any layout are
+    read correctly; the channels_last path is fastest for channels_last values (what the model's convs
+    produce on CPU), the other for NCHW values.
     """
-    if is_channels_last(values):
+    if is_channels_last(values) if channels_last is None else channels_last:
         return _fused_forward_channels_last(logits, values, offsets, scale)
     b, c, h, w = values.shape
     n, s = len(offsets), scale

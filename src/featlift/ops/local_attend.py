@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..config import ATTENDER_SIZES
-from .fused import accumulation_dtype, fused_backward, fused_forward
+from .fused import accumulation_dtype, fused_backward, fused_forward, is_channels_last
 from .triton_kernel import triton_available, triton_forward
 
 __all__ = ["IMPLS", "local_attend", "local_attend_reference", "neighbourhood_offsets", "resolve_impl"]
@@ -122,28 +122,35 @@ def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *
     if impl == "reference":
         return local_attend_reference(logits, values, offsets, scale)
     flat = [v for pair in offsets for v in pair]
-    return torch.ops.featlift.local_attend(logits, values, flat, scale, impl)
+    # The fused path keeps channels_last values channels_last (the model's CPU layout); Triton writes NCHW.
+    channels_last = impl == "fused" and is_channels_last(values)
+    return torch.ops.featlift.local_attend(logits, values, flat, scale, impl, channels_last)
 
 
 def _pairs(flat: list[int]) -> Offsets:
     return tuple(zip(flat[0::2], flat[1::2], strict=True))
 
 
+# The output layout is an argument, fixed when the call is made (or traced): a compiler may hand the op
+# inputs in another layout than it traced with, and the output must still match the fake kernel.
 @torch.library.custom_op("featlift::local_attend", mutates_args=())
-def _local_attend_op(logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str) -> Tensor:
+def _local_attend_op(
+    logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str, channels_last: bool
+) -> Tensor:
     if impl == "triton":
         return triton_forward(logits, values, _pairs(offsets), scale)
-    return fused_forward(logits, values, _pairs(offsets), scale)
+    return fused_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
 
 
 @_local_attend_op.register_fake
-def _(logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str) -> Tensor:
+def _(logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str, channels_last: bool) -> Tensor:
     b, c, h, w = values.shape
-    return values.new_empty(b, c, h * scale, w * scale)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((b, c, h * scale, w * scale), dtype=values.dtype, device=values.device, memory_format=layout)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    logits, values, offsets, scale, _ = inputs
+    logits, values, offsets, scale, _, _ = inputs
     ctx.save_for_backward(logits, values)
     ctx.offsets = _pairs(offsets)
     ctx.scale = scale
@@ -152,7 +159,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out: Tensor):
     logits, values = ctx.saved_tensors
     d_logits, d_values = fused_backward(grad_out, logits, values, ctx.offsets, ctx.scale)
-    return d_logits, d_values, None, None, None
+    return d_logits, d_values, None, None, None, None
 
 
 _local_attend_op.register_autograd(_backward, setup_context=_setup_context)
