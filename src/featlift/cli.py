@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -103,6 +104,45 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     return 1 if failed == len(files) else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from featlift.training import TrainConfig, train
+
+    cfg = TrainConfig(
+        backbone=args.backbone,
+        data=args.data,
+        out=args.out,
+        image_size=args.image_size,
+        depths=args.depths,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        base=args.base,
+        backbone_weights=args.backbone_weights,
+        pretrained_backbone=not args.no_pretrained_backbone,
+        loss=args.loss,
+        noise_std=args.noise,
+        amp=not args.no_amp,
+        workers=args.workers,
+        val_fraction=args.val_fraction,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        device=args.device,
+        push_to_hub=args.push_to_hub,
+    )
+    metrics = train(cfg, progress=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote config.json and model.safetensors to {args.out}")
+        for depth, row in metrics.get("heldout", {}).items():
+            print(
+                f"held-out {depth}: uplift {row['uplift']:.5f}  bilinear {row['bilinear']:.5f}  "
+                f"ratio {row['ratio']:.3f}"
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featlift", description="Pixel-dense features with UPLiFT upsamplers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -128,6 +168,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", default=None, help="local backbone weights instead of the download")
     p.add_argument("--no-pretrained", action="store_true", help="random weights (testing only)")
     p.set_defaults(func=_cmd_upsample)
+
+    t = sub.add_parser("train", help="train an UPLiFT upsampler for a backbone (self-supervised)")
+    t.add_argument("--backbone", required=True, help="timm ViT name or a registered variant")
+    t.add_argument("--data", required=True, help="image folder (recursive) or a text file of image paths")
+    t.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, checkpoint.pt)")
+    t.add_argument("--image-size", type=int, default=224, help="training crop side in pixels (the targets)")
+    t.add_argument("--depths", type=int, default=2, help="mix depths 1..D")
+    t.add_argument("--batch-size", type=int, default=8, help="images per process (global = this x processes)")
+    length = t.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="optimiser steps")
+    length.add_argument("--epochs", type=float, help="passes over the training images")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--base", default="dinov2_s14", help="architecture: registered name, authors' YAML or featlift JSON")
+    t.add_argument("--backbone-weights", default=None, help="local backbone weights file")
+    t.add_argument("--no-pretrained-backbone", action="store_true", help="random-init backbone (tests)")
+    t.add_argument("--loss", default="l2", choices=["l2", "l1", "cosine"])
+    t.add_argument("--noise", type=float, default=0.0, help="std of noise added to the input features")
+    t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for evaluation")
+    t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: at the end)")
+    t.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--push-to-hub", default=None, metavar="REPO", help="publish the result to this Hub repo")
+    t.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -98,3 +98,42 @@ def download_diffusers_vae(
         local_arg="backbone_weights",
     )
     return config.parent
+
+
+def push_pretrained_dir(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    card: str,
+    private: bool = False,
+    token: str | None = None,
+) -> str:
+    """Publish a trained model directory (``config.json``, ``model.safetensors``) with a model card.
+
+    Creates the repository if needed and uploads the two files plus ``README.md`` in one commit; returns
+    the commit URL. ``load_upsampler(repo_id)`` then downloads exactly these files.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from . import __version__
+    from .weights import CONFIG_NAME, WEIGHTS_NAME
+
+    directory = Path(directory)
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}; train or save_pretrained first")
+    api = HfApi(token=token, library_name="featlift", library_version=__version__)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        operations = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(directory / name))
+            for name in (CONFIG_NAME, WEIGHTS_NAME)
+        ]
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+        info = api.create_commit(repo_id, operations, commit_message="Upload UPLiFT upsampler trained with featlift")
+    except Exception as err:  # network, auth or permission problems from huggingface_hub
+        raise DownloadError(
+            f"could not publish {directory} to the Hugging Face Hub repo {repo_id!r}: {err}. "
+            "Log in with `huggingface-cli login` (or pass a token) and check the network."
+        ) from err
+    return str(getattr(info, "commit_url", info))

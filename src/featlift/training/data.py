@@ -1,0 +1,83 @@
+"""Training images: a folder (recursive) or a file list, decoded, resized and centre-cropped.
+
+Unreadable files are skipped with one warning each: the next readable image takes their place, so every
+batch keeps its size and every process sees the same sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+__all__ = ["IMAGE_EXTENSIONS", "DataError", "ImageDataset", "list_images"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class DataError(ValueError):
+    """The training data cannot be used (missing, empty, no images)."""
+
+
+def list_images(source: str | Path) -> list[Path]:
+    """Image paths under a folder (recursive, sorted) or listed in a text file (one path per line,
+    relative paths taken from the list's folder)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"training data {path} does not exist; pass an image folder or a text file of paths")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"no images found under {path} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+        return files
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    files = [
+        (p if p.is_absolute() else path.parent / p) for p in map(Path, lines) if str(p) and not str(p).startswith("#")
+    ]
+    if not files:
+        raise DataError(f"the file list {path} names no images")
+    return files
+
+
+class ImageDataset(Dataset):
+    """Square RGB crops of side ``size`` as float tensors [3, size, size] in [0, 1]."""
+
+    def __init__(self, files: list[Path], size: int) -> None:
+        if not files:
+            raise DataError("no images to train on")
+        self.files = list(files)
+        self.size = size
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, index: int) -> torch.Tensor:
+        with Image.open(self.files[index]) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = self.size / min(w, h)
+            new = (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
+            im = im.resize(new, resample=Image.BICUBIC)
+            left, top = (new[0] - self.size) // 2, (new[1] - self.size) // 2
+            im = im.crop((left, top, left + self.size, top + self.size))
+            array = np.asarray(im, dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        for step in range(len(self.files)):
+            i = (index + step) % len(self.files)
+            if i in self._bad:
+                continue
+            try:
+                return self._load(i)
+            except (OSError, UnidentifiedImageError, ValueError) as err:
+                self._bad.add(i)
+                logger.warning("skipping unreadable image %s (%s)", self.files[i], err)
+        raise DataError("none of the training images can be read")

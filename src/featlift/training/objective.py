@@ -1,0 +1,75 @@
+"""The paper's self-supervised multi-depth reconstruction objective.
+
+For an image I and depth d, the backbone features of I downsampled by 2**d are upsampled d times. Step j
+(1..d) is compared with the backbone features of I downsampled by 2**(d - j); the last step with the
+features of I itself. No labels: the frozen backbone provides every target.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LOSSES", "depth_targets", "downsample", "feature_distance", "multi_depth_loss"]
+
+LOSSES = ("l2", "l1", "cosine")
+
+
+def feature_distance(pred: Tensor, target: Tensor, kind: str = "l2") -> Tensor:
+    """Mean distance between feature maps [B, C, H, W]: squared error, absolute error or 1 - cosine."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    pred, target = pred.float(), target.float()
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(pred, target, dim=1)).mean()
+    raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+
+
+def downsample(images: Tensor, factor: int) -> Tensor:
+    """Antialiased bilinear downsampling by an integer ``factor`` (sizes must divide)."""
+    if factor == 1:
+        return images
+    h, w = images.shape[-2:]
+    if h % factor or w % factor:
+        raise ValueError(f"images of {h}x{w} cannot be downsampled by {factor}; use sizes divisible by it")
+    return F.interpolate(images, size=(h // factor, w // factor), mode="bilinear", antialias=True, align_corners=False)
+
+
+@torch.no_grad()
+def depth_targets(backbone: nn.Module, images: Tensor, depth: int) -> list[Tensor]:
+    """Backbone features of ``images`` downsampled by 2**depth, 2**(depth-1), ..., 1 (coarsest first)."""
+    return [backbone(downsample(images, 2**k)) for k in range(depth, -1, -1)]
+
+
+def multi_depth_loss(
+    model: nn.Module,
+    targets: list[Tensor],
+    images: Tensor,
+    *,
+    kind: str = "l2",
+    noise_std: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """Loss of one depth (``len(targets) - 1``), averaged over its steps, and each step's loss.
+
+    Args:
+        model: the UPLiFT network being trained.
+        targets: :func:`depth_targets` for ``images``.
+        images: normalised full-size images [B, 3, H, W].
+        kind: ``"l2"`` (default), ``"l1"`` or ``"cosine"``.
+        noise_std: Gaussian noise added to the input features (the VAE recipe).
+    """
+    depth = len(targets) - 1
+    if depth < 1:
+        raise ValueError("the objective needs depth >= 1")
+    x = targets[0]
+    if noise_std:
+        x = x + noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    steps = model(downsample(images, 2**depth), x, iters=depth, return_steps=True)
+    losses = [feature_distance(step, target, kind) for step, target in zip(steps, targets[1:], strict=True)]
+    return torch.stack(losses).mean(), losses

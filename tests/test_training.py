@@ -1,0 +1,287 @@
+"""Training: the objective against a direct computation, a short run that learns and reloads, exact
+resume, 2-process DDP on CPU, and data errors. Random-init small timm ViT, synthetic images, no network."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+
+import featlift
+from featlift.config import BackboneConfig
+from featlift.registry import get_variant
+from featlift.training import DataError, TrainConfig, depth_targets, list_images, multi_depth_loss, train
+
+TIMM_NAME = "vit_small_patch14_dinov2"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shapes(folder: Path, n: int, size: int = 112, seed: int = 0) -> Path:
+    """Random filled ellipses and rectangles, the calibrated check's kind of image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 5))):
+            x0, y0 = (int(v) for v in rng.integers(0, size, 2))
+            box = [x0, y0, x0 + int(rng.integers(8, size // 2)), y0 + int(rng.integers(8, size // 2))]
+            fill = tuple(int(v) for v in rng.integers(0, 255, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+        im.save(folder / f"img{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    import timm
+
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    save_file(timm.create_model(TIMM_NAME, pretrained=False).state_dict(), str(root / "vit.safetensors"))
+    _shapes(root / "images", 24)
+    return root
+
+
+def _config(workdir: Path, out: Path, **changes) -> TrainConfig:
+    base = {
+        "backbone": TIMM_NAME,
+        "data": str(workdir / "images"),
+        "out": str(out),
+        "image_size": 112,
+        "depths": 2,
+        "batch_size": 4,
+        "steps": 4,
+        "backbone_weights": str(workdir / "vit.safetensors"),
+        "val_fraction": 0.25,
+    }
+    return TrainConfig(**{**base, **changes})
+
+
+# -- the objective -----------------------------------------------------------------------------------
+
+
+class _PatchBackbone(torch.nn.Module):
+    """A deterministic stand-in backbone: one strided conv, patch 14, 6 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv2d(3, 6, 14, stride=14)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("kind", ["l2", "l1", "cosine"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_targets_and_loss_equal_a_direct_computation(kind, depth):
+    backbone = _PatchBackbone()
+    cfg = dataclasses.replace(get_variant("dinov2_s14").config, backbone=BackboneConfig(channels=6, patch=14))
+    model = featlift.UPLiFT(cfg).train()
+    images = torch.randn(2, 3, 112, 112)
+    targets = depth_targets(backbone, images, depth)
+    for k, target in zip(range(depth, -1, -1), targets, strict=True):
+        small = F.interpolate(images, scale_factor=1 / 2**k, mode="bilinear", antialias=True) if k else images
+        assert torch.allclose(target, backbone(small), atol=1e-6)
+        assert target.shape[-1] == 112 // 14 // 2**k
+    loss, parts = multi_depth_loss(model, targets, images, kind=kind)
+    steps = model(
+        F.interpolate(images, size=(112 // 2**depth,) * 2, mode="bilinear", antialias=True),
+        targets[0],
+        iters=depth,
+        return_steps=True,
+    )
+    direct = []
+    for step, target in zip(steps, targets[1:], strict=True):
+        if kind == "l2":
+            direct.append(((step - target) ** 2).mean())
+        elif kind == "l1":
+            direct.append((step - target).abs().mean())
+        else:
+            cos = (step * target).sum(1) / (step.norm(dim=1) * target.norm(dim=1)).clamp_min(1e-8)
+            direct.append((1 - cos).mean())
+    assert len(parts) == depth
+    assert torch.allclose(loss, torch.stack(direct).mean(), atol=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+# -- runs --------------------------------------------------------------------------------------------
+
+
+def test_short_run_learns_and_reloads(workdir, tmp_path):
+    before = train(_config(workdir, tmp_path / "init", steps=0))["heldout"]["depth1"]["uplift"]
+    metrics = train(_config(workdir, tmp_path / "run", steps=25))
+    after = metrics["heldout"]["depth1"]["uplift"]
+    assert after < 0.9 * before, (before, after)
+
+    out = tmp_path / "run"
+    assert {"config.json", "model.safetensors", "checkpoint.pt", "metrics.json"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())["backbone"]
+    assert config["name"] == TIMM_NAME and config["patch"] == 14 and config["channels"] == 384
+    assert config["mean"] == pytest.approx([0.485, 0.456, 0.406]) and config["std"] == pytest.approx(
+        [0.229, 0.224, 0.225]
+    )
+
+    up = featlift.load_upsampler(str(out), backbone_weights=workdir / "vit.safetensors", device="cpu")
+    net = featlift.build_upsampler(str(out))
+    image = torch.rand(1, 3, 56, 56)
+    with torch.no_grad():
+        feats, low = up(image, output_size="native", return_lowres=True)
+        norm = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]
+        ).view(1, 3, 1, 1)
+        want = net(norm, low)
+    assert (feats - want).abs().max().item() <= 1e-4
+
+
+def test_resume_continues_exactly(workdir, tmp_path):
+    train(_config(workdir, tmp_path / "straight", steps=6))
+    train(_config(workdir, tmp_path / "split", steps=3))
+    train(_config(workdir, tmp_path / "split", steps=6, resume=True))
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A different seed really gives different parameters (the comparison above can fail).
+    train(_config(workdir, tmp_path / "other", steps=6, seed=1))
+    c = load_file(str(tmp_path / "other" / "model.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def _layernorm_base(path: Path) -> Path:
+    """dinov2_s14's architecture with LayerNorm: per-sample statistics, so DDP equals one big batch."""
+    cfg = get_variant("dinov2_s14").config
+    enc = dataclasses.replace(
+        cfg.encoder,
+        stages=tuple(
+            dataclasses.replace(s, blocks=dataclasses.replace(s.blocks, norm="layer")) for s in cfg.encoder.stages
+        ),
+    )
+    layer = lambda g: dataclasses.replace(g, norm="layer")  # noqa: E731
+    dec = dataclasses.replace(
+        cfg.decoder,
+        input_blocks=layer(cfg.decoder.input_blocks),
+        stages=tuple(dataclasses.replace(s, blocks=layer(s.blocks)) for s in cfg.decoder.stages),
+    )
+    path.write_text(dataclasses.replace(cfg, encoder=enc, decoder=dec).to_json())
+    return path
+
+
+def test_two_process_ddp_matches_one_process_with_the_doubled_batch(workdir, tmp_path):
+    base = _layernorm_base(tmp_path / "base.json")
+    common = ["--backbone", TIMM_NAME, "--data", str(workdir / "images"), "--image-size", "112", "--depths", "2"]
+    common += ["--steps", "3", "--backbone-weights", str(workdir / "vit.safetensors"), "--base", str(base)]
+    common += ["--val-fraction", "0.25"]  # as _config, so both runs train on the same images
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "featlift.cli", "train", *common, "--batch-size", "2", "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    sums = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["rank_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1], "both ranks end with the same parameters"
+
+    train(_config(workdir, tmp_path / "single", steps=3, batch_size=4, base=str(base)))
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+# -- data --------------------------------------------------------------------------------------------
+
+
+def test_bad_data_gives_clear_errors(workdir, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        list_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found under"):
+        train(_config(workdir, tmp_path / "o1", data=str(tmp_path / "empty")))
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="no images found under"):
+        list_images(tmp_path / "text")
+    with pytest.raises(ValueError, match="divisible by patch x 2\\*\\*depths = 56"):
+        train(_config(workdir, tmp_path / "o2", image_size=100))
+
+
+def test_unreadable_files_are_skipped_with_a_warning(workdir, tmp_path, caplog):
+    folder = _shapes(tmp_path / "mixed", 6)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "broken.jpg").write_bytes(b"not a jpeg")
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(str(p.relative_to(tmp_path)) for p in sorted(folder.rglob("*.*"))))
+    assert len(list_images(listing)) == 7
+    with caplog.at_level("WARNING"):
+        train(_config(workdir, tmp_path / "o3", data=str(listing), steps=2, batch_size=6, val_fraction=0.0))
+    assert any("broken.jpg" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "o3" / "model.safetensors").is_file()
+
+
+def test_unused_flag_combinations_are_refused(workdir, tmp_path):
+    with pytest.raises(ValueError, match="steps or epochs"):
+        TrainConfig(backbone=TIMM_NAME, data="x", out="y")
+    with pytest.raises(ValueError, match="unknown loss"):
+        _config(workdir, tmp_path, loss="huber")
+
+
+def test_push_to_hub_uploads_the_two_files_and_a_card(workdir, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, **kwargs):
+            calls["init"] = kwargs
+
+        def create_repo(self, repo_id, **kwargs):
+            calls["repo"] = repo_id
+
+        def create_commit(self, repo_id, operations, commit_message):
+            calls["files"] = {op.path_in_repo: op.path_or_fileobj for op in operations}
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    metrics = train(_config(workdir, tmp_path / "pub", steps=2, push_to_hub="me/uplift-test"))
+    assert calls["repo"] == "me/uplift-test" and calls["init"]["library_name"] == "featlift"
+    assert set(calls["files"]) == {"config.json", "model.safetensors", "README.md"}
+    assert Path(calls["files"]["model.safetensors"]) == tmp_path / "pub" / "model.safetensors"
+    card = calls["files"]["README.md"].decode()
+    assert TIMM_NAME in card and "2 steps" in card and str(workdir / "images") in card
+    ratio = metrics["heldout"]["depth1"]["ratio"]
+    assert f"{ratio:.3f}" in card
+    assert metrics["pushed"].endswith("/commit/abc")
+
+
+def test_push_failure_names_the_repo_and_the_fix(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from featlift import DownloadError
+    from featlift.hub import push_pretrained_dir
+
+    class OfflineApi:
+        def __init__(self, **kwargs):
+            pass
+
+        def create_repo(self, *args, **kwargs):
+            raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", OfflineApi)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DownloadError, match="me/x.*huggingface-cli login"):
+        push_pretrained_dir(tmp_path, "me/x", card="card")
+    with pytest.raises(FileNotFoundError, match="lacks config.json, model.safetensors"):
+        push_pretrained_dir(tmp_path / "nothing", "me/x", card="card")
