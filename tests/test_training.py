@@ -213,6 +213,8 @@ def test_bad_data_gives_clear_errors(workdir, tmp_path):
     (tmp_path / "text" / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="no images found under"):
         list_images(tmp_path / "text")
+    with pytest.raises(featlift.UnknownModelError, match="timm has no model named 'vit_nonsense'"):
+        train(_config(workdir, tmp_path / "o0", backbone="vit_nonsense"))
     with pytest.raises(ValueError, match="divisible by patch x 2\\*\\*depths = 56"):
         train(_config(workdir, tmp_path / "o2", image_size=100))
 
@@ -285,3 +287,38 @@ def test_push_failure_names_the_repo_and_the_fix(tmp_path, monkeypatch):
         push_pretrained_dir(tmp_path, "me/x", card="card")
     with pytest.raises(FileNotFoundError, match="lacks config.json, model.safetensors"):
         push_pretrained_dir(tmp_path / "nothing", "me/x", card="card")
+
+
+def test_feature_cache_returns_the_backbone_targets_and_skips_the_backbone(tmp_path):
+    from featlift.training.cache import FeatureCache
+
+    backbone = _PatchBackbone()
+    calls = []
+    backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    cache = FeatureCache(tmp_path / "cache", backbone="stand-in", image_size=112, depths=2)
+    images = torch.randn(3, 3, 112, 112)
+    for depth in (2, 1):
+        got = cache.targets(backbone, images, [4, 7, 9], [False, True, False], depth)
+        want = depth_targets(backbone, images, depth)
+        assert len(got) == depth + 1
+        assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want, strict=True))
+    assert cache.hits == 3 and cache.misses == 3, "the second call read every item from disk"
+    n_calls = len(calls)
+    partly = cache.targets(backbone, images[[0, 1]], [4, 5], [False, False], 1)  # 4 cached, 5 new
+    assert len(calls) == n_calls + 3 and calls[-1] == 1, "only the new image goes through the backbone"
+    assert partly[0].shape[0] == 2
+    with pytest.raises(ValueError, match="was built for"):
+        FeatureCache(tmp_path / "cache", backbone="stand-in", image_size=224, depths=2)
+
+
+def test_training_with_a_feature_cache(workdir, tmp_path):
+    cfg = _config(workdir, tmp_path / "cached", steps=6, feature_cache=str(tmp_path / "feats"), val_fraction=0.25)
+    first = train(cfg)["feature_cache"]
+    files = len(list((tmp_path / "feats").glob("*.safetensors")))
+    # An image can repeat inside one batch across an epoch boundary: then two misses write one file.
+    assert 0 < files <= first["misses"]
+    second = train(dataclasses.replace(cfg, out=str(tmp_path / "again")))["feature_cache"]
+    assert second == {"hits": first["hits"] + first["misses"], "misses": 0}
+    a = load_file(str(tmp_path / "cached" / "model.safetensors"))
+    b = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "cached features give the same training"

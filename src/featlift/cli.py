@@ -131,6 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=args.device,
         push_to_hub=args.push_to_hub,
+        feature_cache=args.feature_cache,
     )
     metrics = train(cfg, progress=True)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    t.add_argument("--feature-cache", default=None, metavar="DIR", help="cache backbone features here across epochs")
     t.add_argument("--push-to-hub", default=None, metavar="REPO", help="publish the result to this Hub repo")
     t.set_defaults(func=_cmd_train)
     return parser

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UnknownModelError
 from .base import Backbone
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,11 @@ class TimmViT(Backbone):
         super().__init__()
         import timm
 
+        if not timm.is_model(name):
+            raise UnknownModelError(
+                f"timm has no model named {name!r}; see timm.list_models('vit_*') for ViT names, "
+                "e.g. 'vit_small_patch14_dinov2.lvd142m' or 'vit_base_patch16_clip_224.openai'"
+            )
         try:
             if weights is None:
                 model = timm.create_model(name, pretrained=False, dynamic_img_size=True)

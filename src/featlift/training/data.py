@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "DataError", "ImageDataset", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "DataError", "ImageDataset", "IndexedImages", "list_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +71,30 @@ class ImageDataset(Dataset):
         return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        return self.load(index)[0]
+
+    def load(self, index: int) -> tuple[torch.Tensor, int]:
+        """(image, index of the file actually read): the next readable file stands in for a bad one."""
         for step in range(len(self.files)):
             i = (index + step) % len(self.files)
             if i in self._bad:
                 continue
             try:
-                return self._load(i)
+                return self._load(i), i
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 self._bad.add(i)
                 logger.warning("skipping unreadable image %s (%s)", self.files[i], err)
         raise DataError("none of the training images can be read")
+
+
+class IndexedImages(Dataset):
+    """(image, file index) pairs, for feature caching."""
+
+    def __init__(self, images: ImageDataset) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images.load(index)

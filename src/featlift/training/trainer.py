@@ -24,7 +24,8 @@ from ..builder import _load_backbone, resolve_config
 from ..config import BackboneConfig, UpliftConfig
 from ..modeling.uplift import UPLiFT
 from ..registry import list_upsamplers
-from .data import DataError, ImageDataset, list_images
+from .cache import FeatureCache
+from .data import DataError, ImageDataset, IndexedImages, list_images
 from .objective import LOSSES, depth_targets, downsample, feature_distance, multi_depth_loss
 
 __all__ = ["TrainConfig", "evaluate", "train"]
@@ -61,6 +62,7 @@ class TrainConfig:
     resume: bool = False
     device: str | None = None
     push_to_hub: str | None = None  # Hub repo id to publish config.json + model.safetensors + card to
+    feature_cache: str | None = None  # folder caching backbone features across epochs
 
     def __post_init__(self) -> None:
         if self.steps is None and self.epochs is None:
@@ -214,6 +216,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
 
+    files = list_images(cfg.data)  # before the (possibly large) backbone is loaded
     backbone, config = _build(cfg, device)
     multiple = config.patch * 2**cfg.depths
     if cfg.image_size % multiple:
@@ -222,7 +225,6 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
             f"(e.g. {max(multiple, round(cfg.image_size / multiple) * multiple)})"
         )
 
-    files = list_images(cfg.data)
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_val = min(len(files) - 1, math.ceil(cfg.val_fraction * len(files))) if cfg.val_fraction > 0 else 0
     val_ds = ImageDataset([files[i] for i in order[:n_val]], cfg.image_size) if n_val else None
@@ -257,7 +259,10 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = _StreamSampler(len(train_ds), cfg.batch_size, d, cfg.seed, start, total)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)
+    loader = DataLoader(IndexedImages(train_ds), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)
+    cache = None
+    if cfg.feature_cache:
+        cache = FeatureCache(cfg.feature_cache, backbone=cfg.backbone, image_size=cfg.image_size, depths=cfg.depths)
     autocast = device.type == "cuda" and cfg.amp
     bar = None
     if progress and d.main:
@@ -267,7 +272,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
     metrics: dict = {"history": []}
     t0, seen = time.perf_counter(), 0
     loss_value = float("nan")
-    for step, batch in zip(range(start, total), loader, strict=False):
+    for step, (batch, indices) in zip(range(start, total), loader, strict=False):
         gen = _step_generator(cfg.seed, step)
         depth = int(torch.randint(1, cfg.depths + 1, (1,), generator=gen))
         flips = torch.rand(global_batch, generator=gen) < 0.5
@@ -275,7 +280,10 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
         batch = torch.where(mine.view(-1, 1, 1, 1), batch.flip(-1), batch)
         images = _normalise(batch.to(device, non_blocking=True), config)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            targets = depth_targets(backbone, images, depth)
+            if cache is None:
+                targets = depth_targets(backbone, images, depth)
+            else:
+                targets = cache.targets(backbone, images, indices.tolist(), mine.tolist(), depth)
             noise_gen = _step_generator(cfg.seed + 1, step) if cfg.noise_std and device.type == "cpu" else None
             loss, _ = multi_depth_loss(
                 net, targets, images, kind=cfg.loss, noise_std=cfg.noise_std, generator=noise_gen
@@ -300,6 +308,8 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
 
     metrics["steps"] = total
     metrics["final_loss"] = loss_value
+    if cache is not None:
+        metrics["feature_cache"] = {"hits": cache.hits, "misses": cache.misses}
     if d.world > 1:  # a cheap check that every rank ended with the same parameters
         import torch.distributed as dist
 
