@@ -318,6 +318,8 @@ def test_training_with_a_feature_cache(workdir, tmp_path):
     # An image can repeat inside one batch across an epoch boundary: then two misses write one file.
     assert 0 < files <= first["misses"]
     second = train(dataclasses.replace(cfg, out=str(tmp_path / "again")))["feature_cache"]
+    with pytest.raises(ValueError, match="was built for"):  # another file list: refused, not mixed up
+        train(dataclasses.replace(cfg, out=str(tmp_path / "other"), val_fraction=0.5))
     assert second == {"hits": first["hits"] + first["misses"], "misses": 0}
     a = load_file(str(tmp_path / "cached" / "model.safetensors"))
     b = load_file(str(tmp_path / "again" / "model.safetensors"))

@@ -1,12 +1,13 @@
 """On-disk cache of backbone features, so repeated epochs skip the backbone.
 
 One file per (image, horizontal flip) holds the features of every downsampling level 0..D the run can
-ask for. The folder is tied to one backbone, crop size and depth count (``key.json``); reusing it with
-other settings is refused rather than silently mixing features.
+ask for. The folder is tied to one backbone, crop size, depth count and training file list
+(``key.json``); reusing it with other settings is refused rather than silently mixing features.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,11 +22,21 @@ __all__ = ["FeatureCache"]
 
 
 class FeatureCache:
-    def __init__(self, directory: str | os.PathLike, *, backbone: str, image_size: int, depths: int) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        backbone: str,
+        image_size: int,
+        depths: int,
+        files: list[str | os.PathLike] | None = None,
+    ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.depths = depths
         key = {"backbone": backbone, "image_size": image_size, "depths": depths}
+        if files is not None:  # entries are keyed by file index: tie the cache to the exact file list
+            key["files_sha1"] = hashlib.sha1("\n".join(map(str, files)).encode()).hexdigest()
         key_file = self.dir / "key.json"
         if key_file.is_file():
             found = json.loads(key_file.read_text())

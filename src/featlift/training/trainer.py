@@ -262,7 +262,9 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
     loader = DataLoader(IndexedImages(train_ds), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)
     cache = None
     if cfg.feature_cache:
-        cache = FeatureCache(cfg.feature_cache, backbone=cfg.backbone, image_size=cfg.image_size, depths=cfg.depths)
+        cache = FeatureCache(
+            cfg.feature_cache, backbone=cfg.backbone, image_size=cfg.image_size, depths=cfg.depths, files=train_files
+        )
     autocast = device.type == "cuda" and cfg.amp
     bar = None
     if progress and d.main:
