@@ -10,39 +10,15 @@ import torch.nn.functional as F
 
 import featlift
 from featlift.config import (
-    BackboneConfig,
     BlockGroupConfig,
-    DecoderConfig,
-    DecoderStageConfig,
     DownConfig,
     EncoderConfig,
     EncoderStageConfig,
     RefinerConfig,
-    UpliftConfig,
 )
 from featlift.registry import get_variant
 
-
-def _tiny(patch=14, channels=6, attender=9, **changes) -> UpliftConfig:
-    cfg = UpliftConfig(
-        backbone=BackboneConfig(channels=channels, patch=patch),
-        encoder=EncoderConfig(
-            stages=tuple(EncoderStageConfig(blocks=BlockGroupConfig(widths=(w,))) for w in (4, 8, 8))
-        ),
-        decoder=DecoderConfig(
-            input_blocks=BlockGroupConfig(block="DoubleConv", widths=(12,)),
-            stages=(DecoderStageConfig(blocks=BlockGroupConfig(block="DoubleConv", widths=(12,))),),
-        ),
-        attender=attender,
-    )
-    return dataclasses.replace(cfg, **changes)
-
-
-def _inputs(cfg, b=2, h=3, w=4, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    image = torch.randn(b, 3, h * cfg.patch, w * cfg.patch, generator=gen)
-    features = torch.randn(b, cfg.channels, h, w, generator=gen)
-    return image, features
+from .configs import random_inputs, tiny_config
 
 
 @pytest.mark.parametrize(("name", "patch"), [("dinov2_s14", 14), ("dinov3_splus16", 16)])
@@ -57,9 +33,9 @@ def test_default_iters_reach_pixel_density(name, patch):
 @pytest.mark.parametrize(("h", "w"), [(1, 1), (3, 5), (7, 2)])
 @pytest.mark.parametrize("iters", [0, 1, 2, 3, 5])
 def test_output_shape_for_odd_sizes_and_any_iteration_count(h, w, iters):
-    cfg = _tiny()
+    cfg = tiny_config()
     model = featlift.UPLiFT(cfg).eval()
-    image, features = _inputs(cfg, h=h, w=w)
+    image, features = random_inputs(cfg, h=h, w=w)
     with torch.no_grad():
         out = model(image, features, iters=iters)
     assert out.shape == (2, cfg.channels, h * 2**iters, w * 2**iters)
@@ -76,9 +52,9 @@ def test_named_parts():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_model_dtypes(dtype):
-    cfg = _tiny()
+    cfg = tiny_config()
     model = featlift.UPLiFT(cfg).eval()
-    image, features = _inputs(cfg)
+    image, features = random_inputs(cfg)
     with torch.no_grad():
         ref = model(image, features, iters=2)
         out = model.to(dtype)(image, features, iters=2)  # float32 inputs are cast to the model's dtype
@@ -88,20 +64,20 @@ def test_model_dtypes(dtype):
 
 
 def test_half_inputs_to_a_float32_model_compute_in_float32():
-    cfg = _tiny()
+    cfg = tiny_config()
     model = featlift.UPLiFT(cfg).eval()
-    image, features = _inputs(cfg)
+    image, features = random_inputs(cfg)
     with torch.no_grad():
         out = model(image.half(), features.half(), iters=1)
     assert out.dtype == torch.float32
 
 
 def test_unshared_encoder_runs_once_per_iteration():
-    cfg = _tiny(share_encoder=False)
+    cfg = tiny_config(share_encoder=False)
     model = featlift.UPLiFT(cfg).eval()
     calls = []
     model.guidance_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[-2:]))
-    image, features = _inputs(cfg, h=2, w=3)
+    image, features = random_inputs(cfg, h=2, w=3)
     with torch.no_grad():
         out = model(image, features, iters=3)
     assert out.shape[-2:] == (16, 24)
@@ -118,11 +94,11 @@ def test_unshared_encoder_runs_once_per_iteration():
 
 
 def test_guidance_patch_override_skips_the_pre_resize():
-    cfg = _tiny(guidance_patch=14)
+    cfg = tiny_config(guidance_patch=14)
     model = featlift.UPLiFT(cfg).eval()
     seen = []
     model.guidance_encoder.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
-    image, features = _inputs(cfg, h=2, w=2)
+    image, features = random_inputs(cfg, h=2, w=2)
     with torch.no_grad():
         model(image, features, iters=1)
     assert seen == [(28, 28)]
@@ -138,9 +114,9 @@ def test_encoder_down_ops_run():
             blocks=BlockGroupConfig(widths=(8,), stride=2), down=DownConfig(op="max", factor=0.5, residual="bilinear")
         ),
     )
-    cfg = dataclasses.replace(_tiny(patch=16), encoder=EncoderConfig(stages=stages))
+    cfg = dataclasses.replace(tiny_config(patch=16), encoder=EncoderConfig(stages=stages))
     model = featlift.UPLiFT(cfg).eval()
-    image, features = _inputs(cfg, h=2, w=3)
+    image, features = random_inputs(cfg, h=2, w=3)
     maps = model.guidance_encoder(model.guidance_image(image))  # every map, not just those read
     assert [tuple(m.shape[-2:]) for m in maps] == [(32, 48), (16, 24), (4, 6)]
     with torch.no_grad():
@@ -148,7 +124,7 @@ def test_encoder_down_ops_run():
 
 
 def _noisy_config(scale):
-    base = _tiny(patch=8, channels=4)
+    base = tiny_config(patch=8, channels=4)
     dec = dataclasses.replace(base.decoder, noise_channels=3, noise_scale=scale)
     ref = RefinerConfig(blocks=BlockGroupConfig(norm="layer", widths=(8, 8)), noise_channels=2, noise_scale=scale)
     return dataclasses.replace(base, decoder=dec, refiner=ref)
@@ -156,7 +132,7 @@ def _noisy_config(scale):
 
 def test_noise_channels_use_the_generator():
     model = featlift.UPLiFT(_noisy_config(1.0)).eval()
-    image, features = _inputs(model.config)
+    image, features = random_inputs(model.config)
     with torch.no_grad():
         a = model(image, features, generator=torch.Generator().manual_seed(1))
         b = model(image, features, generator=torch.Generator().manual_seed(1))
@@ -168,24 +144,24 @@ def test_noise_channels_use_the_generator():
 
 def test_zero_noise_scale_is_deterministic():
     model = featlift.UPLiFT(_noisy_config(0.0)).eval()
-    image, features = _inputs(model.config)
+    image, features = random_inputs(model.config)
     with torch.no_grad():
         assert torch.equal(model(image, features), model(image, features))
 
 
 def test_gradients_reach_every_parameter():
-    cfg = _tiny()
+    cfg = tiny_config()
     model = featlift.UPLiFT(cfg).train()
-    image, features = _inputs(cfg)
+    image, features = random_inputs(cfg)
     model(image, features, iters=2).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_outputs_are_convex_combinations_of_input_features():
     """Without a refiner, every output vector lies in the per-channel range of the input map."""
-    cfg = _tiny()
+    cfg = tiny_config()
     model = featlift.UPLiFT(cfg).eval()
-    image, features = _inputs(cfg)
+    image, features = random_inputs(cfg)
     with torch.no_grad():
         out = model(image, features, iters=3)
     lo = features.amin(dim=(2, 3), keepdim=True)
@@ -207,20 +183,20 @@ def test_outputs_are_convex_combinations_of_input_features():
     ],
 )
 def test_bad_inputs_raise_clear_errors(make, error, match):
-    cfg = _tiny()
+    cfg = tiny_config()
     model = featlift.UPLiFT(cfg).eval()
-    image, features = make(*_inputs(cfg))
+    image, features = make(*random_inputs(cfg))
     with pytest.raises(error, match=match):
         model(image, features, iters=1)
 
 
 def test_bad_iters():
-    cfg = _tiny()
+    cfg = tiny_config()
     model = featlift.UPLiFT(cfg).eval()
     with pytest.raises(ValueError, match="iters must be a non-negative integer"):
-        model(*_inputs(cfg), iters=-1)
+        model(*random_inputs(cfg), iters=-1)
     with pytest.raises(ValueError, match="iters must be a non-negative integer"):
-        model(*_inputs(cfg), iters=2.0)
+        model(*random_inputs(cfg), iters=2.0)
 
 
 def _random_batchnorm_statistics(model, seed=0):
@@ -265,8 +241,8 @@ def test_inference_path_matches_the_autograd_path_with_batchnorm_statistics():
 
 def test_whole_model_compiles_without_graph_breaks():
     """fullgraph=True raises on any graph break: the attender op and the lean path trace as one graph."""
-    model = featlift.UPLiFT(_tiny(patch=16)).eval()
-    image, features = _inputs(model.config, h=3, w=2)
+    model = featlift.UPLiFT(tiny_config(patch=16)).eval()
+    image, features = random_inputs(model.config, h=3, w=2)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         want = model(image, features, iters=2)

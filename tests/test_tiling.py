@@ -10,9 +10,7 @@ import torch
 
 import featlift
 from featlift.config import (
-    BackboneConfig,
     BlockGroupConfig,
-    DecoderConfig,
     DecoderStageConfig,
     DownConfig,
     EncoderConfig,
@@ -22,6 +20,8 @@ from featlift.config import (
 )
 from featlift.modeling.region import Region, corner_aligned_upsample
 from featlift.registry import get_variant
+
+from .configs import random_inputs, tiny_config
 
 TOL = 2e-5
 
@@ -39,18 +39,7 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def _config(patch=16, channels=5, attender=17, **changes) -> UpliftConfig:
-    cfg = UpliftConfig(
-        backbone=BackboneConfig(channels=channels, patch=patch),
-        encoder=EncoderConfig(
-            stages=tuple(EncoderStageConfig(blocks=BlockGroupConfig(widths=(w,))) for w in (4, 6, 8))
-        ),
-        decoder=DecoderConfig(
-            input_blocks=BlockGroupConfig(block="DoubleConv", widths=(8,)),
-            stages=(DecoderStageConfig(blocks=BlockGroupConfig(block="DoubleConv", widths=(8,))),),
-        ),
-        attender=attender,
-    )
-    return dataclasses.replace(cfg, **changes)
+    return tiny_config(patch, channels, attender, encoder_widths=(4, 6, 8), decoder_width=8, **changes)
 
 
 def _deeper_decoder(cfg: UpliftConfig) -> UpliftConfig:
@@ -79,9 +68,7 @@ CONFIGS = {
 
 
 def _inputs(cfg: UpliftConfig, b: int, h: int, w: int, seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    image = torch.randn(b, 3, h * cfg.patch, w * cfg.patch, generator=gen)
-    return image, torch.randn(b, cfg.channels, h, w, generator=gen)
+    return random_inputs(cfg, b, h, w, seed)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

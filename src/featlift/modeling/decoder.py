@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import DecoderConfig
-from .blocks import BlockGroup, UpBlock, noise_part
-from .guidance import GuidanceMaps
+from .blocks import BlockGroup, UpBlock
+from .guidance import GuidanceMaps, guidance_parts
 from .region import Region
 
 __all__ = ["DecoderStep"]
@@ -46,9 +46,17 @@ class DecoderStep(nn.Module):
         return [-k for k in range(1, len(self.stages) + 2)]
 
     def _parts(self, x: Tensor, guidance: GuidanceMaps, index: int, generator, region) -> list[Tensor]:
-        parts = [x, guidance.at(index, tuple(x.shape[-2:]), self.resample)]
-        noise = noise_part(x, self.noise_channels, self.noise_scale, generator, region, f"decoder{-index}")
-        return parts if noise is None else [*parts, noise]
+        return guidance_parts(
+            x,
+            guidance,
+            index,
+            resample=self.resample,
+            noise_channels=self.noise_channels,
+            noise_scale=self.noise_scale,
+            generator=generator,
+            region=region,
+            key=f"decoder{-index}",
+        )
 
     def forward(
         self,
@@ -58,8 +66,7 @@ class DecoderStep(nn.Module):
         region: Region | None = None,
     ) -> Tensor:
         """``region`` places the crop ``x`` in its full grid (tiled inference); ``None`` for whole images."""
-        if not isinstance(guidance, GuidanceMaps):
-            guidance = GuidanceMaps(list(guidance))
+        guidance = GuidanceMaps.wrap(guidance)
         x = self.input_blocks(self._parts(x, guidance, -1, generator, region))
         for k, stage in enumerate(self.stages, start=2):
             up = stage["up"](x, region)

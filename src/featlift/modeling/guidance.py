@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from .blocks import ConvBlock, resize_to
+from .blocks import ConvBlock, noise_part, resize_to
+from .region import Region
 
-__all__ = ["GuidanceMaps"]
+__all__ = ["GuidanceMaps", "guidance_parts"]
 
 
 class GuidanceMaps:
@@ -33,6 +35,11 @@ class GuidanceMaps:
         self._cache: dict[tuple[int, int], Tensor] = {}
         if deferred is not None and (len(maps) < 2 or maps[-2] is None or maps[-1] is not None):
             raise ValueError("a deferred last map needs the map before it and no computed last map")
+
+    @classmethod
+    def wrap(cls, guidance: GuidanceMaps | list[Tensor]) -> GuidanceMaps:
+        """``guidance`` itself, or a list of full-resolution maps wrapped as one."""
+        return guidance if isinstance(guidance, GuidanceMaps) else cls(list(guidance))
 
     @property
     def deferred(self) -> bool:
@@ -72,3 +79,23 @@ class GuidanceMaps:
         self._maps = [None] * len(self._maps)
         self._deferred = None
         self._cache.clear()
+
+
+def guidance_parts(
+    x: Tensor,
+    guidance: GuidanceMaps,
+    index: int,
+    *,
+    resample: str,
+    noise_channels: int,
+    noise_scale: float,
+    generator: torch.Generator | None,
+    region: Region | None,
+    key: str,
+) -> list[Tensor]:
+    """The input of a decoder or refiner stage as concatenation parts: ``[x, guidance map ``index``
+    resampled to x's grid, noise]`` (no noise part without noise channels). Blocks take the list as the
+    channel concatenation without building it; ``key`` names the stage's full-grid noise when tiling."""
+    parts = [x, guidance.at(index, tuple(x.shape[-2:]), resample)]
+    noise = noise_part(x, noise_channels, noise_scale, generator, region, key)
+    return parts if noise is None else [*parts, noise]

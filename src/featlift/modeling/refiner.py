@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import RefinerConfig
-from .blocks import BlockGroup, noise_part
-from .guidance import GuidanceMaps
+from .blocks import BlockGroup
+from .guidance import GuidanceMaps, guidance_parts
 from .region import Region
 
 __all__ = ["Refiner"]
@@ -32,10 +32,15 @@ class Refiner(nn.Module):
         generator: torch.Generator | None = None,
         region: Region | None = None,
     ) -> Tensor:
-        if not isinstance(guidance, GuidanceMaps):
-            guidance = GuidanceMaps(list(guidance))
-        parts = [x, guidance.at(self.guidance_index, tuple(x.shape[-2:]), self.resample)]
-        noise = noise_part(x, self.noise_channels, self.noise_scale, generator, region, "refiner")
-        if noise is not None:
-            parts.append(noise)
+        parts = guidance_parts(
+            x,
+            GuidanceMaps.wrap(guidance),
+            self.guidance_index,
+            resample=self.resample,
+            noise_channels=self.noise_channels,
+            noise_scale=self.noise_scale,
+            generator=generator,
+            region=region,
+            key="refiner",
+        )
         return self.out_proj(self.blocks(parts))

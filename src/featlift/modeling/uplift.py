@@ -114,8 +114,7 @@ class UPLiFT(nn.Module):
         :meth:`forward` on its last iteration to lower peak memory). ``region`` places a crop in the
         full grid (tiled inference).
         """
-        if not isinstance(guidance, GuidanceMaps):
-            guidance = GuidanceMaps(list(guidance))
+        guidance = GuidanceMaps.wrap(guidance)
         logits = self.attender.logits(self.decoder_step(features, guidance, generator, region))
         if release_guidance and self.refiner is None:
             guidance.release()

@@ -48,14 +48,14 @@ def _padded_rows(values: Tensor, r0: int, r1: int, radius: int, dtype: torch.dty
     return F.pad(rows, pad, mode="replicate")
 
 
-def _band_plan(values: Tensor, scale: int) -> tuple[int, int]:
-    """(rows per band, channels per group) for the scratch budget of the device."""
-    b, c, h, w = values.shape
-    acc_bytes = torch.tensor([], dtype=accumulation_dtype(values.dtype)).element_size()
+def _band_rows(values: Tensor, scale: int, channels: int) -> int:
+    """Coarse rows per band so that a band's float accumulators for ``channels`` channels fit the
+    device's scratch budget (at least one row)."""
+    b, _, h, w = values.shape
+    acc_bytes = torch.finfo(accumulation_dtype(values.dtype)).bits // 8
     budget = _CPU_BAND_BYTES if values.device.type == "cpu" else _DEVICE_BAND_BYTES
-    group = c if values.device.type != "cpu" else min(c, _MAX_CHANNEL_GROUP)
-    per_row = max(1, b * group * scale * scale * w * acc_bytes)
-    return max(1, min(h, budget // per_row)), group
+    per_row = max(1, b * channels * scale * scale * w * acc_bytes)
+    return max(1, min(h, budget // per_row))
 
 
 def is_channels_last(t: Tensor) -> bool:
@@ -79,7 +79,8 @@ def fused_forward(
     acc = accumulation_dtype(values.dtype)
     radius = _radius(offsets)
     out = torch.empty(b, c, h * s, w * s, dtype=values.dtype, device=values.device)
-    rows, group = _band_plan(values, s)
+    group = c if values.device.type != "cpu" else min(c, _MAX_CHANNEL_GROUP)
+    rows = _band_rows(values, s, group)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         band = r1 - r0
@@ -113,8 +114,7 @@ def _fused_forward_channels_last(logits: Tensor, values: Tensor, offsets: Offset
     out = torch.empty(b, c, h * s, w * s, dtype=values.dtype, device=values.device, memory_format=torch.channels_last)
     out_nhwc = out.permute(0, 2, 3, 1)  # a contiguous view [B, H, W, C]
     direct = acc == values.dtype  # half precision accumulates in a float32 band, then rounds once
-    budget = _CPU_BAND_BYTES if values.device.type == "cpu" else _DEVICE_BAND_BYTES
-    rows = max(1, min(h, budget // max(1, b * s * s * w * c * torch.finfo(acc).bits // 8)))
+    rows = _band_rows(values, s, c)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         band = r1 - r0
