@@ -16,9 +16,21 @@ dtype (:func:`resolve_impl`):
 - ``"triton"`` (:mod:`featlift.ops.triton_kernel`): one fused kernel launch. CUDA default.
 - ``"reference"``: :func:`local_attend_reference`, the plain, obviously correct formulation (it stacks
   all shifted copies); the oracle the other two are tested against.
+
+A kernel that compiles but misbehaves on some GPU, driver or Triton release must not strand anyone, so
+``"auto"`` only trusts the Triton kernel after a self-test: on first use on each device the kernel runs
+on a small random input and is compared with the fused path (in float32 and in the dtype being used).
+Any exception or mismatch logs one warning and sends that device to the fused path for the rest of the
+process. ``impl=`` other than ``"auto"``, or the environment variable ``FEATLIFT_ATTEND_IMPL``
+(``auto``, ``fused``, ``triton`` or ``reference``), force a choice and skip the self-test.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
 
 import torch
 from torch import Tensor
@@ -27,7 +39,16 @@ from ..config import ATTENDER_SIZES
 from .fused import accumulation_dtype, fused_backward, fused_forward, is_channels_last
 from .triton_kernel import triton_available, triton_forward
 
-__all__ = ["IMPLS", "local_attend", "local_attend_reference", "neighbourhood_offsets", "resolve_impl"]
+__all__ = [
+    "ENV_VAR",
+    "IMPLS",
+    "local_attend",
+    "local_attend_reference",
+    "neighbourhood_offsets",
+    "resolve_impl",
+]
+
+logger = logging.getLogger(__name__)
 
 Offsets = tuple[tuple[int, int], ...]
 
@@ -79,24 +100,123 @@ def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
 
 
 IMPLS = ("auto", "reference", "fused", "triton")
+ENV_VAR = "FEATLIFT_ATTEND_IMPL"
+
+
+def _requested_impl(impl: str) -> tuple[str, str]:
+    """The implementation asked for, and who asked: ``impl=`` unless it is ``"auto"``, then the
+    environment variable :data:`ENV_VAR` when it is set to something other than ``"auto"``."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown local-attend implementation {impl!r}; choose one of {IMPLS}")
+    if impl != "auto":
+        return impl, f"impl={impl!r}"
+    raw = os.environ.get(ENV_VAR, "")
+    env = raw.strip().lower()
+    if env in ("", "auto"):
+        return "auto", "impl='auto'"
+    if env not in IMPLS:
+        raise ValueError(
+            f"environment variable {ENV_VAR}={raw!r} is not a local-attend implementation; "
+            f"set it to one of {', '.join(IMPLS)}, or unset it"
+        )
+    return env, f"{ENV_VAR}={env}"
+
+
+def _triton_candidate(device: torch.device) -> bool:
+    """Whether ``"auto"`` considers the Triton kernel on ``device`` (then subject to the self-test)."""
+    return device.type == "cuda" and triton_available(device)
+
+
+@dataclasses.dataclass
+class _DeviceCheck:
+    usable: bool = True
+    tested: set[torch.dtype] = dataclasses.field(default_factory=set)
+
+
+# str(device) -> the self-test's verdict on that device; guarded by _CHECK_LOCK.
+_DEVICE_CHECKS: dict[str, _DeviceCheck] = {}
+_CHECK_LOCK = threading.Lock()
+
+
+def _self_test_problem(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Run the Triton kernel once on a small input on ``device`` and compare it with the fused path.
+
+    The input has an odd channel count spanning two channel blocks, a non-square map whose pixel count
+    is not a multiple of the pixel block, scale 2 and the 17-offset neighbourhood. Returns None when
+    the two agree, otherwise why not.
+    """
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 67, 5, 7, generator=gen).to(device=device, dtype=dtype)
+    logits = (4 * torch.randn(2, 17, 10, 14, generator=gen)).to(device=device, dtype=dtype)
+    offsets = neighbourhood_offsets(17)
+    try:
+        got = triton_forward(logits, values, offsets, 2)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # surface asynchronous launch errors here, not later
+    except Exception as err:  # compilation, launch or driver failures: all mean "do not use it"
+        message = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {message[0] if message else 'no details'}"
+    want = fused_forward(logits, values, offsets, 2, channels_last=False)
+    if not isinstance(got, Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+        shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+        return f"it returned {shape} {getattr(got, 'dtype', '')}, expected {tuple(want.shape)} {want.dtype}"
+    tol = 2 * torch.finfo(dtype).eps if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    err = (got.double() - want.double()).abs()
+    bound = tol * (1 + want.double().abs())
+    if not bool(torch.isfinite(got).all()) or bool((err > bound).any()):
+        return f"its {dtype} output differs from the fused path by up to {err.max().item():.3g} (tolerance {tol:.3g})"
+    return None
+
+
+@torch.compiler.disable
+def _auto_impl(device: torch.device, dtype: torch.dtype) -> str:
+    """``"triton"`` if the kernel passed its self-test on ``device`` (float32 and ``dtype``), else
+    ``"fused"``. Tests run once per device and dtype; the first failure logs one warning and sends the
+    device to the fused path for good."""
+    with _CHECK_LOCK, torch.no_grad():
+        check = _DEVICE_CHECKS.setdefault(str(device), _DeviceCheck())
+        for wanted in dict.fromkeys((torch.float32, dtype)):
+            if not check.usable or wanted in check.tested:
+                continue
+            check.tested.add(wanted)
+            problem = _self_test_problem(device, wanted)
+            if problem is not None:
+                check.usable = False
+                logger.warning(
+                    "the Triton local-attend kernel failed its self-test on %s (%s); using the fused PyTorch "
+                    "path on this device from now on. Set %s=fused to skip the test, or %s=triton to force "
+                    "the kernel.",
+                    device,
+                    problem,
+                    ENV_VAR,
+                    ENV_VAR,
+                )
+        return "triton" if check.usable else "fused"
 
 
 def resolve_impl(impl: str, values: Tensor) -> str:
     """The implementation ``impl`` stands for on ``values``' device and dtype.
 
-    ``"auto"`` picks the Triton kernel on CUDA when Triton is installed and the fused PyTorch path
-    everywhere else (CPU, MPS, CUDA without Triton).
+    An explicit ``impl`` other than ``"auto"`` is used as given. For ``"auto"``, the environment variable
+    ``FEATLIFT_ATTEND_IMPL`` (``auto``, ``fused``, ``triton`` or ``reference``) decides when set to
+    something other than ``auto``; otherwise ``"auto"`` picks the Triton kernel on CUDA when Triton is
+    installed and the kernel passes its self-test on that device (see the module docstring), and the
+    fused PyTorch path everywhere else (CPU, MPS, CUDA without Triton, a failed self-test).
+
+    Raises:
+        ValueError: an unknown ``impl`` or value of ``FEATLIFT_ATTEND_IMPL``.
+        RuntimeError: Triton is forced but cannot run on this device.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"unknown local-attend implementation {impl!r}; choose one of {IMPLS}")
-    if impl == "auto":
-        return "triton" if values.device.type == "cuda" and triton_available(values.device) else "fused"
-    if impl == "triton" and not triton_available(values.device):
+    choice, source = _requested_impl(impl)
+    if choice == "auto":
+        return _auto_impl(values.device, values.dtype) if _triton_candidate(values.device) else "fused"
+    if choice == "triton" and not triton_available(values.device):
         raise RuntimeError(
-            f"the Triton local-attend kernel cannot run on {values.device}: it needs a CUDA device and the "
-            "triton package (or TRITON_INTERPRET=1 for the CPU interpreter); use impl='fused' or 'auto'"
+            f"the Triton local-attend kernel cannot run on {values.device} ({source}): it needs a CUDA device "
+            "and the triton package (or TRITON_INTERPRET=1 for the CPU interpreter); use impl='fused' or "
+            f"'auto', or unset {ENV_VAR}"
         )
-    return impl
+    return choice
 
 
 def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *, impl: str = "auto") -> Tensor:
@@ -108,7 +228,8 @@ def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *
         offsets: the n ``(dy, dx)`` offsets, from :func:`neighbourhood_offsets`.
         scale: integer upsampling factor.
         impl: ``"auto"`` (default), ``"fused"`` (banded PyTorch, any device), ``"triton"`` (CUDA kernel)
-            or ``"reference"`` (the plain oracle); see :func:`resolve_impl`.
+            or ``"reference"`` (the plain oracle); see :func:`resolve_impl`. With ``"auto"``, the
+            environment variable ``FEATLIFT_ATTEND_IMPL`` may force one of the others.
 
     Returns:
         [B, C, h*scale, w*scale] in ``values.dtype``; half-precision inputs accumulate in float32.
@@ -118,7 +239,13 @@ def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *
     (``torch.ops.featlift.local_attend``).
     """
     _check_inputs(logits, values, offsets, scale)
-    impl = resolve_impl(impl, values)
+    choice, _ = _requested_impl(impl)
+    if choice == "auto" and _triton_candidate(values.device):
+        # Decided inside the op, at run time: the self-test then never runs under a compiler's tracing, and
+        # either outcome writes NCHW (Triton always does; the fused fallback is told to).
+        impl = "auto"
+    else:
+        impl = resolve_impl(impl, values)
     if impl == "reference":
         return local_attend_reference(logits, values, offsets, scale)
     flat = [v for pair in offsets for v in pair]
@@ -137,6 +264,8 @@ def _pairs(flat: list[int]) -> Offsets:
 def _local_attend_op(
     logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str, channels_last: bool
 ) -> Tensor:
+    if impl == "auto":
+        impl = _auto_impl(values.device, values.dtype)
     if impl == "triton":
         return triton_forward(logits, values, _pairs(offsets), scale)
     return fused_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
