@@ -1,12 +1,15 @@
-"""build_upsampler and weight files: every config form, strict loading, featlift's format, bad files."""
+"""build_upsampler and weight files: every config form, strict loading, featlift's format (atomic saves,
+directories without weights), bad files."""
 
 from __future__ import annotations
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors.torch import save_file
 
 import featlift
+from featlift.config import UpliftConfig
 from featlift.errors import CheckpointError, UnknownModelError
 from featlift.registry import get_variant
 from featlift.weights import convert_reference_state_dict, read_state_dict
@@ -116,7 +119,7 @@ def test_corrupt_files(tmp_path, dinov2_case):
     with pytest.raises(CheckpointError, match="weights_only=True"):
         read_state_dict(tmp_path / "pickled.pth")
     (tmp_path / "w.npz").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="expected .safetensors, .pth or .pt"):
+    with pytest.raises(CheckpointError, match=r"expected \.safetensors, \.pth, \.pt or \.pth\.tar"):
         read_state_dict(tmp_path / "w.npz")
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         read_state_dict(tmp_path / "absent.safetensors")
@@ -152,3 +155,100 @@ def test_dtype_and_device_arguments(dinov2_case):
     assert (_run(model, dinov2_case).float() - dinov2_case.outputs["iters_1"]).abs().max() <= 1e-4
     with pytest.raises(TypeError, match="floating-point"):
         featlift.build_upsampler("dinov2_s14", dtype=torch.int32)
+
+
+# -- save_pretrained writes atomically ---------------------------------------------------------------------
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_interrupted_weights_save_leaves_the_previous_directory_intact(tmp_path, monkeypatch, dinov2_case):
+    old = featlift.build_upsampler("dinov2_s14", weights=dinov2_case.weights_path)
+    old.save_pretrained(tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in _entries(tmp_path)}
+
+    def dies_halfway(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x00" * 100)  # a torn write, then the process is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        featlift.build_upsampler("dinov2_s14").save_pretrained(tmp_path)
+    assert _entries(tmp_path) == ["config.json", "model.safetensors"], "no torn or temporary file is left"
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    monkeypatch.undo()
+    again = featlift.build_upsampler(tmp_path)
+    assert torch.equal(again.state_dict()["attender.to_logits.weight"], old.state_dict()["attender.to_logits.weight"])
+
+
+def test_interrupted_config_save_leaves_the_previous_config(tmp_path, monkeypatch):
+    featlift.build_upsampler("dinov2_s14").save_pretrained(tmp_path)
+    before = (tmp_path / "config.json").read_text()
+
+    def dies_halfway(self, path=None):
+        with open(path, "w") as handle:
+            handle.write('{"backbone": ')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(UpliftConfig, "to_json", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        featlift.build_upsampler("dinov2_s14").save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").read_text() == before
+    assert _entries(tmp_path) == ["config.json", "model.safetensors"]
+
+
+def test_save_into_a_fresh_directory_that_fails_leaves_no_config(tmp_path, monkeypatch):
+    """Weights are written first: a failed save never leaves a config.json without its weights."""
+
+    def fails(tensors, filename, metadata=None):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fails)
+    with pytest.raises(OSError, match="disk full"):
+        featlift.build_upsampler("dinov2_s14").save_pretrained(tmp_path / "new")
+    assert _entries(tmp_path / "new") == []
+
+
+# -- load_upsampler on a directory: pretrained=True needs its weights, pretrained=False does not ---------------
+
+
+@pytest.fixture
+def config_only_dir(tmp_path):
+    featlift.build_upsampler("dinov2_s14").save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    return tmp_path
+
+
+def test_directory_without_weights_and_pretrained_names_the_file_and_the_fixes(config_only_dir):
+    with pytest.raises(CheckpointError) as info:
+        featlift.load_upsampler(config_only_dir, device="cpu")
+    message = str(info.value)
+    assert str(config_only_dir / "model.safetensors") in message and "is missing" in message
+    assert "pretrained=False" in message and "weights=PATH" in message
+
+
+def test_directory_without_weights_and_not_pretrained_gives_random_weights(config_only_dir, dinov2_case):
+    torch.manual_seed(5)
+    up = featlift.load_upsampler(config_only_dir, pretrained=False, device="cpu")
+    torch.manual_seed(5)
+    fresh = featlift.build_upsampler(config_only_dir / "config.json")
+    got, want = up.uplift.state_dict(), fresh.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), (
+        "random init, as build_upsampler"
+    )
+    assert up(torch.rand(3, 28, 28)).shape == (1, 384, 28, 28)
+    # Explicit weights still load with pretrained=False.
+    loaded = featlift.load_upsampler(config_only_dir, pretrained=False, weights=dinov2_case.weights_path, device="cpu")
+    reference = featlift.build_upsampler("dinov2_s14", weights=dinov2_case.weights_path).state_dict()
+    assert torch.equal(loaded.uplift.state_dict()["attender.to_logits.weight"], reference["attender.to_logits.weight"])
+
+
+def test_not_pretrained_ignores_the_directorys_weights(tmp_path, dinov2_case):
+    """pretrained=False: random weights for everything not passed explicitly, model.safetensors included."""
+    featlift.build_upsampler("dinov2_s14", weights=dinov2_case.weights_path).save_pretrained(tmp_path)
+    saved = featlift.build_upsampler(tmp_path).state_dict()["attender.to_logits.weight"]
+    up = featlift.load_upsampler(tmp_path, pretrained=False, device="cpu")
+    assert not torch.equal(up.uplift.state_dict()["attender.to_logits.weight"], saved)

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from .config import UpliftConfig
-from .errors import UnknownModelError
+from .errors import CheckpointError, UnknownModelError
 from .modeling.uplift import UPLiFT
 from .registry import get_variant, list_upsamplers
 from .upsampler import Upsampler
-from .weights import WEIGHTS_NAME, load_into, read_pretrained_dir, read_state_dict
+from .weights import CONFIG_NAME, WEIGHTS_NAME, load_into, read_config_json, read_pretrained_dir, read_state_dict
 
 __all__ = ["build_upsampler", "load_upsampler", "resolve_config"]
 
@@ -43,7 +43,7 @@ def resolve_config(config: ConfigLike) -> tuple[UpliftConfig, Path | None]:
         if path.suffix.lower() in (".yaml", ".yml"):
             return UpliftConfig.from_yaml(path), None
         if path.suffix.lower() == ".json":
-            return UpliftConfig.from_json(path), None
+            return read_config_json(path), None
         raise UnknownModelError(
             f"{path} is not a config file: expected .yaml/.yml (authors' schema) or .json (featlift)"
         )
@@ -115,22 +115,38 @@ def load_upsampler(
     Args:
         name: a registered name (see :func:`list_upsamplers`), a local directory or a Hugging Face Hub
             repo id holding featlift's ``config.json`` and ``model.safetensors``.
-        pretrained: download the published weights (UPLiFT and backbone). False gives random weights.
+        pretrained: True (default) loads the published weights: for a registered name the UPLiFT and
+            backbone files from the Hub, for a directory or repo id its ``model.safetensors`` and the
+            backbone's published weights. False gives random weights for everything not passed
+            explicitly: ``weights=`` and ``backbone_weights=`` still load, but a directory's
+            ``model.safetensors`` is ignored (it need not exist), and a repo id only fetches its
+            ``config.json``.
         device: default CUDA when available, otherwise CPU.
         dtype: parameter dtype, e.g. ``torch.bfloat16`` (default float32).
         iters: upsampling iterations (default: pixel density for the variant).
-        weights: local UPLiFT weights file instead of the download (air-gapped machines).
-        backbone_weights: local backbone weights: a timm ``.safetensors``/``.pth`` file, or for the VAE a
-            folder with ``config.json`` and ``diffusion_pytorch_model.safetensors``.
+        weights: local UPLiFT weights file instead of the download or the directory's file (air-gapped
+            machines, other checkpoints).
+        backbone_weights: local backbone weights: a timm ``.safetensors``/``.pth`` file (read with
+            ``weights_only=True``), or for the VAE a folder with ``config.json`` and
+            ``diffusion_pytorch_model.safetensors``.
         revision: Hub branch, tag or commit pinning the UPLiFT files.
         cache_dir: Hugging Face cache directory (default: the standard HF cache).
         tile: default tile size, in backbone cells, for exact tiled upsampling of large images
             (``None``: whole images); see :class:`Upsampler`.
+
+    Raises:
+        UnknownModelError: ``name`` is not a registered name, a directory or a repo id.
+        ConfigError: the ``config.json`` is invalid (the message names the file).
+        CheckpointError: a weights file is unreadable or does not match the config, or a directory has no
+            ``model.safetensors`` while ``pretrained=True`` and no ``weights=`` is given.
+        DownloadError: a file is neither downloadable nor in the Hugging Face cache (or its cache entry
+            is broken).
     """
     from . import hub
 
     text = os.fspath(name)
     local_dir = None
+    dir_weights = None
     hub_file = None
     if text in list_upsamplers():
         variant = get_variant(text)
@@ -138,20 +154,33 @@ def load_upsampler(
         hub_file = (variant.hub_repo, variant.hub_filename)
     elif Path(text).expanduser().is_dir():
         local_dir = Path(text).expanduser()
-        cfg, _ = read_pretrained_dir(local_dir)
+        cfg, dir_weights = read_pretrained_dir(local_dir)
     elif hub.is_repo_id(text):
-        local_dir = hub.download_pretrained_dir(text, revision=revision, cache_dir=cache_dir)
-        cfg, _ = read_pretrained_dir(local_dir)
+        if pretrained and weights is None:
+            local_dir = hub.download_pretrained_dir(text, revision=revision, cache_dir=cache_dir)
+            cfg, dir_weights = read_pretrained_dir(local_dir)
+        else:
+            config_file = hub.download(text, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
+            cfg = read_config_json(config_file)
     else:
         raise UnknownModelError(
             f"unknown upsampler {text!r}: not a registered name, a local directory or a Hub repo id; "
             f"registered names: {', '.join(list_upsamplers())}"
         )
 
-    if weights is None and local_dir is not None:
-        weights = local_dir / WEIGHTS_NAME
-    if weights is None and pretrained and hub_file is not None:
-        weights = hub.download(*hub_file, revision=revision, cache_dir=cache_dir)
+    if weights is None and pretrained:
+        if hub_file is not None:
+            weights = hub.download(*hub_file, revision=revision, cache_dir=cache_dir)
+        elif local_dir is not None:
+            if dir_weights is None:
+                raise CheckpointError(
+                    f"{local_dir / WEIGHTS_NAME} is missing: the directory has a {CONFIG_NAME} but no weights. "
+                    "Pass pretrained=False for random UPLiFT weights, or weights=PATH for a weights file "
+                    "elsewhere."
+                )
+            weights = dir_weights
+    elif weights is None and dir_weights is not None:
+        logger.info("pretrained=False: %s is not loaded, UPLiFT keeps its random initialisation", dir_weights)
     uplift = build_upsampler(cfg, weights=weights)
 
     backbone = _load_backbone(cfg, pretrained=pretrained, backbone_weights=backbone_weights, cache_dir=cache_dir)

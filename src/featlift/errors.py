@@ -1,25 +1,42 @@
-"""Exceptions raised by featlift. Each message names the problem and how to fix it."""
+"""Exceptions raised by featlift. Each message names the problem and how to fix it.
+
+Every class derives from :class:`FeatliftError` (catch them all at once) and from the built-in exception
+it refines (``ValueError``, ``RuntimeError``, ``ImportError``), so existing ``except`` clauses keep working.
+"""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DownloadError", "MissingDependencyError", "UnknownModelError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DownloadError",
+    "FeatliftError",
+    "MissingDependencyError",
+    "UnknownModelError",
+]
 
 
-class ConfigError(ValueError):
-    """An invalid configuration value. The message starts with the offending field's path."""
+class FeatliftError(Exception):
+    """Base class of featlift's own exceptions."""
 
 
-class CheckpointError(ValueError):
-    """A weights file that cannot be read, or that does not match the model's config."""
+class ConfigError(FeatliftError, ValueError):
+    """An invalid configuration value or config file. The message starts with the offending field's path
+    or the file's path."""
 
 
-class UnknownModelError(ValueError):
+class CheckpointError(FeatliftError, ValueError):
+    """A weights file that cannot be read, would run code when unpickled, or does not match the model's
+    config. The message names the file."""
+
+
+class UnknownModelError(FeatliftError, ValueError):
     """A model name that is neither registered nor a usable path."""
 
 
-class DownloadError(RuntimeError):
-    """A file that could not be fetched from the Hugging Face Hub and is not in the local cache."""
+class DownloadError(FeatliftError, RuntimeError):
+    """A file that could not be fetched from the Hugging Face Hub and is not (intact) in the local cache."""
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(FeatliftError, ImportError):
     """An optional dependency that a feature needs is not installed."""

@@ -4,13 +4,15 @@ Downloads go through ``huggingface_hub`` with ``library_name``/``library_version
 cache (``HF_HOME`` / ``HF_HUB_CACHE``) and ``HF_HUB_OFFLINE=1`` are honoured; there is no home-made
 offline mode. Only safetensors weights (and small JSON configs) are fetched from the network. When a file
 can be neither downloaded nor found in the cache, :class:`~featlift.errors.DownloadError` names the repo,
-the file and the fixes.
+the file and the fixes; a cache entry left broken by an interrupted download (a snapshot link whose blob
+is missing) is reported as such, with the paths to delete.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from .errors import DownloadError
@@ -32,6 +34,29 @@ def _fix_hint(local_arg: str) -> str:
         "then set HF_HUB_OFFLINE=1 to use only the cache; or pass a local file with "
         f"{local_arg}=PATH on air-gapped machines."
     )
+
+
+def _broken_cache_entry(
+    repo_id: str, filename: str, revision: str | None, cache_dir: str | os.PathLike | None
+) -> tuple[Path, Path, Path] | None:
+    """``(snapshot link, missing blob, repo cache folder)`` when the cache holds ``filename`` as a link to
+    a blob that is gone (an interrupted or half-deleted download), else None."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE)
+    folder = folder / repo_folder_name(repo_id=repo_id, repo_type="model")
+    revision = revision or "main"
+    commit = revision
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        try:
+            commit = (folder / "refs" / revision).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+    link = folder / "snapshots" / commit / filename
+    if link.is_symlink() and not link.exists():
+        return link, Path(os.path.normpath(link.parent / os.readlink(link))), folder
+    return None
 
 
 def download(
@@ -64,6 +89,18 @@ def download(
         )
     except Exception as err:  # network, offline mode, missing repo or file: all end the same way
         where = f"{repo_id}@{revision}" if revision else repo_id
+        try:
+            broken = _broken_cache_entry(repo_id, filename, revision, cache_dir)
+        except Exception:  # the diagnosis is a courtesy: never let it hide the real error
+            broken = None
+        if broken is not None:
+            link, blob, folder = broken
+            raise DownloadError(
+                f"the Hugging Face cache entry for {filename!r} of the repo {where!r} is broken: {link} points to "
+                f"{blob}, which does not exist (an interrupted or half-deleted download). Fix: "
+                f"delete {link} (or the whole folder {folder}) and download it again with network access "
+                f"(HF_HUB_OFFLINE unset); or pass {local_arg}=PATH."
+            ) from err
         raise DownloadError(
             f"could not get {filename!r} from the Hugging Face Hub repo {where!r} "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}). {_fix_hint(local_arg)}"
@@ -75,7 +112,11 @@ def download(
 def download_pretrained_dir(
     repo_id: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
 ) -> Path:
-    """Fetch featlift's own format (``config.json`` + ``model.safetensors``) and return its folder."""
+    """Fetch featlift's own format (``config.json`` + ``model.safetensors``) and return its folder.
+
+    Raises:
+        DownloadError: either file is neither downloadable nor in the cache.
+    """
     from .weights import CONFIG_NAME, WEIGHTS_NAME
 
     config = download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)

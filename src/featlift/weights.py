@@ -3,24 +3,33 @@
 Every checkpoint read goes through this module:
 
 * :func:`read_state_dict` reads ``.safetensors`` files, or ``.pth`` / ``.pt`` files with
-  ``torch.load(weights_only=True)``, and turns unreadable files into a :class:`CheckpointError`.
+  ``torch.load(weights_only=True)``, and turns unreadable files into a :class:`CheckpointError`. No file
+  is ever unpickled with arbitrary globals: a checkpoint whose pickle would run code is refused, for the
+  upsampler and for the backbone alike.
 * :func:`convert_reference_state_dict` is the filter that renames the UPLiFT authors' key layout (the
   published checkpoints) to featlift's module names.
 * :func:`load_into` loads strictly: every tensor must be used and none may be missing.
 * :func:`save_pretrained` / :func:`read_pretrained_dir` handle featlift's own format, a directory with
-  ``config.json`` and ``model.safetensors``.
+  ``config.json`` and ``model.safetensors``; :func:`read_config_json` reads such a ``config.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import json
 import logging
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_write
 from .config import BlockGroupConfig, UpliftConfig
 from .errors import CheckpointError, ConfigError
 
@@ -29,6 +38,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "convert_reference_state_dict",
     "load_into",
+    "read_config_json",
     "read_pretrained_dir",
     "read_state_dict",
     "save_pretrained",
@@ -41,6 +51,8 @@ WEIGHTS_NAME = "model.safetensors"
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model", "uplift", "weights")
+# timm's training checkpoints keep their EMA weights here; timm itself prefers them.
+_EMA_KEYS = ("state_dict_ema", "model_ema")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -48,16 +60,43 @@ _WRAPPER_KEYS = ("state_dict", "model", "uplift", "weights")
 # --------------------------------------------------------------------------------------------------
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or ``.pth``/``.pt`` (``weights_only=True``) onto the CPU.
+def _cache_hint(path: Path) -> str:
+    """Advice for a damaged file inside a Hugging Face cache snapshot (empty for other files)."""
+    parts = path.parts
+    if "snapshots" not in parts or not any(p.startswith(("models--", "datasets--")) for p in parts):
+        return ""
+    blob = f" and the blob it links to ({path.resolve()})" if path.is_symlink() else ""
+    return (
+        f" It is a Hugging Face cache entry: delete {path}{blob} and download it again (with network access, "
+        "HF_HUB_OFFLINE unset)."
+    )
 
-    Common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) and a DDP ``module.`` prefix are removed.
+
+def _torch_load(path: Path) -> object:
+    # argparse.Namespace (the `args` entry of timm's training checkpoints) is a plain attribute bag; every
+    # other global stays refused by weights_only=True.
+    allow = getattr(torch.serialization, "safe_globals", None)
+    with allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext():
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def read_state_dict(path: str | Path, *, prefer_ema: bool = False) -> dict[str, Tensor]:
+    """Read a state dict from ``.safetensors`` or ``.pth``/``.pt``/``.pth.tar`` (``weights_only=True``)
+    onto the CPU.
+
+    Common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) and a DDP ``module.`` prefix are removed;
+    ``prefer_ema`` takes timm's EMA entries (``state_dict_ema``, ``model_ema``) first, as timm does.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        CheckpointError: the file is damaged, of an unsupported kind, would run code when unpickled, or
+            holds no flat state dict.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    name = path.name.lower()
+    if name.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         try:
@@ -65,24 +104,27 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         except Exception as err:  # safetensors raises several error types for damaged files
             raise CheckpointError(
                 f"cannot read {path} as safetensors ({type(err).__name__}: {err}); the file is corrupt or "
-                "truncated: download or copy it again"
+                f"truncated: download or copy it again.{_cache_hint(path)}"
             ) from None
-    elif suffix in _TORCH_SUFFIXES:
+    elif name.endswith(_TORCH_SUFFIXES) or name.endswith(".pth.tar"):
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = _torch_load(path)
         except Exception as err:  # pickle, zip and weights_only errors all mean the same to the user
+            first = str(err).strip().splitlines()
             raise CheckpointError(
-                f"cannot read {path} with torch.load(weights_only=True) ({type(err).__name__}: {err}); the file "
-                "is corrupt, truncated, or holds more than tensors: re-save it as a plain state dict"
+                f"cannot read {path} with torch.load(weights_only=True) ({type(err).__name__}: "
+                f"{first[0] if first else 'no details'}); the file is corrupt, truncated, or holds more than "
+                "tensors (featlift never unpickles arbitrary objects, which could run code): re-save it as a "
+                f"plain state dict, or as .safetensors.{_cache_hint(path)}"
             ) from None
     else:
-        raise CheckpointError(f"unsupported weights file {path}: expected .safetensors, .pth or .pt")
-    return _unwrap(state, path)
+        raise CheckpointError(f"unsupported weights file {path}: expected .safetensors, .pth, .pt or .pth.tar")
+    return _unwrap(state, path, prefer_ema=prefer_ema)
 
 
-def _unwrap(state: object, path: Path) -> dict[str, Tensor]:
+def _unwrap(state: object, path: Path, *, prefer_ema: bool = False) -> dict[str, Tensor]:
     if isinstance(state, Mapping):
-        for key in _WRAPPER_KEYS:
+        for key in (_EMA_KEYS if prefer_ema else ()) + _WRAPPER_KEYS:
             inner = state.get(key)
             if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
                 state = inner
@@ -212,7 +254,12 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str
 
 
 def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (featlift key layout) into ``directory``."""
+    """Write ``config.json`` and ``model.safetensors`` (featlift key layout) into ``directory``.
+
+    Each file is written atomically (a temporary file renamed over the target), so an interrupted save
+    leaves the previous file or none, never a truncated one. The weights go first: a directory without
+    its ``config.json`` is reported as such instead of loading as something else.
+    """
     from safetensors.torch import save_file
 
     from . import __version__
@@ -222,26 +269,96 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
         raise TypeError("save_pretrained needs an UPLiFT model (with an UpliftConfig in .config)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config.to_json(directory / CONFIG_NAME)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(
-        tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "featlift", "version": __version__}
-    )
+    metadata = {"format": "pt", "library": "featlift", "version": __version__}
+    with atomic_write(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    with atomic_write(directory / CONFIG_NAME) as tmp:
+        config.to_json(tmp)
     logger.info("saved %s and %s to %s", CONFIG_NAME, WEIGHTS_NAME, directory)
     return directory
 
 
+def _dataclass_inside(tp: object) -> type | None:
+    """The dataclass that a field annotation holds (``X``, ``X | None`` or ``tuple[X, ...]``), if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType, tuple):
+        for arg in typing.get_args(tp):
+            if arg is not type(None) and arg is not Ellipsis and dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _missing_keys(tp: type, data: object, prefix: str = "") -> list[str]:
+    """Required fields of dataclass ``tp`` (and of the dataclasses inside it) that ``data`` lacks."""
+    if not isinstance(data, dict):
+        return []  # a wrong type is reported by UpliftConfig.from_dict with its field path
+    hints = typing.get_type_hints(tp)
+    missing = []
+    for field in dataclasses.fields(tp):
+        name = f"{prefix}{field.name}"
+        if field.name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                missing.append(name)
+            continue
+        inner = _dataclass_inside(hints[field.name])
+        value = data[field.name]
+        if inner is not None and isinstance(value, list):
+            for i, item in enumerate(value):
+                missing += _missing_keys(inner, item, f"{name}[{i}].")
+        elif inner is not None:
+            missing += _missing_keys(inner, value, f"{name}.")
+    return missing
+
+
+def read_config_json(path: str | Path) -> UpliftConfig:
+    """Read featlift's ``config.json``. Every problem raises :class:`ConfigError` naming the file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: the file is unreadable, not JSON, not a JSON object, lacks required keys, has unknown
+            keys or invalid values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    rewrite = "restore it, or write it again with model.save_pretrained(dir) or UpliftConfig.to_json(path)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text ({type(err).__name__}: {err}); {rewrite}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); the file is damaged: {rewrite}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a JSON object of config fields (backbone, encoder, decoder, ...), got a JSON "
+            f"{type(data).__name__}; {rewrite}"
+        )
+    missing = _missing_keys(UpliftConfig, data)
+    if missing:
+        raise ConfigError(f"{path}: missing required key(s) {missing}; {rewrite}")
+    try:
+        return UpliftConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
 def read_pretrained_dir(directory: str | Path) -> tuple[UpliftConfig, Path | None]:
-    """The config in ``directory/config.json`` and the path of ``model.safetensors`` (None if absent)."""
+    """The config in ``directory/config.json`` and the path of ``model.safetensors`` (None if absent).
+
+    Raises:
+        CheckpointError: the directory has no ``config.json``.
+        ConfigError: its ``config.json`` is invalid (the message names the file).
+    """
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(
             f"{directory} has no {CONFIG_NAME}; a featlift model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
         )
-    try:
-        config = UpliftConfig.from_json(config_path)
-    except ConfigError as err:
-        raise ConfigError(f"{config_path}: {err}") from None
+    config = read_config_json(config_path)
     weights = directory / WEIGHTS_NAME
     return config, (weights if weights.is_file() else None)

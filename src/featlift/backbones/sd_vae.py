@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import MissingDependencyError
+from ..errors import CheckpointError, FeatliftError, MissingDependencyError
 from .base import Backbone
 
 
@@ -18,6 +18,21 @@ def _autoencoder_kl():
     except ImportError as err:
         raise MissingDependencyError("the SD VAE backbone needs diffusers: pip install 'featlift[vae]'") from err
     return AutoencoderKL
+
+
+def _load_vae(autoencoder_kl, folder: Path):
+    try:
+        return autoencoder_kl.from_pretrained(str(folder), use_safetensors=True)
+    except FeatliftError:
+        raise
+    except Exception as err:  # diffusers raises OSError, ValueError or safetensors' own error here
+        detail = " ".join(str(err).split())[:1000] or "no details"
+        files = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else "not a folder"
+        raise CheckpointError(
+            f"cannot load the VAE from {folder} ({files}): {type(err).__name__}: {detail}. The folder needs "
+            "config.json and diffusion_pytorch_model.safetensors from the VAE's diffusers repo; if a file is "
+            "damaged, copy or download it again (in a Hugging Face cache, delete the broken entry first)."
+        ) from None
 
 
 class DiffusersVAE(Backbone):
@@ -31,6 +46,11 @@ class DiffusersVAE(Backbone):
             :func:`featlift.hub.download_diffusers_vae` returns), or None for a random initialisation with
             the SD1.5 VAE's default architecture.
         vae: an ``AutoencoderKL`` instance to use as is (tests, custom VAEs).
+
+    Raises:
+        MissingDependencyError: diffusers is not installed.
+        CheckpointError: ``vae_dir`` lacks the files, or they are damaged (only safetensors weights are
+            read, so nothing is unpickled).
     """
 
     def __init__(self, name: str, vae_dir: str | os.PathLike | None = None, vae=None) -> None:
@@ -47,7 +67,7 @@ class DiffusersVAE(Backbone):
                     sample_size=512,
                 )
             else:
-                vae = autoencoder_kl.from_pretrained(str(Path(vae_dir)), use_safetensors=True)
+                vae = _load_vae(autoencoder_kl, Path(vae_dir))
         self.vae = vae
         self.name = name
         self.patch = 2 ** (len(vae.config.block_out_channels) - 1)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..errors import CheckpointError, UnknownModelError
+from ..errors import CheckpointError, FeatliftError, UnknownModelError
+from ..weights import read_state_dict
 from .base import Backbone
 
 logger = logging.getLogger(__name__)
@@ -19,8 +20,18 @@ class TimmViT(Backbone):
 
     Args:
         name: timm model name with its pretrained tag, e.g. ``"vit_small_patch14_dinov2.lvd142m"``.
-        weights: local weights file for the backbone (``.safetensors`` or ``.pth``); None keeps timm's
-            random initialisation. Use :func:`featlift.hub.download` to fetch timm's published file.
+        weights: local weights file for the backbone (``.safetensors``, or ``.pth``/``.pt`` read with
+            ``weights_only=True``); None keeps timm's random initialisation. Use
+            :func:`featlift.hub.download` to fetch timm's published file.
+
+    The file is read by featlift (:func:`featlift.weights.read_state_dict`), never unpickled by timm, and
+    the state dict is handed to timm, which still applies its model's key filter (foreign layouts,
+    position-embedding resizing) and loads strictly.
+
+    Raises:
+        UnknownModelError: timm has no model ``name``.
+        FileNotFoundError: ``weights`` does not exist.
+        CheckpointError: ``weights`` is unreadable, would run code when unpickled, or does not fit the model.
     """
 
     def __init__(self, name: str, weights: str | os.PathLike | None = None) -> None:
@@ -32,18 +43,30 @@ class TimmViT(Backbone):
                 f"timm has no model named {name!r}; see timm.list_models('vit_*') for ViT names, "
                 "e.g. 'vit_small_patch14_dinov2.lvd142m' or 'vit_base_patch16_clip_224.openai'"
             )
-        try:
-            if weights is None:
-                model = timm.create_model(name, pretrained=False, dynamic_img_size=True)
-            else:
-                path = Path(weights)
-                if not path.is_file():
-                    raise FileNotFoundError(f"backbone weights file not found: {path}")
+        if weights is None:
+            model = timm.create_model(name, pretrained=False, dynamic_img_size=True)
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone weights file not found: {path}")
+            state_dict = read_state_dict(path, prefer_ema=True)
+            try:
                 model = timm.create_model(
-                    name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, dynamic_img_size=True
+                    name, pretrained=True, pretrained_cfg_overlay={"state_dict": state_dict}, dynamic_img_size=True
                 )
-        except RuntimeError as err:  # timm's load_state_dict mismatch
-            raise CheckpointError(f"backbone weights {weights} do not fit timm model {name!r}: {err}") from None
+            except FeatliftError:
+                raise
+            except Exception as err:  # strict-load mismatch, or timm's key filter choking on a foreign layout
+                detail = " ".join(str(err).split())[:2000] or "no details"
+                raise CheckpointError(
+                    f"backbone weights {path} do not fit timm model {name!r} ({type(err).__name__}: {detail}); "
+                    "pass the weights of this model, or the model name these weights belong to"
+                ) from None
+            # timm keeps its pretrained config on the model; drop the state dict it holds there.
+            for cfg in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)):
+                if isinstance(cfg, dict):
+                    cfg.pop("state_dict", None)
+            del state_dict
         if not hasattr(model, "forward_intermediates"):
             raise ValueError(f"timm model {name!r} has no forward_intermediates(); featlift needs a timm ViT")
         self.model = model
