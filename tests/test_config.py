@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import featlift
+from featlift.backbones.normalisation import image_normalisation
 from featlift.config import (
     BackboneConfig,
     BlockGroupConfig,
@@ -28,8 +29,30 @@ from .conftest import FIXTURES
 
 @pytest.mark.parametrize("name", ["dinov2_s14", "dinov3_splus16"])
 def test_registered_configs_equal_the_published_yaml(name):
-    # These two fixture configs are the published files verbatim.
-    assert get_variant(name).config == UpliftConfig.from_yaml(FIXTURES / name / "config.yaml")
+    # These two fixture configs are the published files verbatim. The authors' schema states no image
+    # normalisation, so the YAML leaves it unstated; it resolves to what the registered config states.
+    registered = get_variant(name).config
+    published = UpliftConfig.from_yaml(FIXTURES / name / "config.yaml")
+    assert published.backbone.mean is None and published.backbone.std is None
+    unstated = dataclasses.replace(registered, backbone=dataclasses.replace(registered.backbone, mean=None, std=None))
+    assert unstated == published
+    assert image_normalisation(published.backbone) == image_normalisation(registered.backbone)
+    assert image_normalisation(published.backbone) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_an_authors_yaml_for_clip_resolves_to_clips_normalisation(tmp_path):
+    import timm
+
+    name = "vit_base_patch16_clip_224.openai"
+    raw = copy.deepcopy(_raw())
+    raw["backbone"].update(model_type=name, channel=768, patch=16)
+    backbone = UpliftConfig.from_yaml(_write(tmp_path, raw)).backbone
+    assert (backbone.name, backbone.source, backbone.channels, backbone.patch) == (name, "timm", 768, 16)
+    assert backbone.mean is None and backbone.std is None, "the schema states no normalisation: no guess"
+    mean, std = image_normalisation(backbone)
+    want = timm.models.get_pretrained_cfg(name)
+    assert mean == pytest.approx(want.mean) and std == pytest.approx(want.std)
+    assert mean != pytest.approx((0.5, 0.5, 0.5)) and mean != pytest.approx((0.485, 0.456, 0.406))
 
 
 def test_sd15_vae_has_the_published_structure():

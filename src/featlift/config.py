@@ -580,14 +580,14 @@ def from_reference_dict(data: Any) -> UpliftConfig:
         raise ConfigError("expected the UPLiFT authors' schema with top-level 'backbone' and 'uplift' sections")
     bb = _no_unknown(data["backbone"], {"channel", "patch", "stride", "diff_pipe_name", "model_type"}, "backbone")
     model_type, pipe = bb.get("model_type"), bb.get("diff_pipe_name")
+    # The schema never states the image normalisation: mean/std stay unstated (None) and
+    # featlift.backbones.normalisation.image_normalisation resolves them (timm's pretrained config).
     if pipe:
-        name, source, mean, std = pipe, "diffusers", None, None
+        name, source = pipe, "diffusers"
     elif model_type:
-        dino = "dino" in model_type
         name, source = model_type, "timm"
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if dino else ((0.5,) * 3, (0.5,) * 3)
     else:
-        name = source = mean = std = None
+        name = source = None
     backbone = _build(
         BackboneConfig,
         "backbone",
@@ -595,8 +595,6 @@ def from_reference_dict(data: Any) -> UpliftConfig:
         patch=_take(bb, "patch", "backbone"),
         name=name,
         source=source,
-        mean=mean,
-        std=std,
     )
 
     up = _no_unknown(
