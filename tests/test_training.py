@@ -1,13 +1,17 @@
 """Training: the objective against a direct computation, a short run that learns and reloads, exact
-resume, 2-process DDP on CPU, and data errors. Random-init small timm ViT, synthetic images, no network."""
+resume (with noise, after SIGTERM), checkpoint safety, the sampler's order and cost, 2-process DDP on CPU,
+and data errors. Random-init small timm ViT, synthetic images, no network."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ import featlift
 from featlift.config import BackboneConfig
 from featlift.registry import get_variant
 from featlift.training import DataError, TrainConfig, depth_targets, list_images, multi_depth_loss, train
+from featlift.training.trainer import _Dist, _StreamSampler
 
 TIMM_NAME = "vit_small_patch14_dinov2"
 REPO = Path(__file__).resolve().parents[1]
@@ -160,6 +165,212 @@ def test_resume_continues_exactly(workdir, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def _noise_channels_base(path: Path) -> Path:
+    """dinov2_s14's architecture with two noise channels in the decoder (drawn inside the model)."""
+    cfg = get_variant("dinov2_s14").config
+    path.write_text(dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, noise_channels=2)).to_json())
+    return path
+
+
+def test_resume_is_exact_with_feature_noise_and_noise_channels(workdir, tmp_path):
+    base = str(_noise_channels_base(tmp_path / "noisy.json"))
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    common = {"base": base, "noise_std": 0.1, "val_fraction": 0.0}
+    train(_config(workdir, tmp_path / "straight", steps=6, **common))
+    train(_config(workdir, tmp_path / "split", steps=3, **common))
+    train(_config(workdir, tmp_path / "split", steps=6, resume=True, **common))
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "3 + 3 resumed steps equal 6 straight ones, bit for bit"
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers, "handlers put back"
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 6 and state["seed"] == 0 and state["global_batch"] == 4 and state["world"] == 1
+    assert {"torch", "python", "numpy"} <= set(state["rng"][0])
+
+
+def _old_sampler_order(n: int, batch: int, world: int, rank: int, seed: int, start: int, total: int) -> list[int]:
+    """The sampler's original formulation: a fresh permutation of n for every single index."""
+    out = []
+    for step in range(start, total):
+        first = step * batch * world + rank * batch
+        for position in range(first, first + batch):
+            epoch, offset = divmod(position, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch))
+            out.append(int(perm[offset]))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "world", "start", "total", "window"),
+    [(7, 3, 2, 0, 6, None), (10, 2, 3, 1, 9, None), (5, 4, 1, 2, 7, None), (11, 3, 2, 0, 9, 4), (4, 3, 3, 0, 5, 3)],
+)
+def test_sampler_keeps_the_old_order_with_one_permutation_per_epoch(monkeypatch, n, batch, world, start, total, window):
+    seed = 5
+    expected = [_old_sampler_order(n, batch, world, rank, seed, start, total) for rank in range(world)]
+    if window is not None:  # several look-up windows, some of them across epoch boundaries
+        monkeypatch.setattr(_StreamSampler, "WINDOW", window)
+    built = []
+    real = torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda *a, **k: built.append(a[0]) or real(*a, **k))
+    for rank in range(world):
+        built.clear()
+        sampler = _StreamSampler(n, batch, _Dist(rank=rank, world=world), seed, start, total)
+        got = list(sampler)
+        assert got == expected[rank], f"rank {rank}"
+        assert len(got) == len(sampler) == (total - start) * batch
+        g = batch * world
+        epochs = {
+            p // n
+            for step in range(start, total)
+            for p in range(step * g + rank * batch, step * g + (rank + 1) * batch)
+        }
+        assert max(epochs) - min(epochs) >= 2, "the stream crosses at least two epoch boundaries"
+        assert len(built) == len(epochs), f"one permutation per epoch, not {len(built)} for {len(epochs)} epochs"
+
+
+def _train_cli(workdir: Path, out: Path, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "featlift.cli", "train", "--backbone", TIMM_NAME, "--data", str(workdir / "images")]
+    cmd += ["--out", str(out), "--image-size", "112", "--depths", "2", "--batch-size", "4", "--steps", "5"]
+    cmd += ["--backbone-weights", str(workdir / "vit.safetensors"), "--val-fraction", "0", "--noise", "0.1"]
+    return cmd + list(extra)
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_matches_an_uninterrupted_run(workdir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "stopped"
+    ckpt = out / "checkpoint.pt"
+    proc = subprocess.Popen(  # its own process group, signalled as a whole like Ctrl-C or a scheduler does
+        _train_cli(workdir, out, "--checkpoint-every", "1", "--workers", "1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not ckpt.exists():  # the step-1 checkpoint: training is under way
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGTERM)  # the DataLoader worker too
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert f"by SIGTERM; checkpoint written to {ckpt}; rerun with --resume to continue" in stderr
+    state = torch.load(ckpt, weights_only=True)
+    assert 1 <= state["step"] < 5 and f"interrupted at step {state['step']} " in stderr
+    assert not (out / "model.safetensors").exists(), "an interrupted run writes no final model"
+
+    resumed = subprocess.run(_train_cli(workdir, out, "--resume"), capture_output=True, text=True, env=env, cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = subprocess.run(
+        _train_cli(workdir, tmp_path / "straight"), capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+_STOP_ONE_RANK = """
+import json, os, signal, sys
+from featlift.training import trainer
+
+real, calls = trainer.multi_depth_loss, []
+
+def loss_then_signal(*args, **kwargs):  # rank 1 alone is signalled, during its second step
+    calls.append(1)
+    if len(calls) == 2 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+
+trainer.multi_depth_loss = loss_then_signal
+metrics = trainer.train(trainer.TrainConfig(**json.loads(sys.argv[1])))
+print("RESULT", json.dumps({"rank": os.environ["RANK"], "interrupted": metrics.get("interrupted")}))
+"""
+
+
+def test_a_signal_to_one_ddp_process_stops_every_process_at_the_same_step(workdir, tmp_path):
+    script = tmp_path / "stop_one_rank.py"
+    script.write_text(_STOP_ONE_RANK)
+    cfg = dataclasses.asdict(_config(workdir, tmp_path / "ddp", steps=6, batch_size=2, val_fraction=0.0))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+         str(script), json.dumps(cfg)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads(line[len("RESULT ") :]) for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    assert sorted(r["rank"] for r in reports) == ["0", "1"]
+    assert all(
+        r["interrupted"] == {"step": 2, "signal": "SIGTERM", "checkpoint": str(tmp_path / "ddp" / "checkpoint.pt")}
+        for r in reports
+    )
+    state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2 and state["world"] == 2 and len(state["rng"]) == 2
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(workdir, tmp_path, monkeypatch):
+    cfg = _config(workdir, tmp_path / "run", steps=2, val_fraction=0.0)
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    before, names = ckpt.read_bytes(), sorted(p.name for p in ckpt.parent.iterdir())
+
+    def torn_save(obj, f, *args, **kwargs):  # a few bytes reach the disk, then the write fails
+        Path(f).write_bytes(b"PK\x03\x04torn")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(dataclasses.replace(cfg, steps=3, resume=True))
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == before
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == names, "no partial or temporary file left behind"
+
+
+def test_a_bad_checkpoint_names_the_file_and_the_fix(workdir, tmp_path):
+    cfg = _config(workdir, tmp_path / "run", steps=1, val_fraction=0.0)
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    resume = dataclasses.replace(cfg, steps=2, resume=True)
+    fix = f"delete {re.escape(str(ckpt))} to start over, or run without --resume"
+    for content in (b"", b"not a checkpoint", good[: len(good) // 2]):
+        ckpt.write_bytes(content)
+        with pytest.raises(featlift.CheckpointError, match=f"^{re.escape(str(ckpt))} .*truncated or corrupt.*{fix}"):
+            train(resume)
+    torch.save({"model": {}, "step": 1}, ckpt)
+    with pytest.raises(featlift.CheckpointError, match=f"lacks optimizer, seed.*{fix}"):
+        train(resume)
+    ckpt.write_bytes(good)
+    with pytest.raises(featlift.CheckpointError, match="seed 0, but this run has seed 1; pass --seed 0"):
+        train(dataclasses.replace(resume, seed=1))
+    with pytest.raises(featlift.CheckpointError, match="global batch of 4 .* this run's is 2"):
+        train(dataclasses.replace(resume, batch_size=2))
+    with pytest.raises(featlift.CheckpointError, match=f"does not fit this run's model.*{fix}"):
+        train(dataclasses.replace(resume, base=str(_noise_channels_base(tmp_path / "other.json"))))
+    train(resume)  # the intact checkpoint still resumes
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+
+
+def test_the_trainer_records_the_one_normalisation_rule(workdir, tmp_path):
+    import timm
+
+    from featlift.backbones.normalisation import image_normalisation
+    from featlift.training.trainer import _build
+
+    name = "vit_base_patch16_clip_224.openai"
+    cfg = TrainConfig(backbone=name, data=".", out=str(tmp_path), steps=1, pretrained_backbone=False)
+    _, config = _build(cfg, torch.device("cpu"))
+    want = timm.models.get_pretrained_cfg(name)
+    assert config.backbone.mean == pytest.approx(want.mean) and config.backbone.std == pytest.approx(want.std)
+    assert config.backbone.mean != pytest.approx((0.485, 0.456, 0.406)), "CLIP's statistics, not ImageNet's"
+    assert image_normalisation(BackboneConfig(name=name, source="timm")) == (config.backbone.mean, config.backbone.std)
+
+
 def _layernorm_base(path: Path) -> Path:
     """dinov2_s14's architecture with LayerNorm: per-sample statistics, so DDP equals one big batch."""
     cfg = get_variant("dinov2_s14").config
@@ -184,6 +395,7 @@ def test_two_process_ddp_matches_one_process_with_the_doubled_batch(workdir, tmp
     common = ["--backbone", TIMM_NAME, "--data", str(workdir / "images"), "--image-size", "112", "--depths", "2"]
     common += ["--steps", "3", "--backbone-weights", str(workdir / "vit.safetensors"), "--base", str(base)]
     common += ["--val-fraction", "0.25"]  # as _config, so both runs train on the same images
+    common += ["--noise", "0.1"]  # one draw for the global batch: DDP still equals the big batch
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
@@ -194,7 +406,7 @@ def test_two_process_ddp_matches_one_process_with_the_doubled_batch(workdir, tmp
     sums = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["rank_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1], "both ranks end with the same parameters"
 
-    train(_config(workdir, tmp_path / "single", steps=3, batch_size=4, base=str(base)))
+    train(_config(workdir, tmp_path / "single", steps=3, batch_size=4, base=str(base), noise_std=0.1))
     a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     b = load_file(str(tmp_path / "single" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5

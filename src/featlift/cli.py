@@ -134,7 +134,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         feature_cache=args.feature_cache,
     )
     metrics = train(cfg, progress=True)
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    stopped = metrics.get("interrupted")
+    if stopped:
+        import signal
+
+        if main_process:
+            print(
+                f"interrupted at step {stopped['step']} by {stopped['signal']}; checkpoint written to "
+                f"{stopped['checkpoint']}; rerun with --resume to continue",
+                file=sys.stderr,
+            )
+        return 128 + int(signal.Signals[stopped["signal"]])
+    if main_process:
         print(f"wrote config.json and model.safetensors to {args.out}")
         for depth, row in metrics.get("heldout", {}).items():
             print(
@@ -191,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     t.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for evaluation")
     t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: at the end)")
-    t.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="checkpoint every N steps (default: at the end, and on SIGINT/SIGTERM)",
+    )
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     t.add_argument("--feature-cache", default=None, metavar="DIR", help="cache backbone features here across epochs")

@@ -2,7 +2,8 @@
 
 One file per (image, horizontal flip) holds the features of every downsampling level 0..D the run can
 ask for. The folder is tied to one backbone, crop size, depth count and training file list
-(``key.json``); reusing it with other settings is refused rather than silently mixing features.
+(``key.json``); reusing it with other settings is refused rather than silently mixing features. Every
+file is written atomically, so a killed run never leaves a truncated entry behind.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..atomic import atomic_write
 from .objective import depth_targets
 
 __all__ = ["FeatureCache"]
@@ -45,7 +47,8 @@ class FeatureCache:
                     f"feature cache {self.dir} was built for {found}, not {key}; use another folder or delete it"
                 )
         else:
-            key_file.write_text(json.dumps(key))
+            with atomic_write(key_file) as tmp:
+                tmp.write_text(json.dumps(key))
         self.hits = 0
         self.misses = 0
 
@@ -67,9 +70,7 @@ class FeatureCache:
             computed = depth_targets(backbone, images[missing], self.depths)  # levels D..0
             for j, i in enumerate(missing):
                 item = {f"level{self.depths - k}": computed[k][j].contiguous() for k in range(len(computed))}
-                path = self._path(indices[i], flipped[i])
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                save_file({name: t.cpu() for name, t in item.items()}, str(tmp))
-                os.replace(tmp, path)
+                with atomic_write(self._path(indices[i], flipped[i])) as tmp:
+                    save_file({name: t.cpu() for name, t in item.items()}, str(tmp))
                 levels[i] = item
         return [torch.stack([item[f"level{k}"] for item in levels]) for k in range(depth, -1, -1)]

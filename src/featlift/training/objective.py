@@ -53,6 +53,7 @@ def multi_depth_loss(
     *,
     kind: str = "l2",
     noise_std: float = 0.0,
+    noise: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """Loss of one depth (``len(targets) - 1``), averaged over its steps, and each step's loss.
@@ -62,14 +63,22 @@ def multi_depth_loss(
         targets: :func:`depth_targets` for ``images``.
         images: normalised full-size images [B, 3, H, W].
         kind: ``"l2"`` (default), ``"l1"`` or ``"cosine"``.
-        noise_std: Gaussian noise added to the input features (the VAE recipe).
+        noise_std: standard deviation of the Gaussian noise added to the input features (the VAE recipe).
+        noise: unit-variance noise shaped like ``targets[0]``, scaled by ``noise_std``, instead of a draw
+            from ``generator`` (the trainer passes its process's rows of one draw for the global batch).
+        generator: random generator for the feature noise (when ``noise`` is not given) and for the
+            model's own noise channels: it is passed on as ``model(..., generator=generator)``.
     """
     depth = len(targets) - 1
     if depth < 1:
         raise ValueError("the objective needs depth >= 1")
     x = targets[0]
     if noise_std:
-        x = x + noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    steps = model(downsample(images, 2**depth), x, iters=depth, return_steps=True)
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        elif noise.shape != x.shape:
+            raise ValueError(f"noise {tuple(noise.shape)} must have the input features' shape {tuple(x.shape)}")
+        x = x + noise_std * noise.to(x.dtype)
+    steps = model(downsample(images, 2**depth), x, iters=depth, return_steps=True, generator=generator)
     losses = [feature_distance(step, target, kind) for step, target in zip(steps, targets[1:], strict=True)]
     return torch.stack(losses).mean(), losses

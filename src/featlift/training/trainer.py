@@ -1,27 +1,50 @@
 """Train an UPLiFT upsampler for any timm ViT: one process, or many through torchrun (DDP).
 
-Every random choice (data order, flips, depth, feature noise) is derived from ``(seed, step)``, so a run
-resumed from a checkpoint continues exactly where it stopped, and N processes with per-process batch B
-see the same global batches as one process with batch N * B.
+Every random draw derives from ``(seed, step)``, or ``(seed, step, rank)`` where it is per process:
+
+- the data order (one seeded permutation per epoch), the depth and the flips: ``(seed, step)``;
+- the noise on the input features (``noise_std``): drawn for the whole global batch from a
+  ``(seed, step)`` generator on the training device, each process taking its rows;
+- the model's own noise channels (configs with ``decoder.noise_channels``, the VAE layout): a
+  ``(seed, step, rank)`` generator on the training device, passed into the model call.
+
+A run resumed from a checkpoint therefore continues exactly (bitwise, on the same hardware) where it
+stopped; checkpoints also hold the global RNG states (torch, CUDA, ``random``, numpy), restored on resume.
+N processes with per-process batch B see the same global batches, depths, flips and feature noise as one
+process with batch N * B, and so train exactly like it (up to float summation order). With noise
+channels that equality is statistical, not bitwise: each process draws the channels for its own images.
+
+SIGINT and SIGTERM (Ctrl-C, a cluster's pre-emption notice) stop the run at the end of the current step:
+every process agrees on the step, rank 0 writes ``checkpoint.pt``, and :func:`train` returns with
+``metrics["interrupted"]``. Every file is written atomically (:func:`featlift.atomic.atomic_write`), so
+a crash mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
+import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
+from ..atomic import atomic_write
+from ..backbones.normalisation import image_normalisation
 from ..builder import _load_backbone, resolve_config
 from ..config import BackboneConfig, UpliftConfig
+from ..errors import CheckpointError
 from ..modeling.uplift import UPLiFT
 from ..registry import list_upsamplers
 from .cache import FeatureCache
@@ -33,6 +56,7 @@ __all__ = ["TrainConfig", "evaluate", "train"]
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "seed", "batch_size", "world", "global_batch", "total_steps", "rng")
 
 
 @dataclass
@@ -58,7 +82,7 @@ class TrainConfig:
     workers: int = 0
     val_fraction: float = 0.1
     eval_every: int = 0  # 0: evaluate at the end only
-    checkpoint_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # 0: only at the end (and when interrupted)
     resume: bool = False
     device: str | None = None
     push_to_hub: str | None = None  # Hub repo id to publish config.json + model.safetensors + card to
@@ -126,41 +150,225 @@ def _build(cfg: TrainConfig, device: torch.device):
     backbone = _load_backbone(
         probe, pretrained=cfg.pretrained_backbone, backbone_weights=cfg.backbone_weights, cache_dir=None
     )
-    mean, std = bb_cfg.mean, bb_cfg.std
-    pcfg = getattr(getattr(backbone, "model", None), "pretrained_cfg", None) or {}
-    if mean is None and "mean" in pcfg:
-        mean, std = tuple(pcfg["mean"]), tuple(pcfg["std"])
+    # The one normalisation rule, resolved and written into config.json: the saved model states it.
+    mean, std = image_normalisation(bb_cfg)
     bb_cfg = dataclasses.replace(bb_cfg, channels=backbone.channels, patch=backbone.patch, mean=mean, std=std)
     config = dataclasses.replace(base, backbone=bb_cfg, description=f"UPLiFT trained by featlift for {cfg.backbone}")
     return backbone.to(device).eval(), config
 
 
 class _StreamSampler(Sampler[int]):
-    """This process's share of the global batches from ``start_step`` on: the data order is a
-    concatenation of seeded permutations (one per epoch), cut into global batches of B * world."""
+    """This process's share of the global batches from ``start_step`` on.
+
+    The data order is a concatenation of seeded permutations, one per epoch (seed ``seed * 1000003 +
+    epoch``), cut into global batches of B * world; process r takes the stream positions
+    ``[step * B * world + r * B, ... + B)``. The permutation of the current epoch is built once and kept
+    until the stream leaves the epoch; the indices are looked up for many steps at once, with tensor
+    indexing, and handed out from a Python list.
+    """
+
+    WINDOW = 1 << 16  # indices looked up at a time
 
     def __init__(self, n: int, batch: int, d: _Dist, seed: int, start_step: int, total_steps: int) -> None:
         self.n, self.batch, self.d, self.seed = n, batch, d, seed
         self.start, self.total = start_step, total_steps
+        self._epoch = -1
+        self._perm = torch.empty(0, dtype=torch.int64)
 
-    def _index(self, position: int) -> int:
-        epoch, offset = divmod(position, self.n)
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
-        return int(perm[offset])
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch))
+            self._epoch = epoch
+        return self._perm
+
+    def _lookup(self, positions: torch.Tensor) -> list[int]:
+        """The dataset indices at increasing stream ``positions``."""
+        epochs = positions // self.n
+        first, last = int(epochs[0]), int(epochs[-1])
+        if first == last:  # the usual case: the window lies inside one epoch
+            return self._permutation(first)[positions - first * self.n].tolist()
+        out: list[int] = []
+        for epoch in range(first, last + 1):
+            inside = positions[epochs == epoch]
+            if len(inside):
+                out += self._permutation(epoch)[inside - epoch * self.n].tolist()
+        return out
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.batch
 
     def __iter__(self):
         g = self.batch * self.d.world
-        for step in range(self.start, self.total):
-            first = step * g + self.d.rank * self.batch
-            for position in range(first, first + self.batch):
-                yield self._index(position)
+        lanes = torch.arange(self.batch) + self.d.rank * self.batch
+        per_window = max(1, self.WINDOW // self.batch)
+        for first in range(self.start, self.total, per_window):
+            steps = torch.arange(first, min(self.total, first + per_window))
+            yield from self._lookup((steps[:, None] * g + lanes).flatten())
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed + 1) * 7919 + step)
+# -- randomness --------------------------------------------------------------------------------------
+
+
+def _derived_seed(seed: int, step: int, stream: str, rank: int = 0) -> int:
+    """A 63-bit seed from ``(seed, step, stream, rank)``; distinct streams never share a sequence."""
+    key = f"featlift/{seed}/{step}/{stream}/{rank}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def _generator(seed: int, step: int, stream: str, rank: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` for one stream of random draws at one step (and one process)."""
+    return torch.Generator(device=device).manual_seed(_derived_seed(seed, step, stream, rank))
+
+
+def _rng_state() -> dict:
+    """The global RNG states of this process (torch, CUDA, ``random``, numpy), as plain data and tensors."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+
+
+def _checkpoint(path: Path, model: UPLiFT, optimizer, step: int, run: dict, d: _Dist) -> None:
+    """Collective: every process hands in its RNG states; rank 0 writes ``path`` atomically."""
+    states = [_rng_state()]
+    if d.world > 1:
+        import torch.distributed as dist
+
+        states = [None] * d.world
+        dist.all_gather_object(states, _rng_state())
+    if d.main:
+        _save_checkpoint(path, model, optimizer, step, run, states)
+
+
+def _save_checkpoint(path: Path, model: UPLiFT, optimizer, step: int, run: dict, rng: list[dict]) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, **run, "rng": rng}
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+    logger.info("checkpoint at step %d written to %s", step, path)
+
+
+def _fix(path: Path) -> str:
+    return f"delete {path} to start over, or run without --resume (training then starts again from step 0)"
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig, run: dict) -> dict:
+    """The checkpoint at ``path``, checked to be complete and to belong to a run like this one."""
+    fix = _fix(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for broken files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {reason}); {fix}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a featlift training checkpoint; {fix}")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}: it is not a complete featlift training checkpoint "
+            f"(or one written by an older featlift); {fix}"
+        )
+    if state["seed"] != run["seed"]:
+        raise CheckpointError(
+            f"--resume: {path} belongs to a run with seed {state['seed']}, but this run has seed {cfg.seed}; "
+            f"pass --seed {state['seed']} to continue it, or give a new --out folder for a new run"
+        )
+    if state["global_batch"] != run["global_batch"]:
+        raise CheckpointError(
+            f"--resume: {path} belongs to a run with a global batch of {state['global_batch']} "
+            f"({state['batch_size']} per process x {state['world']} processes), but this run's is "
+            f"{run['global_batch']} ({run['batch_size']} x {run['world']}); resume with the same global batch "
+            "(--batch-size x processes), or give a new --out folder for a new run"
+        )
+    if int(state["step"]) > run["total_steps"]:
+        raise CheckpointError(
+            f"--resume: {path} is at step {state['step']}, past this run's {run['total_steps']} steps; "
+            f"ask for at least {state['step']} steps"
+        )
+    return state
+
+
+def _restore(path: Path, state: dict, model: UPLiFT, optimizer) -> None:
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{path} does not fit this run's model (written with another --base or --backbone?); "
+            f"{_fix(path)}. Details: {err}"
+        ) from err
+
+
+# -- stopping on a signal ----------------------------------------------------------------------------
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only set :attr:`received`: the loop stops at the end of the
+    step. A second signal raises ``KeyboardInterrupt`` at once. Handlers are installed only in the main
+    thread (Python allows no other) and the previous ones are put back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second signal ({signal.Signals(signum).name}): stopping without a checkpoint")
+        self.received = signum
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM sent to the whole process group (Ctrl-C, a scheduler) to
+    the main process, which stops at the end of the step; a worker killed by it would crash the run."""
+    for sig in _StopSignals.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _agreed_signal(stop: _StopSignals, d: _Dist, device: torch.device) -> int:
+    """The signal any process received (0: none), the same on every process."""
+    signum = stop.received or 0
+    if d.world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([signum], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum
 
 
 def _normalise(images: torch.Tensor, config: UpliftConfig) -> torch.Tensor:
@@ -172,13 +380,28 @@ def _normalise(images: torch.Tensor, config: UpliftConfig) -> torch.Tensor:
     return (images - mean) / std
 
 
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
 # -- evaluation --------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(model: UPLiFT, backbone, config: UpliftConfig, dataset, device, batch_size: int, depths: int) -> dict:
+def evaluate(
+    model: UPLiFT,
+    backbone,
+    config: UpliftConfig,
+    dataset,
+    device,
+    batch_size: int,
+    depths: int,
+    generator: torch.Generator | None = None,
+) -> dict:
     """Held-out error per depth: UPLiFT's last step and bilinear upsampling of the same coarse features,
-    both against the full image's features (mean squared error)."""
+    both against the full image's features (mean squared error). ``generator`` feeds the model's noise
+    channels, if it has any."""
     was_training = model.training
     model.eval()
     sums = {d: [0.0, 0.0] for d in range(1, depths + 1)}
@@ -189,7 +412,7 @@ def evaluate(model: UPLiFT, backbone, config: UpliftConfig, dataset, device, bat
         full = backbone(images)
         for d in range(1, depths + 1):
             coarse = backbone(downsample(images, 2**d))
-            up = model(downsample(images, 2**d), coarse, iters=d)
+            up = model(downsample(images, 2**d), coarse, iters=d, generator=generator)
             bil = F.interpolate(coarse.float(), size=full.shape[-2:], mode="bilinear", align_corners=False)
             sums[d][0] += feature_distance(up, full).item() * len(images)
             sums[d][1] += feature_distance(bil, full).item() * len(images)
@@ -209,9 +432,19 @@ def evaluate(model: UPLiFT, backbone, config: UpliftConfig, dataset, device, bat
 
 
 def train(cfg: TrainConfig, progress: bool = False) -> dict:
-    """Run training; returns the final metrics. Writes ``config.json`` + ``model.safetensors`` to ``cfg.out``."""
+    """Run training; returns the final metrics. Writes ``config.json`` + ``model.safetensors`` to ``cfg.out``.
+
+    On SIGINT or SIGTERM the run stops at the end of the current step, writes ``checkpoint.pt`` and
+    returns ``metrics["interrupted"] = {"step", "signal", "checkpoint"}`` (continue with ``resume=True``).
+
+    Raises:
+        CheckpointError: ``resume=True`` with a corrupt or incomplete checkpoint, or one from a run with
+            another seed or global batch.
+    """
     d = _init_distributed(cfg.device)
     device = _device(cfg, d)
+    if device.type == "cuda" and d.world > 1:
+        torch.cuda.set_device(device)  # object collectives (checkpoint RNG states) use the current device
     out = Path(cfg.out)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -235,19 +468,36 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
 
     global_batch = cfg.batch_size * d.world
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(train_ds) / global_batch)
+    run = {
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "world": d.world,
+        "global_batch": global_batch,
+        "total_steps": total,
+    }
 
     torch.manual_seed(cfg.seed)
     model = UPLiFT(config).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = 0
+    rng_states = None
     ckpt_path = out / CHECKPOINT_NAME
     if cfg.resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = _load_checkpoint(ckpt_path, cfg, run)
+        _restore(ckpt_path, state, model, optimizer)
         start = int(state["step"])
+        rng_states = state["rng"]
+        if len(rng_states) != d.world:
+            logger.warning(
+                "%s was written by %d process(es), this run has %d: the global RNG states are not restored "
+                "(featlift's own random draws derive from the seed and step and are unaffected)",
+                ckpt_path,
+                len(rng_states),
+                d.world,
+            )
+            rng_states = None
         logger.info("resumed from step %d", start)
 
     net = model
@@ -259,12 +509,21 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = _StreamSampler(len(train_ds), cfg.batch_size, d, cfg.seed, start, total)
-    loader = DataLoader(IndexedImages(train_ds), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)
+    loader = DataLoader(
+        IndexedImages(train_ds),
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        worker_init_fn=_ignore_stop_signals if cfg.workers else None,
+    )
     cache = None
     if cfg.feature_cache:
         cache = FeatureCache(
             cfg.feature_cache, backbone=cfg.backbone, image_size=cfg.image_size, depths=cfg.depths, files=train_files
         )
+    batches = iter(loader)  # drawing the loader's base seed uses the global RNG: restore the states after it
+    if rng_states is not None:
+        _set_rng_state(rng_states[d.rank])
     autocast = device.type == "cuda" and cfg.amp
     bar = None
     if progress and d.main:
@@ -274,39 +533,70 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
     metrics: dict = {"history": []}
     t0, seen = time.perf_counter(), 0
     loss_value = float("nan")
-    for step, (batch, indices) in zip(range(start, total), loader, strict=False):
-        gen = _step_generator(cfg.seed, step)
-        depth = int(torch.randint(1, cfg.depths + 1, (1,), generator=gen))
-        flips = torch.rand(global_batch, generator=gen) < 0.5
-        mine = flips[d.rank * cfg.batch_size : (d.rank + 1) * cfg.batch_size][: len(batch)]
-        batch = torch.where(mine.view(-1, 1, 1, 1), batch.flip(-1), batch)
-        images = _normalise(batch.to(device, non_blocking=True), config)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            if cache is None:
-                targets = depth_targets(backbone, images, depth)
-            else:
-                targets = cache.targets(backbone, images, indices.tolist(), mine.tolist(), depth)
-            noise_gen = _step_generator(cfg.seed + 1, step) if cfg.noise_std and device.type == "cpu" else None
-            loss, _ = multi_depth_loss(
-                net, targets, images, kind=cfg.loss, noise_std=cfg.noise_std, generator=noise_gen
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_value = loss.item()
-        seen += len(batch) * d.world
-        done = step + 1
+    stopped = 0
+    done = start
+    with _StopSignals() as stop:
+        for step, (batch, indices) in zip(range(start, total), batches, strict=False):
+            choices = _generator(cfg.seed, step, "choices")
+            depth = int(torch.randint(1, cfg.depths + 1, (1,), generator=choices))
+            flips = torch.rand(global_batch, generator=choices) < 0.5
+            first = d.rank * cfg.batch_size
+            mine = flips[first : first + cfg.batch_size][: len(batch)]
+            batch = torch.where(mine.view(-1, 1, 1, 1), batch.flip(-1), batch)
+            images = _normalise(batch.to(device, non_blocking=True), config)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                if cache is None:
+                    targets = depth_targets(backbone, images, depth)
+                else:
+                    targets = cache.targets(backbone, images, indices.tolist(), mine.tolist(), depth)
+                noise = None
+                if cfg.noise_std:  # the global batch's draw, this process's rows: DDP equals one big batch
+                    shape = (global_batch, *targets[0].shape[1:])
+                    gen = _generator(cfg.seed, step, "feature_noise", 0, device)
+                    noise = torch.randn(shape, generator=gen, device=device)[first : first + len(batch)]
+                loss, _ = multi_depth_loss(
+                    net,
+                    targets,
+                    images,
+                    kind=cfg.loss,
+                    noise_std=cfg.noise_std,
+                    noise=noise,
+                    generator=_generator(cfg.seed, step, "noise_channels", d.rank, device),
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
+            seen += len(batch) * d.world
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", depth=depth, img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+            stopped = _agreed_signal(stop, d, device)
+            if stopped and done < total:
+                break
+            stopped = 0
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+                _checkpoint(ckpt_path, model, optimizer, done, run, d)
+            if d.main and val_ds is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+                eval_gen = _generator(cfg.seed, done, "eval", 0, device)
+                result = evaluate(model, backbone, config, val_ds, device, cfg.batch_size, cfg.depths, eval_gen)
+                metrics["history"].append({"step": done, **result})
+                logger.info("step %d held-out: %s", done, result)
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", depth=depth, img_s=f"{seen / (time.perf_counter() - t0):.1f}")
-        if d.main and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            _save_checkpoint(ckpt_path, model, optimizer, done)
-        if d.main and val_ds is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-            result = evaluate(model, backbone, config, val_ds, device, cfg.batch_size, cfg.depths)
-            metrics["history"].append({"step": done, **result})
-            logger.info("step %d held-out: %s", done, result)
-    if bar is not None:
-        bar.close()
+            bar.close()
+        if stopped:
+            name = signal.Signals(stopped).name
+            _checkpoint(ckpt_path, model, optimizer, done, run, d)
+            metrics["interrupted"] = {"step": done, "signal": name, "checkpoint": str(ckpt_path)}
+            metrics["steps"] = total
+            metrics["final_loss"] = loss_value
+            logger.warning("%s: stopped at step %d of %d; checkpoint in %s", name, done, total, ckpt_path)
+            if d.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+            return metrics
 
     metrics["steps"] = total
     metrics["final_loss"] = loss_value
@@ -319,14 +609,15 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
         gathered = [None] * d.world
         dist.all_gather_object(gathered, checksum)
         metrics["rank_checksums"] = gathered
+    _checkpoint(ckpt_path, model, optimizer, total, run, d)
     if d.main:
         if val_ds is not None:
-            metrics["heldout"] = evaluate(model, backbone, config, val_ds, device, cfg.batch_size, cfg.depths)
-        _save_checkpoint(ckpt_path, model, optimizer, total)
+            eval_gen = _generator(cfg.seed, total, "eval", 0, device)
+            metrics["heldout"] = evaluate(model, backbone, config, val_ds, device, cfg.batch_size, cfg.depths, eval_gen)
         model.save_pretrained(out)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         card = model_card(cfg, config, metrics, n_train=len(train_ds), n_val=n_val, world=d.world)
-        (out / "README.md").write_text(card)
+        _write_text(out / "README.md", card)
         if cfg.push_to_hub:
             from ..hub import push_pretrained_dir
 
@@ -381,9 +672,3 @@ Features of the image downsampled by 2^depth, upsampled `depth` times by UPLiFT 
 
 {table}
 """
-
-
-def _save_checkpoint(path: Path, model: UPLiFT, optimizer, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)
