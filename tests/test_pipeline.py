@@ -123,53 +123,112 @@ def test_offline_without_cache_names_repo_file_and_fixes(tmp_path):
     assert "HF_HUB_OFFLINE" in message and "weights=PATH" in message
 
 
-def test_cli_writes_features_and_pca_and_skips_bad_files(hf_home, tmp_path):
-    images = tmp_path / "images"
-    (images / "nested").mkdir(parents=True)
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / "a.png")
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 30), dtype=np.uint8)).save(
-        images / "nested" / "b.jpg"
-    )
-    (images / "broken.png").write_bytes(b"not an image")
+def _rand_image(path: Path, shape: tuple, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)).save(path)
+
+
+def _cli(args: list[str], hf_home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    cli = [sys.executable, "-m", "featlift.cli"]
-    result = subprocess.run([*cli, "models"], capture_output=True, text=True, env=env)
-    assert result.returncode == 0 and "dinov2_s14" in result.stdout and "sd15_vae" in result.stdout
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [*cli, "upsample", str(images), "--model", "dinov2_s14", "--out", str(out), "--pca", "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    return subprocess.run(
+        [sys.executable, "-m", "featlift.cli", *args], capture_output=True, text=True, env=env, timeout=300
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "skipped" in result.stderr and "broken.png" in result.stderr
+
+
+def test_cli_mirrors_paths_never_loses_outputs_and_resumes(hf_home, tmp_path):
     from safetensors.torch import load_file
 
-    assert load_file(str(out / "a.safetensors"))["features"].shape == (384, 40, 50)
-    assert load_file(str(out / "b.safetensors"))["features"].shape == (384, 30, 30)
-    assert Image.open(out / "a_pca.png").size == (50, 40)
-    result = subprocess.run(
-        [*cli, "upsample", str(images / "a.png"), "--out", str(out), "--size", "native"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    images = tmp_path / "photos"
+    _rand_image(images / "a.png", (40, 50, 3), 0)
+    _rand_image(images / "nested" / "b.jpg", (30, 30), 1)  # greyscale
+    _rand_image(images / "s1" / "x.png", (28, 28, 3), 2)  # three inputs named x: three outputs
+    _rand_image(images / "s2" / "x.png", (28, 28, 3), 3)
+    _rand_image(images / "x.jpg", (28, 28, 3), 4)
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+
+    result = _cli(["models"], hf_home)
+    assert result.returncode == 0 and "dinov2_s14" in result.stdout and "sd15_vae" in result.stdout
+    result = _cli(
+        ["upsample", str(images), "--out", str(out), "--pca", "--device", "cpu", "--batch-size", "2"], hf_home
     )
+    assert result.returncode == 1, "a failed input makes the exit status non-zero"
+    assert "failed" in result.stderr and "broken.png" in result.stderr
+    assert "wrote features for 5 image(s)" in result.stdout and "failed 1" in result.stdout
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.safetensors"))
+    assert written == [
+        "a.png.safetensors",
+        "nested/b.jpg.safetensors",
+        "s1/x.png.safetensors",
+        "s2/x.png.safetensors",
+        "x.jpg.safetensors",
+    ]
+    assert not list(out.rglob("*.tmp")), "no temporary files are left behind"
+    feats = {name: load_file(str(out / name))["features"] for name in written}
+    assert feats["a.png.safetensors"].shape == (384, 40, 50)
+    assert feats["nested/b.jpg.safetensors"].shape == (384, 30, 30)
+    assert not torch.equal(feats["s1/x.png.safetensors"], feats["s2/x.png.safetensors"])
+    assert not torch.equal(feats["s1/x.png.safetensors"], feats["x.jpg.safetensors"])
+    assert Image.open(out / "a.png.pca.png").size == (50, 40)
+
+    # A rerun skips what is done (files untouched) and retries only the failure.
+    stamp = (out / "a.png.safetensors").stat().st_mtime_ns
+    result = _cli(["upsample", str(images), "--out", str(out), "--pca", "--device", "cpu"], hf_home)
+    assert (
+        result.returncode == 1 and "skipped 5 already done" in result.stdout and "wrote features for 0" in result.stdout
+    )
+    assert (out / "a.png.safetensors").stat().st_mtime_ns == stamp
+
+    # A file given by name goes to OUT/<name>; --overwrite replaces an existing output.
+    native_args = ["upsample", str(images / "a.png"), "--out", str(out), "--size", "native", "--device", "cpu"]
+    result = _cli(native_args, hf_home)
+    assert result.returncode == 0 and "nothing to do" in result.stdout
+    assert load_file(str(out / "a.png.safetensors"))["features"].shape == (384, 40, 50)
+    result = _cli([*native_args, "--overwrite"], hf_home)
     assert result.returncode == 0, result.stderr[-3000:]
-    native = load_file(str(out / "a.safetensors"))["features"]
+    native = load_file(str(out / "a.png.safetensors"))["features"]
     assert native.shape == (384, 48, 64)
+
     tiled_out = tmp_path / "tiled"
-    result = subprocess.run(
-        [*cli, "upsample", str(images / "a.png"), "--out", str(tiled_out), "--size", "native", "--tile", "2"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = _cli([*native_args, "--out", str(tiled_out), "--tile", "2"], hf_home)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (load_file(str(tiled_out / "a.safetensors"))["features"] - native).abs().max().item() <= 1e-4
+    assert (load_file(str(tiled_out / "a.png.safetensors"))["features"] - native).abs().max().item() <= 1e-4
+
+    # Two inputs that would share an output are refused before any work.
+    result = _cli(["upsample", str(images / "s1" / "x.png"), str(images / "s2" / "x.png"), "--out", str(out)], hf_home)
+    assert result.returncode == 1 and "would both be written to" in result.stderr
+
+
+def test_cli_outputs_inside_the_input_folder_are_not_inputs(hf_home, tmp_path):
+    images = tmp_path / "photos"
+    _rand_image(images / "a.png", (28, 28, 3), 0)
+    args = ["upsample", str(images), "--out", str(images / "feats"), "--pca", "--device", "cpu"]
+    assert _cli(args, hf_home).returncode == 0
+    result = _cli(args, hf_home)
+    assert result.returncode == 0 and "all 1 image(s) already have outputs" in result.stdout
+
+
+def test_cli_write_is_atomic(tmp_path, monkeypatch):
+    """A crash in the middle of writing leaves the previous complete file, and no partial one."""
+    import safetensors.torch
+    from safetensors.torch import load_file
+
+    from featlift import cli
+
+    job = cli._Job(tmp_path / "x.png", tmp_path / "out" / "x.png")
+    cli._write_outputs(job, torch.ones(4, 3, 3), "m", pca=False)
+    good = job.features.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise KeyboardInterrupt  # the process is killed mid-write
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cli._write_outputs(job, torch.zeros(4, 3, 3), "m", pca=False)
+    assert job.features.read_bytes() == good
+    assert torch.equal(load_file(str(job.features))["features"], torch.ones(4, 3, 3))
+    assert [p.name for p in job.features.parent.iterdir()] == ["x.png.safetensors"]
 
 
 # -- in-process: local weights, no Hub access ---------------------------------------------------------
@@ -199,6 +258,48 @@ def test_input_kinds_agree(upsampler):
         assert torch.allclose(other, from_pil, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(227, 301), (224, 308)])  # not / all patch multiples
+def test_one_preprocessing_path_for_pil_arrays_and_tensors(upsampler, size):
+    """The same pixels give the same features (1e-4) however they are passed in."""
+    rng = np.random.default_rng(5)
+    array = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    from_pil = upsampler(Image.fromarray(array))
+    assert from_pil.shape == (1, 384, *size)
+    for other in (upsampler(array), upsampler(tensor), upsampler(array.astype(np.float32) / 255)):
+        assert (other - from_pil).abs().max().item() <= 1e-4
+    grey = rng.integers(0, 256, size, dtype=np.uint8)
+    want = upsampler(Image.fromarray(grey).convert("RGB"))
+    for other in (upsampler(Image.fromarray(grey)), upsampler(grey), upsampler(grey[:, :, None])):
+        assert (other - want).abs().max().item() <= 1e-4
+    deep = rng.integers(0, 65536, size, dtype=np.uint16)  # 16-bit: scaled by 65535, grey replicated
+    want = upsampler(torch.from_numpy(deep.astype(np.float32) / 65535)[None].expand(3, *size))
+    for other in (upsampler(Image.fromarray(deep)), upsampler(deep)):
+        assert (other - want).abs().max().item() <= 1e-4
+
+
+def test_memory_guard_refuses_an_output_bigger_than_the_machine(upsampler):
+    import psutil
+
+    from featlift.memory import InsufficientMemoryError
+
+    calls = []
+    hook = upsampler.backbone.register_forward_hook(lambda m, i, o: calls.append(1))
+    huge = torch.zeros(3, 1, 1).expand(3, 60_000, 60_000)  # 43 GB as float32, but costs nothing to build
+    try:
+        with pytest.raises(InsufficientMemoryError) as info:
+            upsampler(huge)
+    finally:
+        hook.remove()
+    assert not calls, "the guard runs before the backbone"
+    message = str(info.value)
+    assert "60000x60000" in message and "available on cpu" in message
+    assert "tile=" in message or "head=" in message
+    assert "output_size=" in message and "memory_guard = False" in message
+    estimate = upsampler.estimate_memory(1, (60_000, 60_000))
+    assert estimate.output == 384 * 60_000 * 60_000 * 4 and estimate.total > psutil.virtual_memory().total
+
+
 def test_output_size_rules(upsampler):
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 255, (37, 50, 3), dtype=np.uint8))  # W=50, H=37: not patch multiples
@@ -225,10 +326,14 @@ def test_lists_batch_same_sizes_and_split_different_sizes(upsampler):
 def test_bad_images_raise_clear_errors(upsampler):
     with pytest.raises(TypeError, match="unsupported image type str"):
         upsampler("cat.jpg")
-    with pytest.raises(ValueError, match="uint8"):
-        upsampler(np.zeros((28, 28, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match="\\[3, H, W\\]"):
-        upsampler(torch.rand(4, 28, 28))
+    with pytest.raises(ValueError, match="float pixels must lie in \\[0, 1\\].*divide 0-255 images by 255"):
+        upsampler(np.full((28, 28, 3), 200.0, dtype=np.float32))
+    with pytest.raises(ValueError, match="C = 1, 3 or 4"):
+        upsampler(torch.rand(5, 28, 28))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        upsampler(torch.full((3, 28, 28), float("nan")))
+    with pytest.raises(ValueError, match="empty \\(0x28 pixels\\)"):
+        upsampler(torch.rand(3, 0, 28))
     with pytest.raises(ValueError, match="empty list"):
         upsampler([])
 

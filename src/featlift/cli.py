@@ -8,18 +8,56 @@ import os
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+FEATURES_SUFFIX = ".safetensors"
+PCA_SUFFIX = ".pca.png"
 
 
-def _collect(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
+class _Job:
+    """One input image and where its outputs go."""
+
+    def __init__(self, source: Path, stem: Path) -> None:
+        self.source = source
+        self.features = stem.with_name(stem.name + FEATURES_SUFFIX)
+        self.pca = stem.with_name(stem.name + PCA_SUFFIX)
+
+    def done(self, pca: bool) -> bool:
+        return self.features.is_file() and (not pca or self.pca.is_file())
+
+
+def _plan(inputs: list[str], out_dir: Path) -> list[_Job]:
+    """Input images and their output paths.
+
+    A folder is searched recursively and mirrored under ``out_dir`` (``photos/a/x.png`` given as
+    ``photos`` -> ``out/a/x.png.safetensors``); a file given by name goes to ``out/x.png.safetensors``.
+    The input's extension stays in the name, so ``x.png`` and ``x.jpg`` never share an output. Files
+    inside ``out_dir`` are never inputs. Two inputs that would still share an output are refused.
+    """
+    from featlift.training.data import IMAGE_EXTENSIONS
+
+    out_resolved = out_dir.resolve()
+    jobs: dict[Path, _Job] = {}
+    seen: set[Path] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            pairs = [(p, p.relative_to(path)) for p in found if not p.resolve().is_relative_to(out_resolved)]
+        elif path.exists():
+            pairs = [(path, Path(path.name))]
         else:
-            files.append(path)
-    return files
+            raise FileNotFoundError(f"input {item!r} does not exist; pass image files or folders")
+        for source, relative in pairs:
+            if source.resolve() in seen:  # the same file named twice (a folder and a file in it)
+                continue
+            seen.add(source.resolve())
+            job = _Job(source, out_dir / relative)
+            if job.features in jobs:
+                raise ValueError(
+                    f"{jobs[job.features].source} and {source} would both be written to {job.features}; "
+                    "upsample them in separate runs with different --out folders"
+                )
+            jobs[job.features] = job
+    return list(jobs.values())
 
 
 def _parse_size(text: str | None):
@@ -47,19 +85,50 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_upsample(args: argparse.Namespace) -> int:
-    import torch
+def _read_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # decode now, while the file is open; the pixels stay after it closes
+        return im
+
+
+def _write_outputs(job: _Job, features, model: str, pca: bool) -> None:
     from PIL import Image
     from safetensors.torch import save_file
+
+    from featlift.atomic import atomic_write
+    from featlift.viz import pca_rgb
+
+    job.features.parent.mkdir(parents=True, exist_ok=True)
+    tensor = features.float().cpu().contiguous()
+    with atomic_write(job.features) as tmp:
+        save_file({"features": tensor}, str(tmp), metadata={"source": str(job.source), "model": model})
+    if pca:
+        with atomic_write(job.pca) as tmp:
+            Image.fromarray(pca_rgb(tensor)).save(tmp, format="PNG")
+
+
+# Errors that concern one input (unreadable file, bad pixels, too big for memory): report it, go on.
+_PER_IMAGE_ERRORS = (OSError, ValueError, TypeError, MemoryError)
+
+
+def _cmd_upsample(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     import featlift
-    from featlift.viz import pca_rgb
 
-    files = _collect(args.inputs)
-    if not files:
-        print("no images found in the given paths", file=sys.stderr)
+    out_dir = Path(args.out)
+    jobs = _plan(args.inputs, out_dir)
+    if not jobs:
+        print("featlift: error: no images found in the given paths", file=sys.stderr)
         return 2
+    todo = jobs if args.overwrite else [job for job in jobs if not job.done(args.pca)]
+    skipped = len(jobs) - len(todo)
+    if not todo:
+        print(f"all {len(jobs)} image(s) already have outputs in {out_dir}; nothing to do (--overwrite redoes them)")
+        return 0
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     up = featlift.load_upsampler(
         args.model,
@@ -71,37 +140,46 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         pretrained=not args.no_pretrained,
         tile=args.tile,
     )
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    bar = tqdm(total=len(files), unit="img", desc="upsampling")
-    for start in range(0, len(files), args.batch_size):
-        batch = []
-        for path in files[start : start + args.batch_size]:
-            try:
-                with Image.open(path) as im:
-                    batch.append((path, im.convert("RGB")))
-            except Exception as err:  # unreadable or not an image: report, keep going
-                failed += 1
-                tqdm.write(f"skipped {path}: {type(err).__name__}: {err}", file=sys.stderr)
-                bar.update(1)
-        if not batch:
-            continue
-        feats = up([im for _, im in batch], output_size=args.size)
+    written, failed = 0, []
+
+    def fail(job: _Job, err: BaseException) -> None:
+        failed.append(job.source)
+        tqdm.write(f"failed {job.source}: {type(err).__name__}: {err}", file=sys.stderr)
+
+    def run(batch: list[tuple[_Job, object]]) -> int:
+        feats = up([image for _, image in batch], output_size=args.size)
         feats = list(feats.unbind(0)) if isinstance(feats, torch.Tensor) else [f[0] for f in feats]
-        for (path, _), f in zip(batch, feats, strict=True):
-            stem = out_dir / path.stem
-            save_file(
-                {"features": f.float().cpu().contiguous()},
-                f"{stem}.safetensors",
-                metadata={"source": str(path), "model": args.model},
-            )
-            if args.pca:
-                Image.fromarray(pca_rgb(f)).save(f"{stem}_pca.png")
-            bar.update(1)
+        for (job, _), f in zip(batch, feats, strict=True):
+            _write_outputs(job, f, args.model, args.pca)
+        return len(batch)
+
+    bar = tqdm(total=len(todo), unit="img", desc="upsampling")
+    for start in range(0, len(todo), args.batch_size):
+        batch = []
+        for job in todo[start : start + args.batch_size]:
+            try:
+                batch.append((job, _read_image(job.source)))
+            except _PER_IMAGE_ERRORS as err:
+                fail(job, err)
+        try:
+            written += run(batch) if batch else 0
+        except _PER_IMAGE_ERRORS as err:
+            if len(batch) == 1:
+                fail(batch[0][0], err)
+            else:  # find the image(s) at fault: the others still get their outputs
+                for item in batch:
+                    try:
+                        written += run([item])
+                    except _PER_IMAGE_ERRORS as single:
+                        fail(item[0], single)
+        bar.update(len(todo[start : start + args.batch_size]))
+        bar.set_postfix(written=written, failed=len(failed))
     bar.close()
-    print(f"wrote features for {len(files) - failed} image(s) to {out_dir}" + (f"; skipped {failed}" if failed else ""))
-    return 1 if failed == len(files) else 0
+    summary = (
+        f"wrote features for {written} image(s) to {out_dir}; skipped {skipped} already done; failed {len(failed)}"
+    )
+    print(summary + (" (listed above)" if failed else ""))
+    return 1 if failed else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -161,7 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the registered upsamplers").set_defaults(func=_cmd_models)
-    p = sub.add_parser("upsample", help="write pixel-dense features of images as .safetensors")
+    p = sub.add_parser(
+        "upsample",
+        help="write pixel-dense features of images as .safetensors",
+        description=(
+            "Writes OUT/<path relative to the folder given>.safetensors per image (photos/a/x.png given as "
+            "photos -> OUT/a/x.png.safetensors; a file given by name -> OUT/x.png.safetensors), and with "
+            "--pca OUT/....pca.png. Files are written atomically; images whose outputs exist are skipped, so "
+            "an interrupted run resumes (--overwrite redoes them). Exit status 1 if any image failed."
+        ),
+    )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
     p.add_argument("--model", default="dinov2_s14", help="registered name, local model dir or Hub repo id")
     p.add_argument("--out", required=True, help="output folder")
@@ -180,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="local UPLiFT weights instead of the download")
     p.add_argument("--backbone-weights", default=None, help="local backbone weights instead of the download")
     p.add_argument("--no-pretrained", action="store_true", help="random weights (testing only)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo images whose outputs exist (default: skip them, so reruns resume)",
+    )
     p.set_defaults(func=_cmd_upsample)
 
     t = sub.add_parser("train", help="train an UPLiFT upsampler for a backbone (self-supervised)")
@@ -224,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as err:
         print(f"featlift: error: {err}", file=sys.stderr)
         return 1
 

@@ -7,16 +7,18 @@ normalised batches, runs the backbone and the upsampler, and resizes the result.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
 from .backbones.base import Backbone
+from .backbones.normalisation import image_normalisation
+from .images import PendingImage, image_batch
+from .memory import InsufficientMemoryError, available_bytes, estimate_call, format_bytes
 from .modeling.uplift import UPLiFT
 
 __all__ = ["Upsampler"]
@@ -26,30 +28,24 @@ logger = logging.getLogger(__name__)
 OutputSize = None | str | tuple[int, int]
 
 
-def _uint8_to_tensor(array: np.ndarray) -> Tensor:
-    """HxWx3 uint8 -> float [3, H, W] in [0, 1]."""
-    return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+def _all_finite(t: Tensor) -> bool:
+    """Whether every element is finite: one fast float32 sum, the exact element test only if it is not."""
+    return bool(torch.isfinite(t.sum())) or bool(t.isfinite().all())
 
 
-def _to_float_image(image: Any) -> tuple[Tensor, Any]:
-    """One image as a float tensor [3, H, W] in [0, 1] (or a PIL image kept for PIL resizing)."""
-    if isinstance(image, Image.Image):
-        return None, image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"numpy images must be HxWx3, got shape {image.shape}")
-        if image.dtype != np.uint8:
-            raise ValueError(f"numpy images must be uint8 (0-255), got {image.dtype}; pass floats as a tensor [3,H,W]")
-        return _uint8_to_tensor(image), None
-    if isinstance(image, Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"image tensors must be [3, H, W] or [B, 3, H, W], got shape {tuple(image.shape)}")
-        if not image.is_floating_point():
-            raise ValueError(f"image tensors must be float in [0, 1], got {image.dtype}")
-        return image, None
-    raise TypeError(
-        f"unsupported image type {type(image).__name__}; pass a PIL image, an HxWx3 uint8 numpy array, "
-        "a float tensor [3,H,W] or [B,3,H,W] in [0,1], or a list of these"
+def _check_output_size(output_size: Any) -> OutputSize:
+    if output_size is None or output_size == "native":
+        return output_size
+    if isinstance(output_size, Sequence) and not isinstance(output_size, str) and len(output_size) == 2:
+        try:
+            size = tuple(operator.index(v) for v in output_size if not isinstance(v, bool))
+        except TypeError:
+            size = ()
+        if len(size) == 2 and all(v > 0 for v in size):
+            return size
+    raise ValueError(
+        f"output_size must be None (each image's own size), 'native' or (height, width) with positive "
+        f"integers, got {output_size!r}"
     )
 
 
@@ -87,11 +83,10 @@ class Upsampler(nn.Module):
         self.iters = uplift.default_iters if iters is None else iters
         self.name = name
         self.tile = tile
-        cfg = uplift.config.backbone
-        mean = torch.tensor(cfg.mean if cfg.mean is not None else (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
-        std = torch.tensor(cfg.std if cfg.std is not None else (1.0, 1.0, 1.0)).view(1, 3, 1, 1)
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
+        self.memory_guard = True
+        mean, std = image_normalisation(uplift.config.backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -120,33 +115,19 @@ class Upsampler(nn.Module):
         return tuple(max(p, round(d / p) * p) for d in size)
 
     def prepare(self, images: Any) -> list[tuple[Tensor, tuple[int, int]]]:
-        """Each image as (tensor [1, 3, H', W'] in [0, 1] resized to patch multiples, original (H, W))."""
-        if isinstance(images, Tensor) and images.dim() == 4:
-            items = list(images.unbind(0))
-        elif isinstance(images, (list, tuple)):
-            items = list(images)
-            if not items:
-                raise ValueError("got an empty list of images")
-        else:
-            items = [images]
-        prepared = []
-        for item in items:
-            tensor, pil = _to_float_image(item)
-            if pil is not None:
-                original = (pil.height, pil.width)
-                h, w = self._snap(original)
-                if (h, w) != original:
-                    pil = pil.resize((w, h), resample=Image.BILINEAR)
-                tensor = _uint8_to_tensor(np.asarray(pil, dtype=np.uint8))
-            else:
-                original = tuple(tensor.shape[-2:])
-                size = self._snap(original)
-                if size != original:
-                    tensor = F.interpolate(
-                        tensor[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
-                    )[0]
-            prepared.append((tensor[None], original))
-        return prepared
+        """Each image as (float32 [1, 3, H', W'] in [0, 1] resized to patch multiples, original (H, W)).
+
+        Every input kind goes through :mod:`featlift.images` (one conversion rule per kind) and then
+        the same antialiased bilinear resize, so equal pixels give equal tensors however they arrive.
+        """
+        return [(self._load(item), item.size) for item in image_batch(images)]
+
+    def _load(self, item: PendingImage) -> Tensor:
+        pixels = item.load()[None]
+        size = self._snap(item.size)
+        if size == item.size:
+            return pixels
+        return F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
 
     def normalize(self, image: Tensor) -> Tensor:
         """[B, 3, H, W] in [0, 1] -> the backbone's normalisation, on the model's device and dtype."""
@@ -184,32 +165,123 @@ class Upsampler(nn.Module):
             [B, C, H, W] when all images share a size, else a list of [1, C, H, W] tensors; with
             ``return_lowres`` a tuple (features, lowres) of matching structure.
         """
-        native = output_size == "native"
-        if not (output_size is None or native or _is_size(output_size)):
-            raise ValueError(f"output_size must be None, 'native' or (height, width), got {output_size!r}")
-        tile = self.tile if tile == "default" else tile
-        prepared = self.prepare(images)
-        same = len({(t.shape, orig) for t, orig in prepared}) == 1
-        groups = [prepared] if same else [[p] for p in prepared]
+        output_size = _check_output_size(output_size)
+        tile = self.uplift.check_tile(self.tile if tile == "default" else tile)
+        if head is not None and not callable(head):
+            raise TypeError(f"head must be a callable mapping [B, C, H, W] to [B, K, H, W], got {type(head).__name__}")
+        pending = image_batch(images)
+        same = len({item.size for item in pending}) == 1
+        groups = [pending] if same else [[item] for item in pending]
         feats, lows = [], []
         for group in groups:
-            batch = torch.cat([t for t, _ in group])
-            original = group[0][1]
-            image = self.normalize(batch)
+            original = group[0].size
+            size = None if output_size == "native" else (output_size or original)
+            if self.memory_guard:
+                self.check_memory(len(group), original, output_size=output_size, tile=tile, head=head)
+            image = self.normalize(torch.cat([self._load(item) for item in group]))
             lowres = self.backbone(image)
+            if not _all_finite(lowres):
+                raise ValueError(
+                    f"the backbone returned NaN or infinite features for images of {original[0]}x{original[1]} "
+                    "pixels; check the backbone weights (and try dtype=torch.float32 if you use half precision)"
+                )
             out = self.uplift(image, lowres, iters=self.iters, tile=tile, head=head)
-            if not native:
-                size = tuple(output_size) if output_size is not None else original
-                if tuple(out.shape[-2:]) != size:
-                    out = F.interpolate(
-                        out.float(), size=size, mode="bilinear", align_corners=False, antialias=True
-                    ).to(out.dtype)
+            if size is not None and tuple(out.shape[-2:]) != size:
+                out = F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False, antialias=True).to(
+                    out.dtype
+                )
+            if not _all_finite(out):
+                raise ValueError(
+                    "the upsampled features contain NaN or infinite values although the inputs were finite; "
+                    "check the upsampler weights (and try dtype=torch.float32 if you use half precision)"
+                )
             feats.append(out)
             lows.append(lowres)
         result = feats[0] if same else feats
         if return_lowres:
             return result, (lows[0] if same else lows)
         return result
+
+    def estimate_memory(
+        self,
+        batch: int,
+        size: tuple[int, int],
+        *,
+        output_size: OutputSize = None,
+        tile: int | tuple[int, int] | None = None,
+        head: Callable[[Tensor], Tensor] | None = None,
+    ):
+        """Estimated peak bytes (:class:`featlift.memory.MemoryEstimate`) of a call on ``batch`` images of
+        ``size`` (H, W) pixels, from the shapes alone; the keywords mean what they mean in :meth:`forward`."""
+        output_size = _check_output_size(output_size)
+        tile = self.uplift.check_tile(tile)
+        pixels = self._snap(size)
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return estimate_call(
+            self.uplift,
+            backbone_bytes=self.backbone.activation_bytes(batch, pixels, itemsize),
+            batch=batch,
+            pixels=pixels,
+            iters=self.iters,
+            itemsize=itemsize,
+            tile=tile,
+            out_channels=self._head_channels(head),
+            output_size=None if output_size == "native" else (output_size or tuple(size)),
+            head=head is not None,
+        )
+
+    def check_memory(
+        self,
+        batch: int,
+        size: tuple[int, int],
+        *,
+        output_size: OutputSize = None,
+        tile: int | tuple[int, int] | None = None,
+        head: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        """Raise :class:`~featlift.memory.InsufficientMemoryError` if the call would not fit in memory.
+
+        Runs before the backbone on every call while ``self.memory_guard`` is True (the default).
+        """
+        free = available_bytes(self.device)
+        if free is None:
+            return
+        estimate = self.estimate_memory(batch, size, output_size=output_size, tile=tile, head=head)
+        if estimate.total <= free:
+            return
+        what = f"{batch} image(s) of {size[0]}x{size[1]} pixels"
+        fixes = []
+        budget = free - estimate.output
+        for t in (128, 64, 32, 16, 8):
+            tiled = self.estimate_memory(batch, size, output_size=output_size, tile=(t, t), head=head)
+            if tiled.total <= free and t < max(size) // self.patch:
+                fixes.append(f"tile={t} (exact tiled upsampling; about {format_bytes(tiled.total)} in all)")
+                break
+        if budget <= 0 or not fixes:
+            fixes.append(
+                "head= (a per-pixel head such as a linear probe or a PCA basis, applied per tile, so only its "
+                "K channels are stored)"
+            )
+            fixes.append("output_size= a smaller (height, width)")
+        if self.dtype == torch.float32:
+            fixes.append("dtype=torch.bfloat16 in load_upsampler (half the bytes)")
+        fixes.append("fewer images per call")
+        raise InsufficientMemoryError(
+            f"not enough memory: upsampling {what} needs {estimate.describe()}, but only "
+            f"{format_bytes(free)} is available on {self.device}. Fixes: " + "; ".join(fixes) + ". "
+            "If you know better, set up.memory_guard = False to run anyway."
+        )
+
+    def _head_channels(self, head: Callable[[Tensor], Tensor] | None) -> int:
+        """Channels a head returns, probed on one zero pixel (C without a head, or if the probe fails)."""
+        if head is None:
+            return self.uplift.channels
+        try:
+            probe = head(torch.zeros(1, self.uplift.channels, 1, 1, device=self.device, dtype=self.dtype))
+            return int(probe.shape[1])
+        except Exception:  # the real call will report a broken head; the estimate just assumes C
+            logger.debug("could not probe the head's channel count; assuming %d", self.uplift.channels)
+            return self.uplift.channels
 
     @torch.inference_mode()
     def decode(self, latents: Tensor) -> Tensor:
@@ -220,12 +292,3 @@ class Upsampler(nn.Module):
                 f"decode() needs a VAE backbone; this upsampler's backbone is {type(self.backbone).__name__}"
             )
         return decode(latents.to(self.device, self.dtype))
-
-
-def _is_size(value: Any) -> bool:
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and len(value) == 2
-        and all(isinstance(v, int) and v > 0 for v in value)
-    )

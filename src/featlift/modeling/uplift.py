@@ -163,7 +163,9 @@ class UPLiFT(nn.Module):
         """
         iters = self.default_iters if iters is None else iters
         image, features = self._check_inputs(image, features, iters)
-        tile = self._check_tile(tile, return_steps)
+        tile = self.check_tile(tile)
+        if tile is not None and return_steps:
+            raise ValueError("return_steps needs every whole intermediate map; it cannot be combined with tile")
         if self._use_channels_last(features):
             image = image.contiguous(memory_format=torch.channels_last)
             features = features.contiguous(memory_format=torch.channels_last)
@@ -231,18 +233,18 @@ class UPLiFT(nn.Module):
             reach = err / cells
         return math.ceil(reach - 1e-9)
 
-    def _check_tile(self, tile, return_steps: bool) -> tuple[int, int] | None:
+    def check_tile(self, tile: int | tuple[int, int] | None) -> tuple[int, int] | None:
+        """``tile`` as a ``(rows, cols)`` pair of coarse cells (None stays None), or a ValueError naming
+        what is wrong: not positive integers, or a config that cannot be tiled exactly."""
         if tile is None:
             return None
-        pair = (tile, tile) if isinstance(tile, int) else tile
+        pair = (tile, tile) if isinstance(tile, int) and not isinstance(tile, bool) else tile
         if (
             not isinstance(pair, tuple | list)
             or len(pair) != 2
             or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in pair)
         ):
             raise ValueError(f"tile must be a positive number of coarse cells or a (rows, cols) pair, got {tile!r}")
-        if return_steps:
-            raise ValueError("return_steps needs every whole intermediate map; it cannot be combined with tile")
         cfg = self.config
         groups = [stage.blocks for stage in cfg.encoder.stages] + [cfg.decoder.input_blocks]
         groups += [stage.blocks for stage in cfg.decoder.stages]
