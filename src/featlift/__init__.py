@@ -6,7 +6,14 @@ __version__ = "0.1.0"
 
 from .builder import build_upsampler, load_upsampler
 from .config import UpliftConfig
-from .errors import CheckpointError, ConfigError, DownloadError, UnknownModelError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DownloadError,
+    FeatliftError,
+    InsufficientMemoryError,
+    UnknownModelError,
+)
 from .modeling.uplift import UPLiFT
 from .registry import list_upsamplers
 from .upsampler import Upsampler
@@ -15,6 +22,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DownloadError",
+    "FeatliftError",
+    "InsufficientMemoryError",
     "UPLiFT",
     "UnknownModelError",
     "UpliftConfig",

@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "DownloadError",
     "FeatliftError",
+    "InsufficientMemoryError",
     "MissingDependencyError",
     "UnknownModelError",
 ]
@@ -40,3 +41,8 @@ class DownloadError(FeatliftError, RuntimeError):
 
 class MissingDependencyError(FeatliftError, ImportError):
     """An optional dependency that a feature needs is not installed."""
+
+
+class InsufficientMemoryError(FeatliftError, MemoryError):
+    """A call whose estimated peak memory exceeds what its device has available. The message gives the
+    estimate and the arguments that make the call fit (``tile=``, ``head=``, ``output_size=``)."""

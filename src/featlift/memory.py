@@ -21,14 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import InsufficientMemoryError
+
 __all__ = ["InsufficientMemoryError", "MemoryEstimate", "available_bytes", "estimate_call", "format_bytes"]
 
 # Headroom over the modelled peak: measured peaks lie within 10% of the model (benchmarks/bench_memory.py).
 MARGIN = 1.15
-
-
-class InsufficientMemoryError(MemoryError):
-    """A call whose estimated peak memory exceeds what the device has available."""
 
 
 def format_bytes(n: float) -> str:
