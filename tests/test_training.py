@@ -189,6 +189,36 @@ def test_resume_is_exact_with_feature_noise_and_noise_channels(workdir, tmp_path
     assert {"torch", "python", "numpy"} <= set(state["rng"][0])
 
 
+def test_resume_restores_the_global_rng_states(workdir, tmp_path, monkeypatch):
+    """Code that draws from the global generators (torch, ``random``, numpy) during training continues
+    its sequence across a resume, as in an uninterrupted run."""
+    import random
+
+    from featlift.training import trainer
+
+    draws = []
+    real = trainer.multi_depth_loss
+
+    def drawing_loss(*args, **kwargs):
+        draws.append((torch.rand(1).item(), random.random(), float(np.random.rand())))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "multi_depth_loss", drawing_loss)
+    cfg = _config(workdir, tmp_path / "straight", steps=4, val_fraction=0.0)
+    random.seed(0)
+    np.random.seed(0)
+    train(cfg)
+    straight, draws[:] = draws[:], []
+    random.seed(0)
+    np.random.seed(0)
+    train(dataclasses.replace(cfg, out=str(tmp_path / "split"), steps=2))
+    random.seed(1)  # the resumed process starts elsewhere: the checkpoint puts the states back
+    np.random.seed(1)
+    train(dataclasses.replace(cfg, out=str(tmp_path / "split"), steps=4, resume=True))
+    assert len(draws) == len(straight) == 4
+    assert draws == straight
+
+
 def _old_sampler_order(n: int, batch: int, world: int, rank: int, seed: int, start: int, total: int) -> list[int]:
     """The sampler's original formulation: a fresh permutation of n for every single index."""
     out = []

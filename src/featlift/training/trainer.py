@@ -210,7 +210,7 @@ class _StreamSampler(Sampler[int]):
 
 
 def _derived_seed(seed: int, step: int, stream: str, rank: int = 0) -> int:
-    """A 63-bit seed from ``(seed, step, stream, rank)``; distinct streams never share a sequence."""
+    """A 63-bit seed hashed from ``(seed, step, stream, rank)``: unrelated seeds for different streams."""
     key = f"featlift/{seed}/{step}/{stream}/{rank}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
