@@ -230,30 +230,23 @@ class Upsampler(nn.Module):
             head=head is not None,
         )
 
-    def check_memory(
-        self,
-        batch: int,
-        size: tuple[int, int],
-        *,
-        output_size: OutputSize = None,
-        tile: int | tuple[int, int] | None = None,
-        head: Callable[[Tensor], Tensor] | None = None,
-    ) -> None:
+    def check_memory(self, batch: int, size: tuple[int, int], **options: Any) -> None:
         """Raise :class:`~featlift.memory.InsufficientMemoryError` if the call would not fit in memory.
 
-        Runs before the backbone on every call while ``self.memory_guard`` is True (the default).
+        Runs before the backbone on every call while ``self.memory_guard`` is True (the default);
+        ``options`` are :meth:`estimate_memory`'s keywords.
         """
         free = available_bytes(self.device)
         if free is None:
             return
-        estimate = self.estimate_memory(batch, size, output_size=output_size, tile=tile, head=head)
+        estimate = self.estimate_memory(batch, size, **options)
         if estimate.total <= free:
             return
         what = f"{batch} image(s) of {size[0]}x{size[1]} pixels"
         fixes = []
         budget = free - estimate.output
         for t in (128, 64, 32, 16, 8):
-            tiled = self.estimate_memory(batch, size, output_size=output_size, tile=(t, t), head=head)
+            tiled = self.estimate_memory(batch, size, **{**options, "tile": (t, t)})
             if tiled.total <= free and t < max(size) // self.patch:
                 fixes.append(f"tile={t} (exact tiled upsampling; about {format_bytes(tiled.total)} in all)")
                 break
