@@ -276,7 +276,9 @@ class BackboneConfig:
     patch: int = 14  # pixels per feature cell (the ViT patch, or 8 for the SD VAE)
     name: str | None = None  # timm model name or diffusers pipeline id, e.g. "vit_small_patch14_dinov2.lvd142m"
     source: str | None = None  # "timm" | "diffusers" | None (features supplied by the user)
-    mean: tuple[float, ...] | None = None  # per-channel image normalisation; None: images stay in [0, 1]
+    # Per-channel image normalisation. None: unstated, resolved by featlift.backbones.normalisation (timm's
+    # pretrained config for timm backbones, else images stay in [0, 1]).
+    mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
