@@ -212,7 +212,7 @@ ARGUMENT_NAMES = ("images", "output_size", "tile", "head", "memory")
 
 sizes = st.one_of(
     st.tuples(st.integers(1, 48), st.integers(1, 48)),
-    st.sampled_from([(1, 1), (1, 3000), (3000, 1), (2, 900), (13, 15), (14, 14), (15, 29)]),
+    st.sampled_from([(1, 1), (1, 3000), (3000, 1), (2, 900), (13, 15), (14, 14), (15, 29), (0, 5), (7, 0)]),
 )
 
 
@@ -238,7 +238,7 @@ def images(draw):
     values = rng.random(shape[layout])
     if dtype.kind == "f":
         values = values * draw(st.sampled_from([1.0, 1.0, 255.0]))  # sometimes a 0-255 mistake
-        if draw(st.integers(0, 9)) == 0:
+        if values.size and draw(st.integers(0, 9)) == 0:
             values.flat[0] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
     elif dtype.kind in "iu":
         values = values * min(np.iinfo(dtype).max, 65535)
