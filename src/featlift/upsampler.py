@@ -29,8 +29,9 @@ OutputSize = None | str | tuple[int, int]
 
 
 def _all_finite(t: Tensor) -> bool:
-    """Whether every element is finite: one fast float32 sum, the exact element test only if it is not."""
-    return bool(torch.isfinite(t.sum())) or bool(t.isfinite().all())
+    """Whether every element is finite: one fast sum accumulated in float32 (a NaN or inf anywhere makes it
+    non-finite), and the exact element test only when the sum is not finite (it may have overflowed)."""
+    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(t.isfinite().all())
 
 
 def _check_output_size(output_size: Any) -> OutputSize:
