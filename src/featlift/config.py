@@ -498,6 +498,13 @@ def _from_plain(tp: Any, data: Any, path: str) -> Any:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(names)}")
+        missing = [
+            f.name
+            for f in dataclasses.fields(tp)
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ConfigError(f"{path}: missing required key(s) {missing}")
         kwargs = {k: _from_plain(hints[k], v, f"{path}.{k}") for k, v in data.items()}
         try:
             return tp(**kwargs)

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import re
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -279,39 +276,6 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
-def _dataclass_inside(tp: object) -> type | None:
-    """The dataclass that a field annotation holds (``X``, ``X | None`` or ``tuple[X, ...]``), if any."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if typing.get_origin(tp) in (typing.Union, types.UnionType, tuple):
-        for arg in typing.get_args(tp):
-            if arg is not type(None) and arg is not Ellipsis and dataclasses.is_dataclass(arg):
-                return arg
-    return None
-
-
-def _missing_keys(tp: type, data: object, prefix: str = "") -> list[str]:
-    """Required fields of dataclass ``tp`` (and of the dataclasses inside it) that ``data`` lacks."""
-    if not isinstance(data, dict):
-        return []  # a wrong type is reported by UpliftConfig.from_dict with its field path
-    hints = typing.get_type_hints(tp)
-    missing = []
-    for field in dataclasses.fields(tp):
-        name = f"{prefix}{field.name}"
-        if field.name not in data:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                missing.append(name)
-            continue
-        inner = _dataclass_inside(hints[field.name])
-        value = data[field.name]
-        if inner is not None and isinstance(value, list):
-            for i, item in enumerate(value):
-                missing += _missing_keys(inner, item, f"{name}[{i}].")
-        elif inner is not None:
-            missing += _missing_keys(inner, value, f"{name}.")
-    return missing
-
-
 def read_config_json(path: str | Path) -> UpliftConfig:
     """Read featlift's ``config.json``. Every problem raises :class:`ConfigError` naming the file.
 
@@ -337,9 +301,6 @@ def read_config_json(path: str | Path) -> UpliftConfig:
             f"{path}: expected a JSON object of config fields (backbone, encoder, decoder, ...), got a JSON "
             f"{type(data).__name__}; {rewrite}"
         )
-    missing = _missing_keys(UpliftConfig, data)
-    if missing:
-        raise ConfigError(f"{path}: missing required key(s) {missing}; {rewrite}")
     try:
         return UpliftConfig.from_dict(data)
     except ConfigError as err:
