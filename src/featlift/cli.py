@@ -32,7 +32,7 @@ def _plan(inputs: list[str], out_dir: Path) -> list[_Job]:
     The input's extension stays in the name, so ``x.png`` and ``x.jpg`` never share an output. Files
     inside ``out_dir`` are never inputs. Two inputs that would still share an output are refused.
     """
-    from featlift.training.data import IMAGE_EXTENSIONS
+    from featlift.training.data import image_files
 
     out_resolved = out_dir.resolve()
     jobs: dict[Path, _Job] = {}
@@ -40,16 +40,17 @@ def _plan(inputs: list[str], out_dir: Path) -> list[_Job]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = image_files(path)
             pairs = [(p, p.relative_to(path)) for p in found if not p.resolve().is_relative_to(out_resolved)]
         elif path.exists():
             pairs = [(path, Path(path.name))]
         else:
             raise FileNotFoundError(f"input {item!r} does not exist; pass image files or folders")
         for source, relative in pairs:
-            if source.resolve() in seen:  # the same file named twice (a folder and a file in it)
+            resolved = source.resolve()
+            if resolved in seen:  # the same file named twice (a folder and a file in it)
                 continue
-            seen.add(source.resolve())
+            seen.add(resolved)
             job = _Job(source, out_dir / relative)
             if job.features in jobs:
                 raise ValueError(

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "DataError", "ImageDataset", "IndexedImages", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "DataError", "ImageDataset", "IndexedImages", "image_files", "list_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,11 @@ class DataError(ValueError):
     """The training data cannot be used (missing, empty, no images)."""
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` (recursive, sorted) whose extension is one of :data:`IMAGE_EXTENSIONS`."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def list_images(source: str | Path) -> list[Path]:
     """Image paths under a folder (recursive, sorted) or listed in a text file (one path per line,
     relative paths taken from the list's folder)."""
@@ -32,7 +37,7 @@ def list_images(source: str | Path) -> list[Path]:
     if not path.exists():
         raise DataError(f"training data {path} does not exist; pass an image folder or a text file of paths")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = image_files(path)
         if not files:
             raise DataError(f"no images found under {path} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
         return files
