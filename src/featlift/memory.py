@@ -69,9 +69,10 @@ def _block_tensors(group) -> int:
     return 4 if group.norm == "layer" else 2
 
 
-def _uplift_working_set(config, cells: tuple[int, int], iters: int, itemsize: int) -> dict[str, int]:
+def _uplift_working_set(uplift, cells: tuple[int, int], iters: int, itemsize: int) -> dict[str, int]:
     """Peak bytes per image of UPLiFT itself on a grid of ``cells`` coarse cells (untiled), by phase:
     the guidance encoder, and the last iteration's decoder, attender and refiner (the image-sized ones)."""
+    config, reads = uplift.config, uplift.guidance_reads
     h, w = cells
     c, f = config.channels, config.up_factor
     guide_px = h * config.resolved_guidance_patch * w * config.resolved_guidance_patch
@@ -81,9 +82,6 @@ def _uplift_working_set(config, cells: tuple[int, int], iters: int, itemsize: in
     in_px = out_px // (f * f) if iters else out_px
 
     widths = config.encoder.out_channels(3)
-    reads = {-(k + 1) % len(widths) for k in range(len(config.decoder.stages) + 1)}
-    if config.refiner is not None:
-        reads.add(config.refiner_guidance_index % len(widths))
     kept = sum(widths[i] for i in reads)
     encoder = 0
     for i, (stage, width) in enumerate(zip(config.encoder.stages, widths, strict=True)):
@@ -142,14 +140,14 @@ def estimate_call(
     held = batch * (3 * image_px * (4 + itemsize) + 3 * guide_px * itemsize + config.channels * h * w * itemsize)
     out_native = batch * native * out_channels * itemsize
     if tile is None:
-        phases = _uplift_working_set(config, (h, w), iters, itemsize)
+        phases = _uplift_working_set(uplift, (h, w), iters, itemsize)
         working = batch * max(phases.values())
         # The attender phase counts the C-channel output; a head's result lives beside it.
         uplift_peak = working + (out_native if head else 0)
     else:
         halo = uplift.tile_halo(iters)
         crop = (min(h, tile[0] + 2 * halo), min(w, tile[1] + 2 * halo))
-        phases = _uplift_working_set(config, crop, iters, itemsize)
+        phases = _uplift_working_set(uplift, crop, iters, itemsize)
         working = batch * max(phases.values())
         uplift_peak = out_native + working
     resize = 0
