@@ -317,7 +317,10 @@ def loss_then_signal(*args, **kwargs):  # rank 1 alone is signalled, during its 
 
 trainer.multi_depth_loss = loss_then_signal
 metrics = trainer.train(trainer.TrainConfig(**json.loads(sys.argv[1])))
-print("RESULT", json.dumps({"rank": os.environ["RANK"], "interrupted": metrics.get("interrupted")}))
+# One file per process: two processes printing to one pipe can interleave their lines.
+report = {"rank": os.environ["RANK"], "interrupted": metrics.get("interrupted")}
+with open(sys.argv[2] + "." + os.environ["RANK"], "w") as fh:
+    json.dump(report, fh)
 """
 
 
@@ -328,11 +331,11 @@ def test_a_signal_to_one_ddp_process_stops_every_process_at_the_same_step(workdi
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
-         str(script), json.dumps(cfg)],
+         str(script), json.dumps(cfg), str(tmp_path / "report")],
         capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    reports = [json.loads(line[len("RESULT ") :]) for line in result.stdout.splitlines() if line.startswith("RESULT")]
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("report.*"))]
     assert sorted(r["rank"] for r in reports) == ["0", "1"]
     assert all(
         r["interrupted"] == {"step": 2, "signal": "SIGTERM", "checkpoint": str(tmp_path / "ddp" / "checkpoint.pt")}
