@@ -35,8 +35,8 @@ import threading
 import torch
 from torch import Tensor
 
-from ..config import ATTENDER_SIZES
 from .fused import accumulation_dtype, fused_backward, fused_forward, is_channels_last
+from .neighbourhood import Offsets, neighbourhood_offsets
 from .triton_kernel import triton_available, triton_forward
 
 __all__ = [
@@ -49,28 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Offsets = tuple[tuple[int, int], ...]
-
-_RULES = {
-    5: lambda dy, dx: abs(dy) + abs(dx) <= 1,  # plus of radius 1
-    9: lambda dy, dx: max(abs(dy), abs(dx)) <= 1,  # 3x3 square
-    13: lambda dy, dx: abs(dy) + abs(dx) <= 2,  # diamond of radius 2
-    17: lambda dy, dx: max(abs(dy), abs(dx)) <= 1 or (dy % 2 == 0 and dx % 2 == 0),  # 3x3 + the 8 points at +-2
-    25: lambda dy, dx: True,  # 5x5 square
-}
-
-
-def neighbourhood_offsets(size: int) -> Offsets:
-    """The ``(dy, dx)`` offsets of a neighbourhood, row-major (sorted by dy, then dx).
-
-    Offset ``k`` is weighted by channel ``k`` of the attender's logits, so the order is part of the
-    checkpoint format.
-    """
-    if size not in _RULES:
-        raise ValueError(f"neighbourhood size must be one of {ATTENDER_SIZES}, got {size!r}")
-    rule = _RULES[size]
-    return tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if rule(dy, dx))
 
 
 def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> None:
