@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .builder import build_upsampler, load_upsampler
 from .config import UpliftConfig
 from .errors import (

@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from ._version import __version__
 from .errors import DownloadError
 
 __all__ = ["download", "download_diffusers_vae", "download_pretrained_dir", "is_repo_id"]
@@ -75,8 +76,6 @@ def download(
     if not (filename.endswith(".safetensors") or filename.endswith(".json")):
         raise ValueError(f"featlift only downloads safetensors weights and JSON configs, not {filename!r}")
     from huggingface_hub import hf_hub_download
-
-    from . import __version__
 
     try:
         path = hf_hub_download(
@@ -156,7 +155,6 @@ def push_pretrained_dir(
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from . import __version__
     from .weights import CONFIG_NAME, WEIGHTS_NAME
 
     directory = Path(directory)

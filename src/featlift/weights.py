@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ._version import __version__
 from .atomic import atomic_write
 from .config import BlockGroupConfig, UpliftConfig
 from .errors import CheckpointError, ConfigError
@@ -258,8 +259,6 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     its ``config.json`` is reported as such instead of loading as something else.
     """
     from safetensors.torch import save_file
-
-    from . import __version__
 
     config = getattr(model, "config", None)
     if not isinstance(config, UpliftConfig):
