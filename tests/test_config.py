@@ -45,7 +45,7 @@ def test_an_authors_yaml_for_clip_resolves_to_clips_normalisation(tmp_path):
 
     name = "vit_base_patch16_clip_224.openai"
     raw = copy.deepcopy(_raw())
-    raw["backbone"].update(model_type=name, channel=768, patch=16)
+    raw["backbone"].update(model_type=name, channel=768, patch=16, stride=16)
     backbone = UpliftConfig.from_yaml(_write(tmp_path, raw)).backbone
     assert (backbone.name, backbone.source, backbone.channels, backbone.patch) == (name, "timm", 768, 16)
     assert backbone.mean is None and backbone.std is None, "the schema states no normalisation: no guess"
@@ -64,7 +64,6 @@ def test_sd15_vae_has_the_published_structure():
     assert cfg.refiner is not None and cfg.refiner.blocks.widths == (512,) * 12
     assert cfg.decoder.noise_channels == cfg.refiner.noise_channels == 4
     assert cfg.decoder.noise_scale == cfg.refiner.noise_scale == 1.0
-    assert cfg.raw_image_guidance and mini.raw_image_guidance
     # Same layout as the reduced-width fixture apart from widths and noise scale.
     assert [s.blocks.block for s in cfg.encoder.stages] == [s.blocks.block for s in mini.encoder.stages]
     assert cfg.refiner_guidance_index == mini.refiner_guidance_index == -1

@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import save_file
 
 import featlift
+from featlift.authors import convert_state_dict, read_yaml
 from featlift.config import UpliftConfig
 from featlift.errors import CheckpointError, UnknownModelError
 from featlift.registry import get_variant
-from featlift.weights import convert_reference_state_dict, read_state_dict
+from featlift.weights import read_state_dict
 
 
 def _run(model, case, iters=1):
@@ -59,8 +60,8 @@ def test_num_batches_tracked_is_optional(tmp_path, dinov2_case):
 
 
 def test_converted_keys_cover_the_model_exactly(case):
-    model = featlift.UPLiFT(featlift.UpliftConfig.from_yaml(case.config_path))
-    converted = convert_reference_state_dict(case.weights, model.config)
+    model = featlift.UPLiFT(read_yaml(case.config_path))
+    converted = convert_state_dict(case.weights, model.config)
     assert converted.keys() == model.state_dict().keys()
     assert all(converted[k].shape == v.shape for k, v in model.state_dict().items())
 

@@ -321,7 +321,6 @@ class UpliftConfig:
     up_factor: int = 2  # spatial factor of one iteration; must equal the decoder's scale
     share_encoder: bool = True  # run the guidance encoder once and reuse it in every iteration
     guidance_patch: int | None = None  # guidance pixels per feature cell; None: 16 for patch 14, else patch
-    raw_image_guidance: bool = False  # the authors' ``no_UEP``: guidance image is not backbone-preprocessed
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -448,20 +447,10 @@ class UpliftConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> UpliftConfig:
-        """Read a config file in the UPLiFT authors' schema (sections ``backbone`` and ``uplift``)."""
-        import yaml
+        """Deprecated: use :func:`featlift.authors.read_yaml` (kept while callers move)."""
+        from .authors import read_yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        try:
-            return from_reference_dict(data)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
+        return read_yaml(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -517,165 +506,3 @@ def _from_plain(tp: Any, data: Any, path: str) -> Any:
     if tp in (int, float, str, bool) and not (isinstance(data, tp) and not (tp is int and isinstance(data, bool))):
         raise ConfigError(f"{path}: expected {tp.__name__}, got {data!r}")
     return data
-
-
-# --------------------------------------------------------------------------------------------------
-# The authors' schema
-# --------------------------------------------------------------------------------------------------
-
-_GROUP_KEYS = {"block", "norm", "count", "hc", "residual", "stride", "one_by"}
-
-
-def _take(section: dict, key: str, path: str, default: Any = dataclasses.MISSING) -> Any:
-    if key in section:
-        return section[key]
-    if default is dataclasses.MISSING:
-        raise ConfigError(f"{path}.{key}: missing")
-    return default
-
-
-def _no_unknown(section: Any, allowed: set[str], path: str) -> dict:
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {section!r}")
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(allowed)}")
-    return section
-
-
-def _build(cls: type, path: str, **kwargs: Any) -> Any:
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{path}.{err}") from None
-
-
-def _reference_group(section: Any, path: str) -> BlockGroupConfig:
-    section = _no_unknown(section, _GROUP_KEYS, path)
-    count = _take(section, "count", path)
-    hc = _take(section, "hc", path, [])
-    if not _is_int(count) or count < 0:
-        raise ConfigError(f"{path}.count: must be a non-negative integer, got {count!r}")
-    if not isinstance(hc, (list, tuple)) or len(hc) < count:
-        raise ConfigError(f"{path}.hc: needs at least count={count} widths, got {hc!r}")
-    return _build(
-        BlockGroupConfig,
-        path,
-        block=_take(section, "block", path),
-        norm=_take(section, "norm", path, "batch"),
-        widths=tuple(hc[:count]),
-        residual=_take(section, "residual", path, True),
-        stride=_take(section, "stride", path, 1),
-        one_by=_take(section, "one_by", path, True),
-    )
-
-
-def _reference_resampler(cls: type, parent: dict, key: str, op_key: str, default_factor: Any, path: str) -> Any:
-    """An encoder ``down_i`` or decoder ``up_i`` entry (keys ``*_op``, ``factor``, ``residual``)."""
-    path = f"{path}.{key}"
-    section = _no_unknown(_take(parent, key, path.rsplit(".", 1)[0]), {op_key, "factor", "residual"}, path)
-    return _build(
-        cls,
-        path,
-        op=_take(section, op_key, path),
-        factor=_take(section, "factor", path, default_factor),
-        residual=_take(section, "residual", path, "none"),
-    )
-
-
-def from_reference_dict(data: Any) -> UpliftConfig:
-    """Convert a parsed authors'-schema document (``backbone`` and ``uplift`` sections) to a config."""
-    if not isinstance(data, dict) or "uplift" not in data or "backbone" not in data:
-        raise ConfigError("expected the UPLiFT authors' schema with top-level 'backbone' and 'uplift' sections")
-    bb = _no_unknown(data["backbone"], {"channel", "patch", "stride", "diff_pipe_name", "model_type"}, "backbone")
-    model_type, pipe = bb.get("model_type"), bb.get("diff_pipe_name")
-    # The schema never states the image normalisation: mean/std stay unstated (None) and
-    # featlift.backbones.normalisation.image_normalisation resolves them (timm's pretrained config).
-    if pipe:
-        name, source = pipe, "diffusers"
-    elif model_type:
-        name, source = model_type, "timm"
-    else:
-        name = source = None
-    backbone = _build(
-        BackboneConfig,
-        "backbone",
-        channels=_take(bb, "channel", "backbone"),
-        patch=_take(bb, "patch", "backbone"),
-        name=name,
-        source=source,
-    )
-
-    up = _no_unknown(
-        data["uplift"], {"up_factor", "no_UEP", "attender", "enc_share", "encoder", "decoder", "refiner"}, "uplift"
-    )
-    attender = _take(up, "attender", "uplift")
-    if attender == -1:
-        raise ConfigError("uplift.attender: -1 (no Local Attender) is not supported; featlift models always use one")
-
-    enc = _take(up, "encoder", "uplift")
-    down_steps = _take(enc, "down_steps", "uplift.encoder")
-    if not _is_int(down_steps) or not 0 <= down_steps <= 4:
-        raise ConfigError(f"uplift.encoder.down_steps: must be 0 to 4, got {down_steps!r}")
-    allowed = (
-        {"down_steps"} | {f"block_{i}" for i in range(down_steps + 1)} | {f"down_{i}" for i in range(1, down_steps + 1)}
-    )
-    _no_unknown(enc, allowed, "uplift.encoder")
-    stages = []
-    for i in range(down_steps + 1):
-        blocks = _reference_group(_take(enc, f"block_{i}", "uplift.encoder"), f"uplift.encoder.block_{i}")
-        down = (
-            _reference_resampler(DownConfig, enc, f"down_{i}", "down_op", 1.0, "uplift.encoder") if i else DownConfig()
-        )
-        stages.append(EncoderStageConfig(blocks=blocks, down=down))
-    encoder = _build(EncoderConfig, "uplift.encoder", stages=tuple(stages))
-
-    dec = _take(up, "decoder", "uplift")
-    up_steps = _take(dec, "up_steps", "uplift.decoder")
-    if not _is_int(up_steps) or not 0 <= up_steps <= 4:
-        raise ConfigError(f"uplift.decoder.up_steps: must be 0 to 4, got {up_steps!r}")
-    allowed = {"up_steps", "ncat_c", "ncat_s", "enc_resample", "residual_outc"}
-    allowed |= {f"block_{i}" for i in range(up_steps + 1)} | {f"up_{i}" for i in range(1, up_steps + 1)}
-    _no_unknown(dec, allowed, "uplift.decoder")
-    dstages = []
-    for i in range(1, up_steps + 1):
-        up_cfg = _reference_resampler(UpConfig, dec, f"up_{i}", "up_op", 2, "uplift.decoder")
-        blocks = _reference_group(_take(dec, f"block_{i}", "uplift.decoder"), f"uplift.decoder.block_{i}")
-        dstages.append(DecoderStageConfig(up=up_cfg, blocks=blocks))
-    decoder = _build(
-        DecoderConfig,
-        "uplift.decoder",
-        input_blocks=_reference_group(_take(dec, "block_0", "uplift.decoder"), "uplift.decoder.block_0"),
-        stages=tuple(dstages),
-        noise_channels=_take(dec, "ncat_c", "uplift.decoder", 0),
-        noise_scale=_take(dec, "ncat_s", "uplift.decoder", 1.0),
-        guidance_resample=_take(dec, "enc_resample", "uplift.decoder", "none"),
-    )
-
-    refiner = None
-    if "refiner" in up:
-        rpath = "uplift.refiner"
-        ref = _no_unknown(up["refiner"], {"enc_resample", "ncat_c", "ncat_s", "ref_con", "block_0"}, rpath)
-        refiner = _build(
-            RefinerConfig,
-            rpath,
-            blocks=_reference_group(_take(ref, "block_0", rpath), f"{rpath}.block_0"),
-            guidance_index=ref.get("ref_con"),
-            noise_channels=_take(ref, "ncat_c", rpath, 0),
-            noise_scale=_take(ref, "ncat_s", rpath, 1.0),
-            guidance_resample=_take(ref, "enc_resample", rpath, "none"),
-        )
-
-    return _build(
-        UpliftConfig,
-        "uplift",
-        backbone=backbone,
-        encoder=encoder,
-        decoder=decoder,
-        attender=attender,
-        refiner=refiner,
-        up_factor=_take(up, "up_factor", "uplift", 2),
-        share_encoder=_take(up, "enc_share", "uplift", False),
-        raw_image_guidance=bool(up.get("no_UEP", False)),
-        description=str(data.get("description") or ""),
-    )

@@ -100,7 +100,6 @@ def _sd15_vae_config() -> UpliftConfig:
         ),
         up_factor=2,
         share_encoder=True,
-        raw_image_guidance=True,
         description="UPLiFT model for SD1.5's VAE encoder features, trained on Unsplash-Lite",
     )
 

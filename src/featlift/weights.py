@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,13 +27,13 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .atomic import atomic_write
-from .config import BlockGroupConfig, UpliftConfig
+from .authors import convert_state_dict, is_authors_layout
+from .config import UpliftConfig
 from .errors import CheckpointError, ConfigError
 
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
-    "convert_reference_state_dict",
     "load_into",
     "read_config_json",
     "read_pretrained_dir",
@@ -138,62 +137,6 @@ def _unwrap(state: object, path: Path, *, prefer_ema: bool = False) -> dict[str,
 
 
 # --------------------------------------------------------------------------------------------------
-# The authors' key layout
-# --------------------------------------------------------------------------------------------------
-
-# Index of each layer inside the authors' nn.Sequential blocks (ReLUs hold the gaps).
-_SEQUENTIAL_NAMES = {
-    ("SingleConv", True): {0: "conv1", 1: "norm1", 3: "proj"},
-    ("SingleConv", False): {0: "conv1", 1: "norm1"},
-    ("DoubleConv", True): {0: "conv1", 1: "norm1", 3: "conv2", 4: "norm2", 6: "proj"},
-    ("DoubleConv", False): {0: "conv1", 1: "norm1", 3: "conv2", 4: "norm2"},
-}
-_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.conv\.(\d+)\.(.+)")
-
-
-def is_reference_layout(state_dict: Mapping[str, Tensor]) -> bool:
-    """True for state dicts in the authors' layout (the published checkpoints)."""
-    return any(k.startswith(("encoder.", "decoder.", "ref_outc.", "attender.conv1.")) for k in state_dict)
-
-
-def convert_reference_state_dict(state_dict: Mapping[str, Tensor], config: UpliftConfig) -> dict[str, Tensor]:
-    """Rename the UPLiFT authors' keys to featlift's. Keys that match no rule are kept unchanged
-    (so a strict load reports them). ``num_batches_tracked`` becomes int64."""
-    groups: dict[str, tuple[str, BlockGroupConfig]] = {}
-    renames: dict[str, str] = {"attender.conv1.": "attender.to_logits.", "ref_outc.": "refiner.out_proj."}
-    for i, stage in enumerate(config.encoder.stages):
-        groups[f"encoder.block_{i}."] = (f"guidance_encoder.stages.{i}.blocks.", stage.blocks)
-        renames[f"encoder.down_{i}.down."] = f"guidance_encoder.stages.{i}.down.op."
-    groups["decoder.block_0."] = ("decoder_step.input_blocks.", config.decoder.input_blocks)
-    for i, stage in enumerate(config.decoder.stages, start=1):
-        groups[f"decoder.block_{i}."] = (f"decoder_step.stages.{i - 1}.blocks.", stage.blocks)
-        renames[f"decoder.up_{i}.up."] = f"decoder_step.stages.{i - 1}.up.up."
-    if config.refiner is not None:
-        groups["refiner."] = ("refiner.blocks.", config.refiner.blocks)
-
-    converted: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        new_key = key
-        for old, new in renames.items():
-            if key.startswith(old):
-                new_key = new + key[len(old) :]
-                break
-        else:
-            for old, (new, group) in groups.items():
-                match = _BLOCK_KEY.fullmatch(key[len(old) :]) if key.startswith(old) else None
-                if match:
-                    index, layer, param = match.groups()
-                    name = _SEQUENTIAL_NAMES.get((group.block, group.one_by), {}).get(int(layer))
-                    if name is not None:
-                        new_key = f"{new}{index}.{name}.{param}"
-                    break
-        if new_key.endswith("num_batches_tracked"):
-            value = value.to(torch.long)
-        converted[new_key] = value
-    return converted
-
-
-# --------------------------------------------------------------------------------------------------
 # Strict loading
 # --------------------------------------------------------------------------------------------------
 
@@ -212,8 +155,8 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str
     wrong shape raises :class:`CheckpointError` listing the offending keys and shapes.
     """
     config = getattr(model, "config", None)
-    if isinstance(config, UpliftConfig) and is_reference_layout(state_dict):
-        state = convert_reference_state_dict(state_dict, config)
+    if isinstance(config, UpliftConfig) and is_authors_layout(state_dict):
+        state = convert_state_dict(state_dict, config)
     else:
         state = {k: (v.to(torch.long) if k.endswith("num_batches_tracked") else v) for k, v in state_dict.items()}
     expected = model.state_dict()
