@@ -13,6 +13,7 @@ from featlift.config import (
     DecoderStageConfig,
     EncoderConfig,
     EncoderStageConfig,
+    UpConfig,
     UpliftConfig,
 )
 
@@ -25,7 +26,9 @@ def tiny_config(
     decoder_width: int = 12,
     **changes,
 ) -> UpliftConfig:
-    """The published layout in miniature: SingleConv encoder stages, DoubleConv decoder input and stage."""
+    """The published layout in miniature: SingleConv encoder stages, DoubleConv decoder input and stage,
+    with the published choices for the fields the schema requires (bilinear up residual, nearest guidance
+    resampling, shared encoder)."""
     cfg = UpliftConfig(
         backbone=BackboneConfig(channels=channels, patch=patch),
         encoder=EncoderConfig(
@@ -33,9 +36,16 @@ def tiny_config(
         ),
         decoder=DecoderConfig(
             input_blocks=BlockGroupConfig(block="DoubleConv", widths=(decoder_width,)),
-            stages=(DecoderStageConfig(blocks=BlockGroupConfig(block="DoubleConv", widths=(decoder_width,))),),
+            stages=(
+                DecoderStageConfig(
+                    up=UpConfig(op="tconv", factor=2, residual="bilinear"),
+                    blocks=BlockGroupConfig(block="DoubleConv", widths=(decoder_width,)),
+                ),
+            ),
+            guidance_resample="nearest",
         ),
         attender=attender,
+        share_encoder=True,
     )
     return dataclasses.replace(cfg, **changes)
 

@@ -1,4 +1,6 @@
-"""UpliftConfig: the authors' YAML schema, featlift's JSON round trip, named configs, validation."""
+"""UpliftConfig, the schema: featlift's dict/JSON round trip, required fields, named configs, validation.
+
+Reading the authors' YAML files is tested in test_authors.py."""
 
 from __future__ import annotations
 
@@ -7,10 +9,9 @@ import dataclasses
 import json
 
 import pytest
-import yaml
 
 import featlift
-from featlift.backbones.normalisation import image_normalisation
+from featlift.authors import read_yaml
 from featlift.config import (
     BackboneConfig,
     BlockGroupConfig,
@@ -18,46 +19,22 @@ from featlift.config import (
     DownConfig,
     EncoderConfig,
     EncoderStageConfig,
+    RefinerConfig,
     UpConfig,
     UpliftConfig,
 )
 from featlift.errors import ConfigError, UnknownModelError
+from featlift.ops.neighbourhood import NEIGHBOURHOOD_SIZES
 from featlift.registry import get_variant
+from featlift.weights import read_config_json
 
+from .configs import tiny_config
 from .conftest import FIXTURES
-
-
-@pytest.mark.parametrize("name", ["dinov2_s14", "dinov3_splus16"])
-def test_registered_configs_equal_the_published_yaml(name):
-    # These two fixture configs are the published files verbatim. The authors' schema states no image
-    # normalisation, so the YAML leaves it unstated; it resolves to what the registered config states.
-    registered = get_variant(name).config
-    published = UpliftConfig.from_yaml(FIXTURES / name / "config.yaml")
-    assert published.backbone.mean is None and published.backbone.std is None
-    unstated = dataclasses.replace(registered, backbone=dataclasses.replace(registered.backbone, mean=None, std=None))
-    assert unstated == published
-    assert image_normalisation(published.backbone) == image_normalisation(registered.backbone)
-    assert image_normalisation(published.backbone) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-def test_an_authors_yaml_for_clip_resolves_to_clips_normalisation(tmp_path):
-    import timm
-
-    name = "vit_base_patch16_clip_224.openai"
-    raw = copy.deepcopy(_raw())
-    raw["backbone"].update(model_type=name, channel=768, patch=16, stride=16)
-    backbone = UpliftConfig.from_yaml(_write(tmp_path, raw)).backbone
-    assert (backbone.name, backbone.source, backbone.channels, backbone.patch) == (name, "timm", 768, 16)
-    assert backbone.mean is None and backbone.std is None, "the schema states no normalisation: no guess"
-    mean, std = image_normalisation(backbone)
-    want = timm.models.get_pretrained_cfg(name)
-    assert mean == pytest.approx(want.mean) and std == pytest.approx(want.std)
-    assert mean != pytest.approx((0.5, 0.5, 0.5)) and mean != pytest.approx((0.485, 0.456, 0.406))
 
 
 def test_sd15_vae_has_the_published_structure():
     cfg = get_variant("sd15_vae").config
-    mini = UpliftConfig.from_yaml(FIXTURES / "vae_mini" / "config.yaml")
+    mini = read_yaml(FIXTURES / "vae_mini" / "config.yaml")
     assert cfg.backbone.channels == 4 and cfg.backbone.patch == 8 and cfg.backbone.source == "diffusers"
     assert cfg.backbone.mean is None  # the VAE takes [0, 1] images
     assert cfg.encoder.out_channels() == [64, 128, 256, 512, 512]
@@ -86,11 +63,7 @@ def test_parameter_count_matches_the_reference():
 
 @pytest.mark.parametrize("source", ["dinov2_s14", "dinov3_splus16", "sd15_vae", "vae_mini"])
 def test_dict_and_json_round_trip_is_lossless(source):
-    cfg = (
-        get_variant(source).config
-        if source != "vae_mini"
-        else UpliftConfig.from_yaml(FIXTURES / source / "config.yaml")
-    )
+    cfg = get_variant(source).config if source != "vae_mini" else read_yaml(FIXTURES / source / "config.yaml")
     data = cfg.to_dict()
     assert json.loads(json.dumps(data)) == data
     again = UpliftConfig.from_dict(data)
@@ -111,52 +84,6 @@ def test_default_iters_reach_pixel_density():
     assert get_variant("dinov3_splus16").config.resolved_guidance_patch == 16
 
 
-def _raw(name="dinov2_s14"):
-    return yaml.safe_load((FIXTURES / name / "config.yaml").read_text())
-
-
-def _write(tmp_path, raw):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-@pytest.mark.parametrize(
-    ("edit", "match"),
-    [
-        (
-            lambda r: r["uplift"]["encoder"]["block_2"].update(block="TripleConv"),
-            "uplift.encoder.block_2.block: got 'TripleConv'",
-        ),
-        (lambda r: r["uplift"].update(attender=7), "uplift.attender: neighbourhood size must be one of"),
-        (lambda r: r["uplift"]["decoder"]["block_0"].update(norm="group"), "uplift.decoder.block_0.norm: got 'group'"),
-        (
-            lambda r: r["uplift"]["decoder"]["block_1"].update(hc=[]),
-            "uplift.decoder.block_1.hc: needs at least count=1",
-        ),
-        (
-            lambda r: r["uplift"]["decoder"]["up_1"].update(up_op="pixelshuffle"),
-            "uplift.decoder.up_1.op: got 'pixelshuffle'",
-        ),
-        (
-            lambda r: r["uplift"]["decoder"].update(enc_resample="cubic"),
-            "uplift.decoder.guidance_resample: got 'cubic'",
-        ),
-        (lambda r: r["uplift"]["encoder"].update(colour="red"), "uplift.encoder: unknown key\\(s\\) \\['colour'\\]"),
-        (lambda r: r["uplift"].update(up_factor=4), "uplift.up_factor: is 4 but the decoder's up ops scale by 2"),
-        (lambda r: r["backbone"].update(channel=0), "backbone.channels: must be a positive integer"),
-        (lambda r: r["uplift"].update(attender=-1), "no Local Attender"),
-        (lambda r: r["uplift"]["encoder"]["down_1"].update(down_op="max", factor=0.25), "uplift.encoder.down_1.factor"),
-        (lambda r: r["uplift"]["decoder"].update(up_steps=2), "uplift.decoder.up_2: missing"),
-    ],
-)
-def test_invalid_yaml_names_the_field(tmp_path, edit, match):
-    raw = copy.deepcopy(_raw())
-    edit(raw)
-    with pytest.raises(ConfigError, match=match):
-        UpliftConfig.from_yaml(_write(tmp_path, raw))
-
-
 def test_invalid_values_fail_when_the_dataclass_is_built():
     with pytest.raises(ConfigError, match="block: got 'Conv'"):
         BlockGroupConfig(block="Conv")
@@ -165,7 +92,7 @@ def test_invalid_values_fail_when_the_dataclass_is_built():
     with pytest.raises(ConfigError, match="attender: neighbourhood size"):
         dataclasses.replace(get_variant("dinov2_s14").config, attender=11)
     with pytest.raises(ConfigError, match="factor"):
-        UpConfig(factor=0)
+        UpConfig(factor=0, residual="bilinear")
     with pytest.raises(ConfigError, match="stages\\[0\\].down.op"):
         EncoderConfig(stages=(EncoderStageConfig(down=DownConfig(op="max", factor=0.5)),))
     with pytest.raises(ConfigError, match="mean and std"):
@@ -174,7 +101,8 @@ def test_invalid_values_fail_when_the_dataclass_is_built():
         UpliftConfig(
             backbone=BackboneConfig(),
             encoder=EncoderConfig(stages=(EncoderStageConfig(),)),
-            decoder=DecoderConfig(),
+            decoder=tiny_config().decoder,
+            share_encoder=True,
         )
 
 
@@ -194,17 +122,82 @@ def test_from_dict_rejects_unknown_and_mistyped_fields():
         UpliftConfig.from_dict(bad)
 
 
-def test_unreadable_config_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config file not found"):
-        UpliftConfig.from_yaml(tmp_path / "nope.yaml")
-    (tmp_path / "bad.yaml").write_text("uplift: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        UpliftConfig.from_yaml(tmp_path / "bad.yaml")
-    (tmp_path / "other.yaml").write_text("model: resnet\n")
-    with pytest.raises(ConfigError, match="'backbone' and 'uplift'"):
-        UpliftConfig.from_yaml(tmp_path / "other.yaml")
-    with pytest.raises(ConfigError, match="not valid JSON"):
+def test_unreadable_config_json(tmp_path):
+    with pytest.raises(ConfigError, match="^config: not valid JSON"):
         UpliftConfig.from_json("{not json")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        UpliftConfig.from_json(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text("[1, 2]")
+    for read in (UpliftConfig.from_json, read_config_json):
+        with pytest.raises(ConfigError, match="expected a JSON object .* got a JSON list") as info:
+            read(tmp_path / "config.json")
+        assert str(info.value).startswith(f"{tmp_path / 'config.json'}: ")
+        assert "save_pretrained" in str(info.value)
+
+
+def test_config_json_errors_name_the_file_and_the_field(tmp_path):
+    data = get_variant("dinov2_s14").config.to_dict()
+    data["decoder"]["noise_scale"] = "loud"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"config.decoder.noise_scale: expected float") as info:
+        read_config_json(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_config_json_with_raw_image_guidance_is_refused_with_the_fix(tmp_path):
+    data = get_variant("sd15_vae").config.to_dict()
+    data["raw_image_guidance"] = True
+    with pytest.raises(ConfigError) as info:
+        UpliftConfig.from_dict(data)
+    message = str(info.value)
+    assert message.startswith("config.raw_image_guidance (= True) was removed")
+    assert "delete the key" in message
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="raw_image_guidance .*delete the key"):
+        read_config_json(tmp_path / "config.json")
+
+
+def test_old_config_json_without_a_required_field_names_it():
+    data = get_variant("dinov2_s14").config.to_dict()
+    del data["share_encoder"]
+    del data["decoder"]["stages"][0]["up"]["residual"]
+    with pytest.raises(ConfigError, match=r"config: missing required key\(s\) \['share_encoder'\]"):
+        UpliftConfig.from_dict(data)
+    data["share_encoder"] = True
+    with pytest.raises(ConfigError, match=r"config.decoder.stages\[0\].up: missing required key\(s\) \['residual'\]"):
+        UpliftConfig.from_dict(data)
+
+
+def test_fields_without_a_featlift_default_must_be_stated():
+    with pytest.raises(TypeError, match="residual"):
+        UpConfig(op="tconv", factor=2)
+    decoder = tiny_config().decoder
+    with pytest.raises(TypeError, match="guidance_resample"):
+        DecoderConfig(input_blocks=decoder.input_blocks, stages=decoder.stages)
+    with pytest.raises(TypeError, match="guidance_resample"):
+        RefinerConfig(blocks=BlockGroupConfig(widths=(8,)))
+    cfg = tiny_config()
+    with pytest.raises(TypeError, match="share_encoder"):
+        UpliftConfig(backbone=cfg.backbone, encoder=cfg.encoder, decoder=cfg.decoder, attender=cfg.attender)
+
+
+@pytest.mark.parametrize("size", NEIGHBOURHOOD_SIZES)
+def test_attender_accepts_every_neighbourhood_size(size):
+    assert tiny_config(attender=size).attender == size
+
+
+@pytest.mark.parametrize("size", [0, 3, 7, 16, 49, 17.0, True])
+def test_attender_refuses_other_sizes(size):
+    with pytest.raises(ConfigError, match="attender: neighbourhood size must be one of \\(5, 9, 13, 17, 25\\)"):
+        tiny_config(attender=size)
+
+
+def test_removed_conveniences_are_gone():
+    cfg = get_variant("dinov2_s14").config
+    assert not hasattr(cfg, "replace") and not hasattr(cfg, "raw_image_guidance")
+    assert not hasattr(cfg.decoder.input_blocks, "count")
+    assert not hasattr(featlift.config, "ATTENDER_SIZES")
 
 
 def test_configs_are_frozen():

@@ -5,12 +5,27 @@ normalisation), the guidance encoder, the weight-shared decoder step, the Local 
 refiner.  Every value is checked when the dataclass is built, so a bad config fails early with a message
 that names the field.
 
-Two serialisations are supported:
+This module is the schema only. Its one serialisation is featlift's own lossless format:
+:meth:`UpliftConfig.to_dict` / :meth:`UpliftConfig.from_dict`, and :meth:`UpliftConfig.to_json` /
+:meth:`UpliftConfig.from_json` for the ``config.json`` written next to ``model.safetensors`` (every JSON
+parse, string or file, goes through :meth:`UpliftConfig.from_json`). The UPLiFT authors' YAML schema and
+checkpoint layout are read by :mod:`featlift.authors`.
 
-* :meth:`UpliftConfig.from_yaml` reads the UPLiFT authors' YAML schema (sections ``backbone`` and
-  ``uplift``), so their published config files load unchanged.
-* :meth:`UpliftConfig.to_dict` / :meth:`UpliftConfig.from_dict` (and the JSON helpers) are featlift's own
-  lossless format, written next to ``model.safetensors`` as ``config.json``.
+Defaults
+--------
+The authors' schema lets some keys be omitted; their values then come from
+:data:`featlift.authors.DEFAULTS`. A schema field either has no default (it is required) or its default is
+the authors' default for the same key, so a config built here and the same config read from an authors'
+file never differ silently. Where the authors' default is not what a featlift user should get (they are
+not what the published models use), the field is required and every caller states it:
+
+* :attr:`UpConfig.residual` (authors: ``"none"``; published models: ``"bilinear"``);
+* :attr:`DecoderConfig.guidance_resample` and :attr:`RefinerConfig.guidance_resample` (authors:
+  ``"none"``; published models: ``"nearest"``);
+* :attr:`UpliftConfig.share_encoder` (authors: ``False``; published models: ``True``).
+
+Fields whose key the authors' schema requires (``block``, ``attender``, ...) may keep a default of their
+own. The classes holding a required field are keyword-only (``kw_only=True``).
 """
 
 from __future__ import annotations
@@ -18,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,9 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .ops.neighbourhood import NEIGHBOURHOOD_SIZES
 
 __all__ = [
-    "ATTENDER_SIZES",
+    "BACKBONE_SOURCES",
+    "BLOCK_TYPES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORM_TYPES",
+    "RESAMPLE_MODES",
     "BackboneConfig",
     "BlockGroupConfig",
     "ConfigError",
@@ -43,7 +65,6 @@ __all__ = [
 
 BLOCK_TYPES = ("SingleConv", "DoubleConv", "IdentityBlock")
 NORM_TYPES = ("batch", "layer")
-ATTENDER_SIZES = (5, 9, 13, 17, 25)
 RESAMPLE_MODES = ("nearest", "bilinear", "none")
 DOWN_OPS = ("none", "conv", "max")
 UP_OPS = ("tconv", "none")
@@ -114,11 +135,6 @@ class BlockGroupConfig:
         )
 
     @property
-    def count(self) -> int:
-        """Number of blocks in the group (0 or an IdentityBlock group passes its input through)."""
-        return len(self.widths)
-
-    @property
     def is_identity(self) -> bool:
         return self.block == "IdentityBlock" or not self.widths
 
@@ -159,13 +175,15 @@ class DownConfig:
         return 1 if self.op == "none" else round(1 / self.factor)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UpConfig:
     """The decoder's upsampling op: a transposed conv with kernel = stride = factor."""
 
     op: str = "tconv"  # "tconv" | "none"
     factor: int = 2  # integer upsampling factor of the transposed conv
-    residual: str = "bilinear"  # "bilinear" (input resized with align_corners=True, added) | "none"
+    # "bilinear" (input resized with align_corners=True, added) | "none". Required: the authors' default is
+    # "none", the published models use "bilinear".
+    residual: str
 
     def __post_init__(self) -> None:
         _check_choice(self.op, "op", UP_OPS)
@@ -210,15 +228,15 @@ class EncoderConfig:
         return channels
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DecoderStageConfig:
     """One upsampling stage of the decoder step: the up op, guidance concat, then a block group."""
 
-    up: UpConfig = UpConfig()
+    up: UpConfig  # required (UpConfig.residual has no default)
     blocks: BlockGroupConfig = BlockGroupConfig()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DecoderConfig:
     """The weight-shared decoder step that produces the attender's guide map G.
 
@@ -227,10 +245,12 @@ class DecoderConfig:
     """
 
     input_blocks: BlockGroupConfig = BlockGroupConfig(block="DoubleConv", widths=(64,))
-    stages: tuple[DecoderStageConfig, ...] = (DecoderStageConfig(),)
+    stages: tuple[DecoderStageConfig, ...]  # 0 to 4 upsampling stages
     noise_channels: int = 0  # extra channels of N(0, 1) * noise_scale noise concatenated at every stage
     noise_scale: float = 1.0
-    guidance_resample: str = "nearest"  # how guidance maps are resized to the decoder's grid
+    # How guidance maps are resized to the decoder's grid: "nearest" | "bilinear" | "none" (sizes must
+    # already agree). Required: the authors' default is "none", the published models use "nearest".
+    guidance_resample: str
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -248,7 +268,7 @@ class DecoderConfig:
         return math.prod(stage.up.scale for stage in self.stages)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RefinerConfig:
     """Optional blocks after the attender (the VAE variant): concat guidance + noise, blocks, 1x1 conv."""
 
@@ -256,7 +276,7 @@ class RefinerConfig:
     guidance_index: int | None = None  # which encoder map to concatenate (Python index); None: -1 - up steps
     noise_channels: int = 0
     noise_scale: float = 1.0
-    guidance_resample: str = "nearest"
+    guidance_resample: str  # required, as DecoderConfig.guidance_resample
 
     def __post_init__(self) -> None:
         _check(self.blocks.stride == 1, "blocks.stride", "refiner blocks cannot be strided")
@@ -308,18 +328,20 @@ class BackboneConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UpliftConfig:
     """Complete description of an UPLiFT upsampler. Build with keywords; every field is validated."""
 
     backbone: BackboneConfig
     encoder: EncoderConfig
-    decoder: DecoderConfig = DecoderConfig()
+    decoder: DecoderConfig
     attender: int = 17  # Local Attender neighbourhood size: 5, 9, 13, 17 or 25 offsets
     attender_residual: bool = True  # logits = conv1x1(G) + G[:, :n]
     refiner: RefinerConfig | None = None
     up_factor: int = 2  # spatial factor of one iteration; must equal the decoder's scale
-    share_encoder: bool = True  # run the guidance encoder once and reuse it in every iteration
+    # True: run the guidance encoder once and reuse it in every iteration; False: re-run it on the image
+    # grown for each iteration. Required: the authors' default is False, the published models use True.
+    share_encoder: bool
     guidance_patch: int | None = None  # guidance pixels per feature cell; None: 16 for patch 14, else patch
     description: str = field(default="", compare=False)
 
@@ -328,9 +350,9 @@ class UpliftConfig:
         _check(isinstance(self.encoder, EncoderConfig), "encoder", "must be an EncoderConfig")
         _check(isinstance(self.decoder, DecoderConfig), "decoder", "must be a DecoderConfig")
         _check(
-            self.attender in ATTENDER_SIZES,
+            _is_int(self.attender) and self.attender in NEIGHBOURHOOD_SIZES,
             "attender",
-            f"neighbourhood size must be one of {ATTENDER_SIZES}, got {self.attender!r}",
+            f"neighbourhood size must be one of {NEIGHBOURHOOD_SIZES}, got {self.attender!r}",
         )
         _check(isinstance(self.attender_residual, bool), "attender_residual", "must be true or false")
         _check(isinstance(self.share_encoder, bool), "share_encoder", "must be true or false")
@@ -408,10 +430,6 @@ class UpliftConfig:
             return self.refiner.guidance_index
         return -1 - len(self.decoder.stages)
 
-    def replace(self, **changes: Any) -> UpliftConfig:
-        """A copy with some top-level fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
     # -- featlift's own format ----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -429,19 +447,30 @@ class UpliftConfig:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> UpliftConfig:
-        """Parse a JSON string, or read a ``config.json`` file."""
-        source = str(text_or_path)
-        if not source.lstrip().startswith("{"):
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"config file not found: {path}")
-            source = path.read_text()
+    def from_json(cls, text_or_path: str | os.PathLike) -> UpliftConfig:
+        """Parse featlift's config JSON: a string holding a JSON object, or the path of a ``config.json``.
+
+        A ``str`` whose first non-blank character is ``{`` is JSON text; anything else is a path. This is
+        the one parser of featlift's config JSON (:func:`featlift.weights.read_config_json` calls it).
+
+        Raises:
+            FileNotFoundError: the path does not exist.
+            ConfigError: the file cannot be read as UTF-8 text, the text is not JSON or not a JSON object,
+                or a field is missing, unknown or invalid. For a file the message starts with its path
+                and says how to fix it.
+        """
+        if isinstance(text_or_path, str) and text_or_path.lstrip().startswith("{"):
+            return _parse_json(text_or_path, None)
+        path = Path(text_or_path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file not found: {path}")
         try:
-            data = json.loads(source)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"config: not valid JSON ({err})") from None
-        return cls.from_dict(data)
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"{path}: cannot be read as UTF-8 text ({type(err).__name__}: {err}); {_REWRITE}"
+            ) from None
+        return _parse_json(text, path)
 
     # -- the authors' YAML schema -------------------------------------------------------------------
 
@@ -451,6 +480,47 @@ class UpliftConfig:
         from .authors import read_yaml
 
         return read_yaml(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# featlift's JSON format
+# --------------------------------------------------------------------------------------------------
+
+_REWRITE = "restore it, or write it again with model.save_pretrained(dir) or UpliftConfig.to_json(path)"
+
+
+def _parse_json(text: str, path: Path | None) -> UpliftConfig:
+    """Decode config JSON ``text`` (read from ``path``, or given as a string when ``path`` is None)."""
+    where = "config" if path is None else str(path)
+    fix = "pass the text UpliftConfig.to_json() writes" if path is None else _REWRITE
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        damaged = "" if path is None else "the file is damaged: "
+        raise ConfigError(f"{where}: not valid JSON ({err}); {damaged}{fix}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where}: expected a JSON object of config fields (backbone, encoder, decoder, ...), got a JSON "
+            f"{type(data).__name__}; {fix}"
+        )
+    if path is None:
+        return UpliftConfig.from_dict(data)
+    try:
+        return UpliftConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+# Fields that older featlift versions wrote to config.json and that are gone from the schema:
+# class name -> field -> why it is gone and what to do.
+_REMOVED_FIELDS: dict[str, dict[str, str]] = {
+    "UpliftConfig": {
+        "raw_image_guidance": (
+            "was removed from the schema: featlift never used it (the guidance encoder always sees the "
+            "backbone's normalised image), so the model is the same without it: delete the key from the file"
+        ),
+    },
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,8 +555,15 @@ def _from_plain(tp: Any, data: Any, path: str) -> Any:
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
         unknown = sorted(set(data) - names)
+        removed = _REMOVED_FIELDS.get(tp.__name__, {})
+        for key in unknown:
+            if key in removed:
+                raise ConfigError(f"{path}.{key} (= {data[key]!r}) {removed[key]}")
         if unknown:
-            raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(names)}")
+            raise ConfigError(
+                f"{path}: unknown field(s) {unknown}; known: {sorted(names)}. Remove them or correct their "
+                "spelling (a file written by a newer featlift needs that version)"
+            )
         missing = [
             f.name
             for f in dataclasses.fields(tp)

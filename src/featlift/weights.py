@@ -1,23 +1,33 @@
-"""Reading and writing upsampler weights.
+"""Reading and writing model weights: the upsampler's, and the timm backbone's.
 
-Every checkpoint read goes through this module:
+What goes through this module:
 
-* :func:`read_state_dict` reads ``.safetensors`` files, or ``.pth`` / ``.pt`` files with
-  ``torch.load(weights_only=True)``, and turns unreadable files into a :class:`CheckpointError`. No file
-  is ever unpickled with arbitrary globals: a checkpoint whose pickle would run code is refused, for the
-  upsampler and for the backbone alike.
-* :func:`convert_reference_state_dict` is the filter that renames the UPLiFT authors' key layout (the
-  published checkpoints) to featlift's module names.
-* :func:`load_into` loads strictly: every tensor must be used and none may be missing.
+* :func:`read_state_dict` reads the weight files of models: the UPLiFT upsampler's (featlift's
+  ``model.safetensors`` or the authors' published files, via :func:`featlift.builder.build_upsampler`) and
+  a timm backbone's (:class:`featlift.backbones.timm_vit.TimmViT`, which hands the state dict to timm). It
+  reads ``.safetensors``, or ``.pth`` / ``.pt`` / ``.pth.tar`` with ``torch.load(weights_only=True)``, and
+  turns unreadable files into a :class:`CheckpointError`: no file is unpickled with arbitrary globals.
+* :func:`load_into` loads an upsampler's state dict strictly (every tensor used, none missing). A state
+  dict in the UPLiFT authors' key layout is renamed first by :func:`featlift.authors.convert_state_dict`
+  (that layout is described in :mod:`featlift.authors`, not here).
 * :func:`save_pretrained` / :func:`read_pretrained_dir` handle featlift's own format, a directory with
-  ``config.json`` and ``model.safetensors``; :func:`read_config_json` reads such a ``config.json``.
+  ``config.json`` and ``model.safetensors``; :func:`read_config_json` reads such a ``config.json`` (the
+  parsing itself is :meth:`featlift.config.UpliftConfig.from_json`).
+
+What does not go through it, and reads its own files:
+
+* the diffusers VAE backbone is loaded by diffusers (``AutoencoderKL.from_pretrained`` on a folder, with
+  safetensors only) in :mod:`featlift.backbones.sd_vae`;
+* training checkpoints (``checkpoint.pt``: weights, optimiser and RNG states, run settings) are written
+  and read by :mod:`featlift.training.trainer` (``torch.load(weights_only=True)``);
+* the feature cache of training targets is written and read by :mod:`featlift.training.cache`
+  (safetensors ``save_file`` / ``load_file``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +39,7 @@ from ._version import __version__
 from .atomic import atomic_write
 from .authors import convert_state_dict, is_authors_layout
 from .config import UpliftConfig
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError
 
 __all__ = [
     "CONFIG_NAME",
@@ -219,34 +229,15 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
 
 
 def read_config_json(path: str | Path) -> UpliftConfig:
-    """Read featlift's ``config.json``. Every problem raises :class:`ConfigError` naming the file.
+    """Read featlift's ``config.json`` file: :meth:`UpliftConfig.from_json` on a path, which does the
+    parsing and names the file in every error.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ConfigError: the file is unreadable, not JSON, not a JSON object, lacks required keys, has unknown
             keys or invalid values.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
-    rewrite = "restore it, or write it again with model.save_pretrained(dir) or UpliftConfig.to_json(path)"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot be read as UTF-8 text ({type(err).__name__}: {err}); {rewrite}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err}); the file is damaged: {rewrite}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: expected a JSON object of config fields (backbone, encoder, decoder, ...), got a JSON "
-            f"{type(data).__name__}; {rewrite}"
-        )
-    try:
-        return UpliftConfig.from_dict(data)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+    return UpliftConfig.from_json(Path(path))
 
 
 def read_pretrained_dir(directory: str | Path) -> tuple[UpliftConfig, Path | None]:
