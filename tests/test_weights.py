@@ -22,12 +22,12 @@ def _run(model, case, iters=1):
 
 
 def test_every_config_form_gives_the_same_model(tmp_path, dinov2_case):
-    from_yaml = featlift.build_upsampler(dinov2_case.config_path, weights=dinov2_case.weights_path)
+    from_authors_yaml = featlift.build_upsampler(dinov2_case.config_path, weights=dinov2_case.weights_path)
     from_name = featlift.build_upsampler("dinov2_s14", weights=dinov2_case.weights_path)
     from_obj = featlift.build_upsampler(get_variant("dinov2_s14").config, weights=dinov2_case.weights_path)
-    from_yaml.save_pretrained(tmp_path / "model")
+    from_authors_yaml.save_pretrained(tmp_path / "model")
     from_dir = featlift.build_upsampler(tmp_path / "model")
-    outputs = [_run(m, dinov2_case) for m in (from_yaml, from_name, from_obj, from_dir)]
+    outputs = [_run(m, dinov2_case) for m in (from_authors_yaml, from_name, from_obj, from_dir)]
     for out in outputs[1:]:
         assert torch.equal(out, outputs[0])
     assert not from_dir.training
