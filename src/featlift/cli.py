@@ -32,7 +32,7 @@ def _plan(inputs: list[str], out_dir: Path) -> list[_Job]:
     The input's extension stays in the name, so ``x.png`` and ``x.jpg`` never share an output. Files
     inside ``out_dir`` are never inputs. Two inputs that would still share an output are refused.
     """
-    from featlift.training.data import image_files
+    from featlift.images import list_image_files
 
     out_resolved = out_dir.resolve()
     jobs: dict[Path, _Job] = {}
@@ -40,7 +40,7 @@ def _plan(inputs: list[str], out_dir: Path) -> list[_Job]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = image_files(path)
+            found = list_image_files(path)
             pairs = [(p, p.relative_to(path)) for p in found if not p.resolve().is_relative_to(out_resolved)]
         elif path.exists():
             pairs = [(path, Path(path.name))]

@@ -28,6 +28,7 @@ shapes, empty images, NaN or infinite pixels, and float pixels more than :data:`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,9 +36,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["FLOAT_TOLERANCE", "PendingImage", "image_batch", "to_image_tensor"]
+__all__ = ["FLOAT_TOLERANCE", "IMAGE_EXTENSIONS", "PendingImage", "image_batch", "list_image_files", "to_image_tensor"]
 
 FLOAT_TOLERANCE = 0.2  # float pixels may overshoot [0, 1] by this much (resampling ringing), no more
+
+# Image files featlift picks up in folders (the CLI's inputs, training data): the formats people use that
+# Pillow opens. Matched case-insensitively.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
 
 _CHANNELS = {1: "grey", 3: "RGB", 4: "RGBA"}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -197,3 +202,9 @@ def image_batch(images: Any) -> list[PendingImage]:
         else:
             out.append(PendingImage(item, name))
     return out
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Files under ``folder`` (recursive, sorted) whose extension is one of :data:`IMAGE_EXTENSIONS`, in
+    any letter case."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones.base import Backbone
-from .backbones.normalisation import image_normalisation
+from .backbones.normalisation import agreed_normalisation
 from .images import PendingImage, image_batch
 from .memory import InsufficientMemoryError, available_bytes, estimate_call, format_bytes
 from .modeling.uplift import UPLiFT
@@ -63,6 +63,11 @@ class Upsampler(nn.Module):
     ``tile`` (here or per call) runs UPLiFT over tiles of that many backbone cells with an exact halo
     (see :meth:`featlift.UPLiFT.forward`): the backbone still sees the whole image once, peak memory
     follows the tile size.
+
+    Images are normalised by the backbone (:meth:`Backbone.normalise`). Its statistics must agree with
+    those the UPLiFT config implies (:func:`~featlift.backbones.normalisation.image_normalisation`) when
+    both state them, else ``ValueError``; a backbone that states none (a user's subclass) takes the
+    config's, and a config that names no backbone and states no mean/std takes the backbone's.
     """
 
     def __init__(
@@ -85,9 +90,11 @@ class Upsampler(nn.Module):
         self.name = name
         self.tile = tile
         self.memory_guard = True
-        mean, std = image_normalisation(uplift.config.backbone)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # The backbone normalises; its statistics must agree with the config UPLiFT was trained with (a
+        # backbone that states none takes the config's).
+        backbone.normalisation = agreed_normalisation(
+            backbone.normalisation, uplift.config.backbone, what=f"the backbone ({type(backbone).__name__})"
+        )
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -98,7 +105,17 @@ class Upsampler(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.mean.device
+        return next(self.uplift.parameters()).device
+
+    @property
+    def mean(self) -> Tensor:
+        """The per-channel mean images are normalised with, [1, 3, 1, 1] (the backbone's)."""
+        return torch.tensor(self.backbone.normalisation[0], device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def std(self) -> Tensor:
+        """The per-channel std images are normalised with, [1, 3, 1, 1] (the backbone's)."""
+        return torch.tensor(self.backbone.normalisation[1], device=self.device).view(1, 3, 1, 1)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -131,9 +148,9 @@ class Upsampler(nn.Module):
         return F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
 
     def normalize(self, image: Tensor) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> the backbone's normalisation, on the model's device and dtype."""
-        image = image.to(self.device, torch.float32)
-        return ((image - self.mean.float()) / self.std.float()).to(self.dtype)
+        """[B, 3, H, W] in [0, 1] -> the backbone's normalisation (:meth:`Backbone.normalise`), on the
+        model's device and dtype."""
+        return self.backbone.normalise(image.to(self.device, torch.float32), dtype=self.dtype)
 
     # -- the call ----------------------------------------------------------------------------------
 

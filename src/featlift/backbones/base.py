@@ -2,25 +2,65 @@
 
 from __future__ import annotations
 
+import os
+from typing import ClassVar
+
+import torch
 from torch import Tensor, nn
+
+from ..config import BackboneConfig
+from .normalisation import IDENTITY, Stats
 
 
 class Backbone(nn.Module):
     """A frozen feature extractor.
 
-    ``forward(image)`` takes an image [B, 3, H, W] normalised as the upsampler's config says (ImageNet
-    mean/std for DINO; [0, 1] for the SD VAE) with H and W multiples of ``patch``, and returns features
+    ``forward(image)`` takes an image [B, 3, H, W] normalised by :meth:`normalise` (ImageNet mean/std for
+    DINO; [0, 1] for the SD VAE) with H and W multiples of ``patch``, and returns features
     [B, channels, H / patch, W / patch].
+
+    :attr:`normalisation` holds the backbone's own ``(mean, std)`` per RGB channel for images in [0, 1]:
+    set by :func:`featlift.backbones.load_backbone` from the config, by the built-in classes from what
+    they know (timm's pretrained config; [0, 1] for the VAE), None (unstated) for a subclass that does not
+    set it. An :class:`~featlift.Upsampler` checks it against its UPLiFT config (see
+    :func:`featlift.backbones.normalisation.agreed_normalisation`) and fills it in when unstated.
+
+    Subclasses that featlift can build from a :class:`~featlift.config.BackboneConfig` set :attr:`source`
+    and implement :meth:`from_config`.
     """
 
     patch: int
     channels: int
+    source: ClassVar[str | None] = None  # the BackboneConfig.source this class serves ("timm", "diffusers")
+    normalisation: Stats | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: BackboneConfig,
+        *,
+        pretrained: bool = True,
+        weights: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> Backbone:
+        """The backbone ``config`` names: ``weights`` when given, else (``pretrained``) its published
+        weights fetched from the Hub (or the Hugging Face cache), else a random initialisation."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
 
     def freeze(self) -> Backbone:
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
         return self
+
+    def normalise(self, images: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> ``(images - mean) / std`` with :attr:`normalisation` (none when
+        unstated), computed in float32 on the images' device, returned in ``dtype`` (default float32)."""
+        images = images.float()
+        mean, std = self.normalisation if self.normalisation is not None else IDENTITY
+        if (mean, std) != IDENTITY:
+            images = (images - images.new_tensor(mean).view(1, 3, 1, 1)) / images.new_tensor(std).view(1, 3, 1, 1)
+        return images if dtype is None else images.to(dtype)
 
     def activation_bytes(self, batch: int, size: tuple[int, int], itemsize: int) -> int:
         """Rough peak bytes of one forward pass on ``batch`` images of ``size`` (H, W) pixels, beyond the

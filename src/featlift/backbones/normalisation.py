@@ -1,22 +1,32 @@
 """The one rule for how images are normalised before a backbone (and the guidance encoder) sees them.
 
+For a config (:func:`image_normalisation`):
+
 1. A config that states ``mean`` and ``std`` is followed as written.
 2. Otherwise a timm backbone uses timm's pretrained config for its model name (ImageNet statistics for
    DINOv2/DINOv3, OpenAI's for CLIP, 0.5/0.5 for SigLIP, ...), exactly what timm's own transforms use.
 3. Otherwise (the diffusers VAE, or user-supplied features) images stay in [0, 1].
 
-The Upsampler, the trainer and the authors'-YAML reader all go through :func:`image_normalisation`, so
-the same model name can never be normalised two ways.
+A :class:`~featlift.backbones.Backbone` carries its own statistics (:attr:`Backbone.normalisation`):
+:func:`~featlift.backbones.load_backbone` gives it the config's, by the rule above; a ``TimmViT`` built
+directly takes timm's for its name, a ``DiffusersVAE`` [0, 1], a user's subclass none unless it sets
+them. When a backbone meets an UPLiFT config (:func:`agreed_normalisation`, used by the Upsampler), the
+two must agree where both state statistics, otherwise a ``ValueError`` names both and the fix; where only
+one states them, that one is used (and recorded on the backbone).
+
+The Upsampler, the trainer and the authors'-YAML reader all go through this module, so the same model
+name can never be normalised two ways.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 from ..config import BackboneConfig
 from ..errors import ConfigError
 
-__all__ = ["IDENTITY", "image_normalisation"]
+__all__ = ["IDENTITY", "Stats", "agreed_normalisation", "image_normalisation", "timm_normalisation"]
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -24,13 +34,22 @@ IDENTITY: Stats = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 @functools.cache
-def _timm_stats(name: str) -> Stats | None:
+def timm_normalisation(name: str) -> Stats | None:
+    """``(mean, std)`` from timm's pretrained config for the model ``name``; None when timm has none."""
     import timm
 
     pcfg = timm.models.get_pretrained_cfg(name)
     if pcfg is None or pcfg.mean is None or pcfg.std is None:
         return None
     return tuple(float(v) for v in pcfg.mean), tuple(float(v) for v in pcfg.std)
+
+
+def _stated(backbone: BackboneConfig) -> Stats | None:
+    """The statistics ``backbone`` implies (rules 1-3), or None for a config that names no backbone and
+    states no mean/std (features supplied by the user: nothing is said)."""
+    if backbone.mean is None and backbone.source is None:
+        return None
+    return image_normalisation(backbone)
 
 
 def image_normalisation(backbone: BackboneConfig) -> Stats:
@@ -42,7 +61,7 @@ def image_normalisation(backbone: BackboneConfig) -> Stats:
     if backbone.mean is not None:
         return backbone.mean, backbone.std
     if backbone.source == "timm":
-        stats = _timm_stats(backbone.name)
+        stats = timm_normalisation(backbone.name)
         if stats is None:
             raise ConfigError(
                 f"backbone.mean: timm has no pretrained config for {backbone.name!r}, so its image "
@@ -50,3 +69,35 @@ def image_normalisation(backbone: BackboneConfig) -> Stats:
             )
         return stats
     return IDENTITY
+
+
+def _same(a: Stats, b: Stats) -> bool:
+    return all(
+        math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-7)
+        for u, v in zip(a, b, strict=True)
+        for x, y in zip(u, v, strict=True)
+    )
+
+
+def agreed_normalisation(own: Stats | None, config: BackboneConfig, *, what: str = "the backbone") -> Stats:
+    """The statistics to use when a backbone stating ``own`` (None: unstated) runs with ``config``.
+
+    Where both state statistics they must agree; where one does, it is used; where neither does, images
+    stay in [0, 1].
+
+    Raises:
+        ValueError: both state statistics and they differ (the message gives both and the fixes).
+        ConfigError: ``config`` names a timm backbone timm does not know and states no mean/std.
+    """
+    stated = _stated(config)
+    if own is None:
+        return stated if stated is not None else IDENTITY
+    if stated is None or _same(own, stated):
+        return own
+    raise ValueError(
+        f"{what} normalises images with mean {list(own[0])} and std {list(own[1])}, but the upsampler's config "
+        f"(backbone {config.name!r}) implies mean {list(stated[0])} and std {list(stated[1])}; the upsampler "
+        "was trained with the config's. Fix: use the backbone the config names (featlift.backbones.load_backbone"
+        "(config.backbone)), set backbone.normalisation to the config's statistics, or state the backbone's "
+        "statistics as backbone.mean/std in the config"
+    )

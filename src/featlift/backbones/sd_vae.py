@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..config import BackboneConfig
 from ..errors import CheckpointError, FeatliftError, MissingDependencyError
 from .base import Backbone
+from .normalisation import IDENTITY
 
 
 def _autoencoder_kl():
@@ -38,7 +40,8 @@ def _load_vae(autoencoder_kl, folder: Path):
 class DiffusersVAE(Backbone):
     """``AutoencoderKL`` encoder: latent = mode of the latent distribution, no scaling factor.
 
-    ``forward`` takes images in [0, 1] (the upsampler's guidance input) and maps them to [-1, 1] itself.
+    ``forward`` takes images in [0, 1] (the upsampler's guidance input) and maps them to [-1, 1] itself,
+    so its :attr:`normalisation` is the identity.
 
     Args:
         name: diffusers pipeline id, used for messages.
@@ -52,6 +55,8 @@ class DiffusersVAE(Backbone):
         CheckpointError: ``vae_dir`` lacks the files, or they are damaged (only safetensors weights are
             read, so nothing is unpickled).
     """
+
+    source = "diffusers"
 
     def __init__(self, name: str, vae_dir: str | os.PathLike | None = None, vae=None) -> None:
         super().__init__()
@@ -72,7 +77,29 @@ class DiffusersVAE(Backbone):
         self.name = name
         self.patch = 2 ** (len(vae.config.block_out_channels) - 1)
         self.channels = int(vae.config.latent_channels)
+        self.normalisation = IDENTITY
         self.freeze()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: BackboneConfig,
+        *,
+        pretrained: bool = True,
+        weights: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> DiffusersVAE:
+        """The VAE of the diffusers pipeline ``config.name``: ``weights`` (a VAE folder), else
+        (``pretrained``) its ``vae`` subfolder from the Hub, else a random SD1.5-shaped VAE.
+
+        Raises:
+            DownloadError: the published files are neither downloadable nor in the cache.
+        """
+        if weights is None and pretrained:
+            from .. import hub
+
+            weights = hub.download_diffusers_vae(config.name, cache_dir=cache_dir)
+        return cls(config.name, vae_dir=weights)
 
     def activation_bytes(self, batch: int, size: tuple[int, int], itemsize: int) -> int:
         """About 6 maps of the first block's width at full resolution (5 measured for SD1.5's encoder on

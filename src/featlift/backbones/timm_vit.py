@@ -8,9 +8,11 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ..config import BackboneConfig
 from ..errors import CheckpointError, FeatliftError, UnknownModelError
 from ..weights import read_state_dict
 from .base import Backbone
+from .normalisation import timm_normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +30,16 @@ class TimmViT(Backbone):
     the state dict is handed to timm, which still applies its model's key filter (foreign layouts,
     position-embedding resizing) and loads strictly.
 
+    :attr:`normalisation` starts as timm's pretrained config for ``name`` (None when timm has none);
+    :func:`featlift.backbones.load_backbone` replaces it with the config's statistics.
+
     Raises:
         UnknownModelError: timm has no model ``name``.
         FileNotFoundError: ``weights`` does not exist.
         CheckpointError: ``weights`` is unreadable, would run code when unpickled, or does not fit the model.
     """
+
+    source = "timm"
 
     def __init__(self, name: str, weights: str | os.PathLike | None = None) -> None:
         super().__init__()
@@ -73,7 +80,41 @@ class TimmViT(Backbone):
         self.name = name
         self.patch = int(model.patch_embed.patch_size[0])
         self.channels = int(model.embed_dim)
+        self.normalisation = timm_normalisation(name)
         self.freeze()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: BackboneConfig,
+        *,
+        pretrained: bool = True,
+        weights: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> TimmViT:
+        """The timm model ``config.name``, with ``weights``, else (``pretrained``) timm's published
+        ``model.safetensors`` from the Hub, else random weights.
+
+        Raises:
+            ValueError: timm publishes no Hub weights for the name (pass ``weights``).
+            DownloadError: the published file is neither downloadable nor in the cache.
+        """
+        if weights is None and pretrained:
+            weights = cls.published_weights(config.name, cache_dir=cache_dir)
+        return cls(config.name, weights=weights)
+
+    @staticmethod
+    def published_weights(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
+        """timm's published weights for ``name`` (its ``hf_hub_id``'s ``model.safetensors``), downloaded
+        or found in the Hugging Face cache."""
+        import timm
+
+        from .. import hub
+
+        pcfg = timm.models.get_pretrained_cfg(name)
+        if pcfg is None or not pcfg.hf_hub_id:
+            raise ValueError(f"timm has no Hub weights for {name!r}; pass backbone_weights=PATH")
+        return hub.download(pcfg.hf_hub_id, "model.safetensors", cache_dir=cache_dir, local_arg="backbone_weights")
 
     def forward(self, image: Tensor) -> Tensor:
         return self.model.forward_intermediates(

@@ -1,5 +1,8 @@
 """Training images: a folder (recursive) or a file list, decoded, resized and centre-cropped.
 
+Folders are listed by :func:`featlift.images.list_image_files` and pixels converted by
+:func:`featlift.images.to_image_tensor`, as everywhere else in featlift.
+
 Unreadable files are skipped with one warning each: the next readable image takes their place, so every
 batch keeps its size and every process sees the same sequence.
 """
@@ -9,25 +12,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "DataError", "ImageDataset", "IndexedImages", "image_files", "list_images"]
+from ..images import IMAGE_EXTENSIONS, list_image_files, to_image_tensor
+
+__all__ = ["DataError", "ImageDataset", "IndexedImages", "list_images"]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 class DataError(ValueError):
     """The training data cannot be used (missing, empty, no images)."""
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Files under ``folder`` (recursive, sorted) whose extension is one of :data:`IMAGE_EXTENSIONS`."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -37,7 +34,7 @@ def list_images(source: str | Path) -> list[Path]:
     if not path.exists():
         raise DataError(f"training data {path} does not exist; pass an image folder or a text file of paths")
     if path.is_dir():
-        files = image_files(path)
+        files = list_image_files(path)
         if not files:
             raise DataError(f"no images found under {path} (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
         return files
@@ -72,8 +69,7 @@ class ImageDataset(Dataset):
             im = im.resize(new, resample=Image.BICUBIC)
             left, top = (new[0] - self.size) // 2, (new[1] - self.size) // 2
             im = im.crop((left, top, left + self.size, top + self.size))
-            array = np.asarray(im, dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+            return to_image_tensor(im, what=str(self.files[index]))
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.load(index)[0]

@@ -8,8 +8,19 @@ Every random draw derives from ``(seed, step)``, or ``(seed, step, rank)`` where
 - the model's own noise channels (configs with ``decoder.noise_channels``, the VAE layout): a
   ``(seed, step, rank)`` generator on the training device, passed into the model call.
 
-A run resumed from a checkpoint therefore continues exactly (bitwise, on the same hardware) where it
-stopped; checkpoints also hold the global RNG states (torch, CUDA, ``random``, numpy), restored on resume.
+A run resumed from a checkpoint therefore continues where it stopped with the same parameters, bit for
+bit, as the uninterrupted run, provided everything else is the same: the same hardware and device kind
+(kernels and float summation order differ between CPUs, GPUs and thread counts), the same versions of
+PyTorch, timm and featlift, the same image list in the same order with unchanged files, the same config
+(``--base``, ``--backbone``, backbone weights, image size, depths, loss, noise, learning rate), and the
+same number of processes. Checkpoints hold the UPLiFT parameters, the optimiser state, the step, the run's
+seed and batch layout, and the global RNG states of each process (torch, CUDA, ``random``, numpy), which
+are restored on resume only when the number of processes matches. They do not hold the backbone, the
+data (files are read again), the feature cache, the held-out history of the interrupted run (its
+``metrics.json`` then lists only the evaluations after the resume) or the DataLoader workers' state
+(workers draw nothing featlift relies on). A resume refuses another seed or global batch; other changes
+are not detected.
+
 N processes with per-process batch B see the same global batches, depths, flips and feature noise as one
 process with batch N * B, and so train exactly like it (up to float summation order). With noise
 channels that equality is statistical, not bitwise: each process draws the channels for its own images.
@@ -41,10 +52,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from ..atomic import atomic_write
-from ..backbones.normalisation import image_normalisation
-from ..builder import _load_backbone, resolve_config
+from ..backbones import Backbone, load_backbone
+from ..backbones.normalisation import agreed_normalisation
 from ..config import BackboneConfig, UpliftConfig
 from ..errors import CheckpointError
+from ..lookup import resolve_model
 from ..modeling.uplift import UPLiFT
 from ..registry import list_upsamplers
 from .cache import FeatureCache
@@ -63,7 +75,7 @@ CHECKPOINT_KEYS = ("model", "optimizer", "step", "seed", "batch_size", "world", 
 class TrainConfig:
     """Everything a training run needs; the command line maps onto these fields one to one."""
 
-    backbone: str  # timm model name (e.g. "vit_base_patch16_clip_224.openai") or a registered variant
+    backbone: str  # timm model name (e.g. "vit_base_patch16_clip_224.openai") or a registered variant's name
     data: str  # image folder (recursive) or text file of paths
     out: str  # output folder: config.json, model.safetensors, checkpoint.pt, metrics.json
     image_size: int = 224  # side of the square training crops (targets), divisible by patch * 2**depths
@@ -73,7 +85,7 @@ class TrainConfig:
     epochs: float | None = None
     lr: float = 1e-3
     seed: int = 0
-    base: str = "dinov2_s14"  # architecture: registered name, authors' YAML or featlift JSON/dir
+    base: str = "dinov2_s14"  # architecture: anything featlift.lookup.resolve_model takes (name, YAML, JSON, dir, repo)
     backbone_weights: str | None = None
     pretrained_backbone: bool = True
     loss: str = "l2"
@@ -137,21 +149,20 @@ def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
 
 
 def _backbone_config(cfg: TrainConfig) -> BackboneConfig:
+    """The backbone section: a registered variant's (through the one resolver), else a timm name."""
     if cfg.backbone in list_upsamplers():
-        return resolve_config(cfg.backbone)[0].backbone
+        return resolve_model(cfg.backbone).config.backbone
     return BackboneConfig(name=cfg.backbone, source="timm")
 
 
-def _build(cfg: TrainConfig, device: torch.device):
+def _build(cfg: TrainConfig, device: torch.device) -> tuple[Backbone, UpliftConfig]:
     """(frozen backbone, UPLiFT config with the backbone's patch/channels/normalisation)."""
-    base, _ = resolve_config(cfg.base)
+    base = resolve_model(cfg.base).config
     bb_cfg = _backbone_config(cfg)
-    probe = dataclasses.replace(base, backbone=bb_cfg)
-    backbone = _load_backbone(
-        probe, pretrained=cfg.pretrained_backbone, backbone_weights=cfg.backbone_weights, cache_dir=None
-    )
-    # The one normalisation rule, resolved and written into config.json: the saved model states it.
-    mean, std = image_normalisation(bb_cfg)
+    backbone = load_backbone(bb_cfg, pretrained=cfg.pretrained_backbone, weights=cfg.backbone_weights)
+    # The one normalisation rule, resolved by load_backbone and written into config.json: the saved model
+    # states it.
+    mean, std = backbone.normalisation
     bb_cfg = dataclasses.replace(bb_cfg, channels=backbone.channels, patch=backbone.patch, mean=mean, std=std)
     config = dataclasses.replace(base, backbone=bb_cfg, description=f"UPLiFT trained by featlift for {cfg.backbone}")
     return backbone.to(device).eval(), config
@@ -371,15 +382,6 @@ def _agreed_signal(stop: _StopSignals, d: _Dist, device: torch.device) -> int:
     return signum
 
 
-def _normalise(images: torch.Tensor, config: UpliftConfig) -> torch.Tensor:
-    bb = config.backbone
-    if bb.mean is None:
-        return images
-    mean = torch.tensor(bb.mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(bb.std, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
 def _write_text(path: Path, text: str) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(text)
@@ -401,14 +403,20 @@ def evaluate(
 ) -> dict:
     """Held-out error per depth: UPLiFT's last step and bilinear upsampling of the same coarse features,
     both against the full image's features (mean squared error). ``generator`` feeds the model's noise
-    channels, if it has any."""
+    channels, if it has any.
+
+    ``backbone`` is a featlift :class:`~featlift.backbones.Backbone`; it normalises the images
+    (:meth:`~featlift.backbones.Backbone.normalise`) with statistics that must agree with ``config``'s
+    (:func:`~featlift.backbones.normalisation.agreed_normalisation`; a backbone stating none takes the
+    config's)."""
+    backbone.normalisation = agreed_normalisation(backbone.normalisation, config.backbone)
     was_training = model.training
     model.eval()
     sums = {d: [0.0, 0.0] for d in range(1, depths + 1)}
     count = 0
     for start in range(0, len(dataset), batch_size):
         images = torch.stack([dataset[i] for i in range(start, min(len(dataset), start + batch_size))]).to(device)
-        images = _normalise(images, config)
+        images = backbone.normalise(images)
         full = backbone(images)
         for d in range(1, depths + 1):
             coarse = backbone(downsample(images, 2**d))
@@ -428,19 +436,70 @@ def evaluate(
     return out
 
 
-# -- the run -----------------------------------------------------------------------------------------
+# -- the run: setup -----------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, progress: bool = False) -> dict:
-    """Run training; returns the final metrics. Writes ``config.json`` + ``model.safetensors`` to ``cfg.out``.
+@dataclass
+class _Run:
+    """A training run between setup and finish: processes, model, optimiser, data, and resume state."""
 
-    On SIGINT or SIGTERM the run stops at the end of the current step, writes ``checkpoint.pt`` and
-    returns ``metrics["interrupted"] = {"step", "signal", "checkpoint"}`` (continue with ``resume=True``).
+    cfg: TrainConfig
+    d: _Dist
+    device: torch.device
+    out: Path
+    backbone: Backbone
+    config: UpliftConfig  # the trained model's config (backbone patch, channels and normalisation stated)
+    model: UPLiFT
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    train_ds: ImageDataset
+    val_ds: ImageDataset | None
+    loader: DataLoader
+    cache: FeatureCache | None
+    settings: dict  # seed and batch layout, stored in checkpoints and checked on resume
+    start: int  # first step to run (0, or the checkpoint's step)
+    rng_states: list[dict] | None  # per-process global RNG states to restore (resume), else None
 
-    Raises:
-        CheckpointError: ``resume=True`` with a corrupt or incomplete checkpoint, or one from a run with
-            another seed or global batch.
-    """
+    @property
+    def total(self) -> int:
+        return self.settings["total_steps"]
+
+    @property
+    def global_batch(self) -> int:
+        return self.settings["global_batch"]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    def batches(self):
+        """The loader's iterator; the global RNG states are restored after it is made (drawing the
+        loader's base seed uses the global RNG)."""
+        batches = iter(self.loader)
+        if self.rng_states is not None:
+            _set_rng_state(self.rng_states[self.d.rank])
+        return batches
+
+    def checkpoint(self, step: int) -> None:
+        _checkpoint(self.checkpoint_path, self.model, self.optimizer, step, self.settings, self.d)
+
+    def evaluate(self, step: int) -> dict:
+        """Held-out figures after ``step`` steps (rank 0, with a validation set)."""
+        generator = _generator(self.cfg.seed, step, "eval", 0, self.device)
+        return evaluate(
+            self.model,
+            self.backbone,
+            self.config,
+            self.val_ds,
+            self.device,
+            self.cfg.batch_size,
+            self.cfg.depths,
+            generator,
+        )
+
+
+def _setup(cfg: TrainConfig) -> _Run:
+    """Processes, data split, backbone, model, optimiser (restored from the checkpoint on resume), loader."""
     d = _init_distributed(cfg.device)
     device = _device(cfg, d)
     if device.type == "cuda" and d.world > 1:
@@ -468,7 +527,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
 
     global_batch = cfg.batch_size * d.world
     total = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(train_ds) / global_batch)
-    run = {
+    settings = {
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
         "world": d.world,
@@ -479,26 +538,9 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     model = UPLiFT(config).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start = 0
-    rng_states = None
-    ckpt_path = out / CHECKPOINT_NAME
+    start, rng_states = 0, None
     if cfg.resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = _load_checkpoint(ckpt_path, cfg, run)
-        _restore(ckpt_path, state, model, optimizer)
-        start = int(state["step"])
-        rng_states = state["rng"]
-        if len(rng_states) != d.world:
-            logger.warning(
-                "%s was written by %d process(es), this run has %d: the global RNG states are not restored "
-                "(featlift's own random draws derive from the seed and step and are unaffected)",
-                ckpt_path,
-                len(rng_states),
-                d.world,
-            )
-            rng_states = None
-        logger.info("resumed from step %d", start)
+        start, rng_states = _resume(out / CHECKPOINT_NAME, cfg, settings, model, optimizer, d)
 
     net = model
     if d.world > 1:
@@ -521,113 +563,199 @@ def train(cfg: TrainConfig, progress: bool = False) -> dict:
         cache = FeatureCache(
             cfg.feature_cache, backbone=cfg.backbone, image_size=cfg.image_size, depths=cfg.depths, files=train_files
         )
-    batches = iter(loader)  # drawing the loader's base seed uses the global RNG: restore the states after it
-    if rng_states is not None:
-        _set_rng_state(rng_states[d.rank])
-    autocast = device.type == "cuda" and cfg.amp
+    return _Run(
+        cfg=cfg,
+        d=d,
+        device=device,
+        out=out,
+        backbone=backbone,
+        config=config,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        loader=loader,
+        cache=cache,
+        settings=settings,
+        start=start,
+        rng_states=rng_states,
+    )
+
+
+def _resume(path: Path, cfg: TrainConfig, settings: dict, model: UPLiFT, optimizer, d: _Dist):
+    """Restore ``model`` and ``optimizer`` from the checkpoint at ``path``; returns (step, RNG states or
+    None when the checkpoint was written by another number of processes)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    state = _load_checkpoint(path, cfg, settings)
+    _restore(path, state, model, optimizer)
+    start = int(state["step"])
+    rng_states = state["rng"]
+    if len(rng_states) != d.world:
+        logger.warning(
+            "%s was written by %d process(es), this run has %d: the global RNG states are not restored "
+            "(featlift's own random draws derive from the seed and step and are unaffected)",
+            path,
+            len(rng_states),
+            d.world,
+        )
+        rng_states = None
+    logger.info("resumed from step %d", start)
+    return start, rng_states
+
+
+# -- the run: the loop --------------------------------------------------------------------------------
+
+
+def _train_step(run: _Run, step: int, batch: torch.Tensor, indices: torch.Tensor) -> tuple[float, int]:
+    """One optimiser step on this process's ``batch``; returns (loss, depth)."""
+    cfg, d, device = run.cfg, run.d, run.device
+    choices = _generator(cfg.seed, step, "choices")
+    depth = int(torch.randint(1, cfg.depths + 1, (1,), generator=choices))
+    flips = torch.rand(run.global_batch, generator=choices) < 0.5
+    first = d.rank * cfg.batch_size
+    mine = flips[first : first + cfg.batch_size][: len(batch)]
+    batch = torch.where(mine.view(-1, 1, 1, 1), batch.flip(-1), batch)
+    images = run.backbone.normalise(batch.to(device, non_blocking=True))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
+        if run.cache is None:
+            targets = depth_targets(run.backbone, images, depth)
+        else:
+            targets = run.cache.targets(run.backbone, images, indices.tolist(), mine.tolist(), depth)
+        noise = None
+        if cfg.noise_std:  # the global batch's draw, this process's rows: DDP equals one big batch
+            shape = (run.global_batch, *targets[0].shape[1:])
+            gen = _generator(cfg.seed, step, "feature_noise", 0, device)
+            noise = torch.randn(shape, generator=gen, device=device)[first : first + len(batch)]
+        loss, _ = multi_depth_loss(
+            run.net,
+            targets,
+            images,
+            kind=cfg.loss,
+            noise_std=cfg.noise_std,
+            noise=noise,
+            generator=_generator(cfg.seed, step, "noise_channels", d.rank, device),
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss.item(), depth
+
+
+@dataclass
+class _LoopEnd:
+    done: int  # steps completed
+    loss: float  # the last step's loss (NaN when no step ran)
+    signal: int  # the signal that stopped the run early (0: it ran to the end)
+
+
+def _loop(run: _Run, stop: _StopSignals, metrics: dict, progress: bool) -> _LoopEnd:
+    """Steps ``run.start`` to ``run.total`` with the periodic checkpoints and evaluations; stops early at
+    the end of a step when any process received a signal."""
+    cfg, d = run.cfg, run.d
+    batches = run.batches()
     bar = None
     if progress and d.main:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=start, unit="step", desc="training")
-    metrics: dict = {"history": []}
+        bar = tqdm(total=run.total, initial=run.start, unit="step", desc="training")
     t0, seen = time.perf_counter(), 0
-    loss_value = float("nan")
-    stopped = 0
-    done = start
-    with _StopSignals() as stop:
-        for step, (batch, indices) in zip(range(start, total), batches, strict=False):
-            choices = _generator(cfg.seed, step, "choices")
-            depth = int(torch.randint(1, cfg.depths + 1, (1,), generator=choices))
-            flips = torch.rand(global_batch, generator=choices) < 0.5
-            first = d.rank * cfg.batch_size
-            mine = flips[first : first + cfg.batch_size][: len(batch)]
-            batch = torch.where(mine.view(-1, 1, 1, 1), batch.flip(-1), batch)
-            images = _normalise(batch.to(device, non_blocking=True), config)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                if cache is None:
-                    targets = depth_targets(backbone, images, depth)
-                else:
-                    targets = cache.targets(backbone, images, indices.tolist(), mine.tolist(), depth)
-                noise = None
-                if cfg.noise_std:  # the global batch's draw, this process's rows: DDP equals one big batch
-                    shape = (global_batch, *targets[0].shape[1:])
-                    gen = _generator(cfg.seed, step, "feature_noise", 0, device)
-                    noise = torch.randn(shape, generator=gen, device=device)[first : first + len(batch)]
-                loss, _ = multi_depth_loss(
-                    net,
-                    targets,
-                    images,
-                    kind=cfg.loss,
-                    noise_std=cfg.noise_std,
-                    noise=noise,
-                    generator=_generator(cfg.seed, step, "noise_channels", d.rank, device),
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_value = loss.item()
-            seen += len(batch) * d.world
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", depth=depth, img_s=f"{seen / (time.perf_counter() - t0):.1f}")
-            stopped = _agreed_signal(stop, d, device)
-            if stopped and done < total:
-                break
-            stopped = 0
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-                _checkpoint(ckpt_path, model, optimizer, done, run, d)
-            if d.main and val_ds is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < total:
-                eval_gen = _generator(cfg.seed, done, "eval", 0, device)
-                result = evaluate(model, backbone, config, val_ds, device, cfg.batch_size, cfg.depths, eval_gen)
-                metrics["history"].append({"step": done, **result})
-                logger.info("step %d held-out: %s", done, result)
+    end = _LoopEnd(done=run.start, loss=float("nan"), signal=0)
+    for step, (batch, indices) in zip(range(run.start, run.total), batches, strict=False):
+        end.loss, depth = _train_step(run, step, batch, indices)
+        seen += len(batch) * d.world
+        end.done = done = step + 1
         if bar is not None:
-            bar.close()
-        if stopped:
-            name = signal.Signals(stopped).name
-            _checkpoint(ckpt_path, model, optimizer, done, run, d)
-            metrics["interrupted"] = {"step": done, "signal": name, "checkpoint": str(ckpt_path)}
-            metrics["steps"] = total
-            metrics["final_loss"] = loss_value
-            logger.warning("%s: stopped at step %d of %d; checkpoint in %s", name, done, total, ckpt_path)
-            if d.world > 1:
-                import torch.distributed as dist
+            bar.update(1)
+            bar.set_postfix(loss=f"{end.loss:.4f}", depth=depth, img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+        end.signal = _agreed_signal(stop, d, run.device)
+        if end.signal and done < run.total:
+            break
+        end.signal = 0
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < run.total:
+            run.checkpoint(done)
+        if d.main and run.val_ds is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < run.total:
+            result = run.evaluate(done)
+            metrics["history"].append({"step": done, **result})
+            logger.info("step %d held-out: %s", done, result)
+    if bar is not None:
+        bar.close()
+    return end
 
-                dist.barrier()
-            return metrics
 
-    metrics["steps"] = total
-    metrics["final_loss"] = loss_value
-    if cache is not None:
-        metrics["feature_cache"] = {"hits": cache.hits, "misses": cache.misses}
-    if d.world > 1:  # a cheap check that every rank ended with the same parameters
-        import torch.distributed as dist
+# -- the run: finish ----------------------------------------------------------------------------------
 
-        checksum = sum(float(p.detach().double().sum()) * (i + 1) for i, p in enumerate(model.parameters()))
-        gathered = [None] * d.world
-        dist.all_gather_object(gathered, checksum)
-        metrics["rank_checksums"] = gathered
-    _checkpoint(ckpt_path, model, optimizer, total, run, d)
-    if d.main:
-        if val_ds is not None:
-            eval_gen = _generator(cfg.seed, total, "eval", 0, device)
-            metrics["heldout"] = evaluate(model, backbone, config, val_ds, device, cfg.batch_size, cfg.depths, eval_gen)
-        model.save_pretrained(out)
-        _write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-        card = model_card(cfg, config, metrics, n_train=len(train_ds), n_val=n_val, world=d.world)
-        _write_text(out / "README.md", card)
-        if cfg.push_to_hub:
-            from ..hub import push_pretrained_dir
 
-            metrics["pushed"] = push_pretrained_dir(out, cfg.push_to_hub, card=card)
-            logger.info("published %s to %s", out, cfg.push_to_hub)
+def _barrier(d: _Dist) -> None:
     if d.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def _finish_interrupted(run: _Run, end: _LoopEnd, metrics: dict) -> dict:
+    """After a signal: checkpoint at the step reached, report it in ``metrics["interrupted"]``."""
+    name = signal.Signals(end.signal).name
+    run.checkpoint(end.done)
+    metrics["interrupted"] = {"step": end.done, "signal": name, "checkpoint": str(run.checkpoint_path)}
+    metrics["steps"] = run.total
+    metrics["final_loss"] = end.loss
+    logger.warning("%s: stopped at step %d of %d; checkpoint in %s", name, end.done, run.total, run.checkpoint_path)
+    _barrier(run.d)
     return metrics
+
+
+def _finish(run: _Run, end: _LoopEnd, metrics: dict) -> dict:
+    """After the last step: final checkpoint, held-out evaluation, config + weights, metrics, model card,
+    and the optional push to the Hub (files on rank 0 only)."""
+    cfg, d = run.cfg, run.d
+    metrics["steps"] = run.total
+    metrics["final_loss"] = end.loss
+    if run.cache is not None:
+        metrics["feature_cache"] = {"hits": run.cache.hits, "misses": run.cache.misses}
+    if d.world > 1:  # a cheap check that every rank ended with the same parameters
+        import torch.distributed as dist
+
+        checksum = sum(float(p.detach().double().sum()) * (i + 1) for i, p in enumerate(run.model.parameters()))
+        gathered = [None] * d.world
+        dist.all_gather_object(gathered, checksum)
+        metrics["rank_checksums"] = gathered
+    run.checkpoint(run.total)
+    if d.main:
+        if run.val_ds is not None:
+            metrics["heldout"] = run.evaluate(run.total)
+        run.model.save_pretrained(run.out)
+        _write_text(run.out / "metrics.json", json.dumps(metrics, indent=2))
+        n_val = len(run.val_ds) if run.val_ds is not None else 0
+        card = model_card(cfg, run.config, metrics, n_train=len(run.train_ds), n_val=n_val, world=d.world)
+        _write_text(run.out / "README.md", card)
+        if cfg.push_to_hub:
+            from ..hub import push_pretrained_dir
+
+            metrics["pushed"] = push_pretrained_dir(run.out, cfg.push_to_hub, card=card)
+            logger.info("published %s to %s", run.out, cfg.push_to_hub)
+    _barrier(d)
+    return metrics
+
+
+def train(cfg: TrainConfig, progress: bool = False) -> dict:
+    """Run training; returns the final metrics. Writes ``config.json`` + ``model.safetensors`` to ``cfg.out``.
+
+    On SIGINT or SIGTERM the run stops at the end of the current step, writes ``checkpoint.pt`` and
+    returns ``metrics["interrupted"] = {"step", "signal", "checkpoint"}`` (continue with ``resume=True``).
+
+    Raises:
+        CheckpointError: ``resume=True`` with a corrupt or incomplete checkpoint, or one from a run with
+            another seed or global batch.
+    """
+    run = _setup(cfg)
+    metrics: dict = {"history": []}
+    with _StopSignals() as stop:
+        end = _loop(run, stop, metrics, progress)
+        if end.signal:  # still inside: a second signal while the checkpoint is written stops at once
+            return _finish_interrupted(run, end, metrics)
+    return _finish(run, end, metrics)
 
 
 def model_card(cfg: TrainConfig, config: UpliftConfig, metrics: dict, *, n_train: int, n_val: int, world: int) -> str:
