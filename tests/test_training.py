@@ -512,10 +512,11 @@ def test_push_to_hub_uploads_the_two_files_and_a_card(workdir, tmp_path, monkeyp
     assert metrics["pushed"].endswith("/commit/abc")
 
 
-def test_push_failure_names_the_repo_and_the_fix(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["create_repo", "create_commit"])
+def test_push_failure_is_an_upload_error_naming_the_repo_and_the_fix(tmp_path, monkeypatch, failing):
     import huggingface_hub
 
-    from featlift import DownloadError
+    from featlift import DownloadError, FeatliftError, UploadError
     from featlift.hub import push_pretrained_dir
 
     class OfflineApi:
@@ -523,13 +524,20 @@ def test_push_failure_names_the_repo_and_the_fix(tmp_path, monkeypatch):
             pass
 
         def create_repo(self, *args, **kwargs):
-            raise OSError("no network")
+            if failing == "create_repo":
+                raise OSError("no network")
+
+        def create_commit(self, *args, **kwargs):
+            raise PermissionError("403 Forbidden: no write access")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", OfflineApi)
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(DownloadError, match="me/x.*huggingface-cli login"):
+    with pytest.raises(UploadError, match="me/x.*huggingface-cli login") as info:
         push_pretrained_dir(tmp_path, "me/x", card="card")
+    assert isinstance(info.value, FeatliftError) and not isinstance(info.value, DownloadError)
+    cause = "no network" if failing == "create_repo" else "403 Forbidden"
+    assert cause in str(info.value) and str(tmp_path) in str(info.value)
     with pytest.raises(FileNotFoundError, match="lacks config.json, model.safetensors"):
         push_pretrained_dir(tmp_path / "nothing", "me/x", card="card")
 

@@ -12,6 +12,7 @@ from .errors import (
     FeatliftError,
     InsufficientMemoryError,
     UnknownModelError,
+    UploadError,
 )
 from .modeling.uplift import UPLiFT
 from .registry import list_upsamplers
@@ -26,6 +27,7 @@ __all__ = [
     "UPLiFT",
     "UnknownModelError",
     "UpliftConfig",
+    "UploadError",
     "Upsampler",
     "__version__",
     "build_upsampler",

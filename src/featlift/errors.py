@@ -14,6 +14,7 @@ __all__ = [
     "InsufficientMemoryError",
     "MissingDependencyError",
     "UnknownModelError",
+    "UploadError",
 ]
 
 
@@ -37,6 +38,11 @@ class UnknownModelError(FeatliftError, ValueError):
 
 class DownloadError(FeatliftError, RuntimeError):
     """A file that could not be fetched from the Hugging Face Hub and is not (intact) in the local cache."""
+
+
+class UploadError(FeatliftError, RuntimeError):
+    """A model directory that could not be published to the Hugging Face Hub (network, login, permission).
+    The message names the repo and the fix."""
 
 
 class MissingDependencyError(FeatliftError, ImportError):

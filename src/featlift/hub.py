@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ._version import __version__
-from .errors import DownloadError
+from .errors import DownloadError, UploadError
 
 __all__ = ["download", "download_diffusers_vae", "download_pretrained_dir", "is_repo_id"]
 
@@ -152,6 +152,10 @@ def push_pretrained_dir(
 
     Creates the repository if needed and uploads the two files plus ``README.md`` in one commit; returns
     the commit URL. ``load_upsampler(repo_id)`` then downloads exactly these files.
+
+    Raises:
+        FileNotFoundError: ``directory`` lacks ``config.json`` or ``model.safetensors``.
+        UploadError: the Hub refused or could not be reached (the message names the repo and the fix).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -171,8 +175,10 @@ def push_pretrained_dir(
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
         info = api.create_commit(repo_id, operations, commit_message="Upload UPLiFT upsampler trained with featlift")
     except Exception as err:  # network, auth or permission problems from huggingface_hub
-        raise DownloadError(
-            f"could not publish {directory} to the Hugging Face Hub repo {repo_id!r}: {err}. "
-            "Log in with `huggingface-cli login` (or pass a token) and check the network."
+        raise UploadError(
+            f"could not publish {directory} to the Hugging Face Hub repo {repo_id!r} "
+            f"({type(err).__name__}: {err}). Fix: log in with `huggingface-cli login` (or pass a token) with "
+            f"write access to {repo_id!r} and check the network; the files stay in {directory}, so only the "
+            "upload needs repeating (featlift.hub.push_pretrained_dir)."
         ) from err
     return str(getattr(info, "commit_url", info))
