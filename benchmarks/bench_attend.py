@@ -53,9 +53,10 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     layout = args.layout
-    if layout == "auto":  # what the model feeds the op: channels_last on CPU, NCHW on CUDA
+    if layout == "auto":  # what the model's plan uses: channels_last on CPU, NCHW on CUDA
         layout = "channels_last" if device.type == "cpu" else "nchw"
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    out_cl = layout == "channels_last"  # inputs and output in the same layout, as in the model
     h = w = args.coarse
     s, n = args.scale, args.neighbourhood
     values = torch.randn(args.batch, args.channels, h, w, device=device).to(dtype).contiguous(memory_format=fmt)
@@ -76,12 +77,12 @@ def main() -> None:
             print(f"{impl:>10}: skipped (its stacked tensor would exceed 8 GiB)")
             continue
         with torch.inference_mode():
-            out = local_attend(logits, values, offsets, s, impl=impl)
+            out = local_attend(logits, values, offsets, s, impl=impl, channels_last=out_cl)
             sync()
             times = []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                out = local_attend(logits, values, offsets, s, impl=impl)
+                out = local_attend(logits, values, offsets, s, impl=impl, channels_last=out_cl)
                 sync()
                 times.append(time.perf_counter() - t0)
         if reference is None:

@@ -87,7 +87,10 @@ def _build(variant: str, device, dtype, args):
     if variant == "plain":
         model.attender.impl = "reference"
     elif variant == "convs":
-        model.attender.attend = lambda logits, values: F.interpolate(values, size=logits.shape[-2:], mode="nearest")
+        # the output keeps the values' layout, channels_last on the CPU's lean path, as the attender's would
+        model.attender.attend = lambda logits, values, channels_last=False: F.interpolate(
+            values, size=logits.shape[-2:], mode="nearest"
+        )
     elif variant == "tiled":
         head = torch.nn.Conv2d(CHANNELS, args.head_classes, 1).to(device, dtype)
         kwargs = {"tile": args.tile, "head": head}

@@ -73,7 +73,7 @@ def _check_fallback(monkeypatch, caplog, broken, reason):
         assert resolve_impl("auto", values) == "fused"
         out = local_attend(logits, values, OFFSETS, 2)
         again = local_attend(logits, values, OFFSETS, 2)
-    assert torch.equal(out, fused_forward(logits, values, OFFSETS, 2))
+    assert torch.equal(out, fused_forward(logits, values, OFFSETS, 2, channels_last=False))
     assert torch.equal(again, out)
     warnings = _warnings(caplog)
     assert len(warnings) == 1, [w.getMessage() for w in warnings]
@@ -115,7 +115,7 @@ def test_working_kernel_passes_the_self_test_and_auto_picks_triton(cpu_is_candid
         assert kernel_calls == [torch.float32], "one self-test run in float32"
         out = local_attend(logits, values, OFFSETS, 2)
     assert kernel_calls == [torch.float32, torch.float32], "the op itself ran the kernel"
-    assert (out - fused_forward(logits, values, OFFSETS, 2)).abs().max().item() <= 1e-5
+    assert (out - fused_forward(logits, values, OFFSETS, 2, channels_last=False)).abs().max().item() <= 1e-5
     # A new dtype on the same device is tested once in that dtype; float32 is not tested again.
     half_values = _inputs(torch.bfloat16)[1]
     assert resolve_impl("auto", half_values) == "triton"
@@ -133,7 +133,7 @@ def test_auto_under_torch_compile_runs_the_self_test_outside_the_graph(cpu_is_ca
     logits, values = _inputs()
     out = torch.compile(attend, fullgraph=True, backend="aot_eager")(logits, values)
     assert kernel_calls == [torch.float32, torch.float32], "self-test, then the op"
-    assert (out - 2.0 * fused_forward(logits, values, OFFSETS, 2)).abs().max().item() <= 1e-5
+    assert (out - 2.0 * fused_forward(logits, values, OFFSETS, 2, channels_last=False)).abs().max().item() <= 1e-5
 
 
 def test_self_test_never_records_autograd(cpu_is_candidate, monkeypatch):
@@ -175,7 +175,7 @@ def test_env_var_and_impl_force_the_choice_without_a_self_test(cpu_is_candidate,
     logits, values = _inputs()
     assert resolve_impl(impl, values) == expected
     out = local_attend(logits, values, OFFSETS, 2, impl=impl)
-    fused = fused_forward(logits, values, OFFSETS, 2)
+    fused = fused_forward(logits, values, OFFSETS, 2, channels_last=False)
     if expected == "triton":
         assert calls == [1], "forced Triton runs the kernel, with no self-test first"
         assert torch.allclose(out, fused + 1.0)

@@ -285,13 +285,13 @@ def test_default_path_never_builds_the_stacked_tensor():
 @pytest.mark.parametrize("scale", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_fused_channels_last_layout(size, scale, dtype):
-    """channels_last values (what the model's convs give on CPU) keep their layout and their numbers."""
+    """channels_last output when asked (what the model's plan asks for on CPU), with the same numbers."""
     gen = torch.Generator().manual_seed(size + 7 * scale)
     values = torch.randn(2, 19, 5, 4, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
     logits = 3 * torch.randn(2, size, 5 * scale, 4 * scale, generator=gen)
     logits = logits.to(dtype).contiguous(memory_format=torch.channels_last)
     offsets = neighbourhood_offsets(size)
-    out = local_attend(logits, values, offsets, scale, impl="fused")
+    out = local_attend(logits, values, offsets, scale, impl="fused", channels_last=True)
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
     ref = local_attend_reference(logits.double(), values.double(), offsets, scale)
     eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6
@@ -321,3 +321,17 @@ def test_output_layout_is_the_requested_one_whatever_the_input_layout():
             out = torch.ops.featlift.local_attend(logits, v, flat, 2, "fused", want_cl)
             assert out.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
             assert (out - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_the_caller_alone_decides_the_output_layout(impl):
+    """Plain NCHW strides unless channels_last=True, whatever layout the inputs arrive in."""
+    offsets = neighbourhood_offsets(9)
+    logits, values = torch.randn(1, 9, 6, 4), torch.randn(1, 5, 3, 2)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        v, lg = values.contiguous(memory_format=layout), logits.contiguous(memory_format=layout)
+        plain = local_attend(lg, v, offsets, 2, impl=impl)
+        last = local_attend(lg, v, offsets, 2, impl=impl, channels_last=True)
+        assert plain.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last)
+        assert not last.is_contiguous()
+        assert (plain - last).abs().max().item() <= 1e-6

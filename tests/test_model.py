@@ -16,6 +16,7 @@ from featlift.config import (
     EncoderStageConfig,
     RefinerConfig,
 )
+from featlift.modeling.guidance import RESAMPLES
 from featlift.registry import get_variant
 
 from .configs import random_inputs, tiny_config
@@ -126,7 +127,12 @@ def test_encoder_down_ops_run():
 def _noisy_config(scale):
     base = tiny_config(patch=8, channels=4)
     dec = dataclasses.replace(base.decoder, noise_channels=3, noise_scale=scale)
-    ref = RefinerConfig(blocks=BlockGroupConfig(norm="layer", widths=(8, 8)), noise_channels=2, noise_scale=scale)
+    ref = RefinerConfig(
+        blocks=BlockGroupConfig(norm="layer", widths=(8, 8)),
+        noise_channels=2,
+        noise_scale=scale,
+        guidance_resample="nearest",
+    )
     return dataclasses.replace(base, decoder=dec, refiner=ref)
 
 
@@ -214,12 +220,12 @@ def test_deferred_deepest_map_equals_the_nearest_resampled_full_map():
     _random_batchnorm_statistics(model)
     image = torch.randn(1, 3, 64, 48)
     with torch.no_grad():
-        lean = model.guidance_encoder(image, keep=model.guidance_reads)
-    full = model.guidance_encoder(image)  # autograd on: the plain path, every map at full resolution
+        lean = model.guidance_encoder(image, keep=model.guidance_reads, lean=True)
+        full = model.guidance_encoder(image)  # the plain path: every map at full resolution
     assert lean.deferred and not full.deferred
     for size in [(4, 3), (8, 6), (16, 12), (32, 24), (64, 48), (5, 7)]:
         want = F.interpolate(full[-1], size=size, mode="nearest")
-        assert (lean.at(-1, size, "nearest") - want).abs().max().item() <= 1e-5, size
+        assert (lean.at(-1, size, RESAMPLES["nearest"]) - want).abs().max().item() <= 1e-5, size
     assert (lean[3] - full[3]).abs().max().item() <= 1e-5
     with pytest.raises(RuntimeError, match="was not kept"):
         lean[0]
@@ -248,3 +254,98 @@ def test_whole_model_compiles_without_graph_breaks():
         want = model(image, features, iters=2)
         got = compiled(image, features, iters=2)
     assert (got - want).abs().max().item() <= 1e-5
+
+
+def _lean_and_plain(model, image, features, iters=2):
+    with torch.no_grad():
+        lean = model(image, features, iters=iters)
+    plain = model(image, features, iters=iters).detach()  # autograd on: the plain path
+    return lean, plain
+
+
+def _assert_close(a, b, tol=1e-4):
+    assert (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
+
+
+def test_blocks_take_the_path_they_are_told_not_the_grad_mode():
+    """The lean path is chosen once per call (featlift.modeling.inference.plan) and passed down: a block
+    called directly runs the plain path under no_grad, and the lean path (BatchNorm folded, so the norm
+    module never runs) when asked, with autograd on or off."""
+    model = featlift.UPLiFT(get_variant("dinov2_s14").config).eval()
+    _random_batchnorm_statistics(model, seed=2)
+    block = model.decoder_step.input_blocks[0]
+    calls = []
+    block.norm1.register_forward_hook(lambda *args: calls.append(1))
+    x = [torch.randn(1, 384, 3, 4), torch.randn(1, 128, 3, 4)]
+    with torch.no_grad():
+        plain = block(x)
+        assert calls == [1]
+        lean = block(x, lean=True)
+        assert calls == [1]
+    _assert_close(lean, plain, 1e-5)
+
+
+def test_folded_batchnorm_never_goes_stale():
+    """Folded weights are cached, and refolded after load_state_dict, .to(dtype), a round trip through
+    half precision, an in-place edit and training steps: the lean path keeps equal to the plain one."""
+    cfg = get_variant("dinov2_s14").config
+    model = featlift.UPLiFT(cfg).eval()
+    _random_batchnorm_statistics(model, seed=3)
+    image, features = torch.randn(1, 3, 42, 56), torch.randn(1, 384, 3, 4)
+    lean, plain = _lean_and_plain(model, image, features)
+    _assert_close(lean, plain)
+    block = model.decoder_step.input_blocks[0]
+    first = block._folded[0]._value[0]
+    with torch.no_grad():
+        _lean_and_plain(model, image, features)
+    assert block._folded[0]._value[0] is first, "the fold is reused while the weights stay the same"
+
+    other = featlift.UPLiFT(cfg).eval()
+    _random_batchnorm_statistics(other, seed=4)
+    model.load_state_dict(other.state_dict())
+    lean, plain = _lean_and_plain(model, image, features)
+    _assert_close(lean, plain)
+    _assert_close(lean, _lean_and_plain(other, image, features)[1])
+
+    model.to(torch.float64)
+    lean, plain = _lean_and_plain(model, image.double(), features.double())
+    assert lean.dtype == torch.float64
+    _assert_close(lean, plain, 1e-9)
+
+    model.half().float()  # the same dtype again, with rounded weights
+    lean, plain = _lean_and_plain(model, image, features)
+    _assert_close(lean, plain)
+
+    with torch.no_grad():
+        block.norm1.running_var.mul_(3.0)
+        block.conv1.weight.mul_(-1.5)
+    lean, plain = _lean_and_plain(model, image, features)
+    _assert_close(lean, plain)
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(image, features, iters=2).square().mean().backward()
+        optimizer.step()
+    model.eval()
+    lean, plain = _lean_and_plain(model, image, features)
+    _assert_close(lean, plain)
+
+
+def test_stale_folds_would_be_caught():
+    """Negative control: with the cache check disabled, an in-place edit leaves the lean path behind."""
+    model = featlift.UPLiFT(get_variant("dinov2_s14").config).eval()
+    _random_batchnorm_statistics(model, seed=5)
+    image, features = torch.randn(1, 3, 42, 56), torch.randn(1, 384, 3, 4)
+    _lean_and_plain(model, image, features)
+    for block in model.modules():
+        if hasattr(block, "_folded"):
+            for folded in block._folded:
+                folded.get = lambda conv, norm, value=folded._value: value
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.mul_(4.0)
+    lean, plain = _lean_and_plain(model, image, features)
+    assert (lean - plain).abs().max().item() > 1e-2

@@ -16,9 +16,12 @@ from featlift.config import (
     EncoderConfig,
     EncoderStageConfig,
     RefinerConfig,
+    UpConfig,
     UpliftConfig,
 )
-from featlift.modeling.region import Region, corner_aligned_upsample
+from featlift.modeling import tiling
+from featlift.modeling.blocks import ConvBlock
+from featlift.modeling.region import Region, UntileableError, corner_aligned_upsample
 from featlift.registry import get_variant
 
 from .configs import random_inputs, tiny_config
@@ -43,14 +46,21 @@ def _config(patch=16, channels=5, attender=17, **changes) -> UpliftConfig:
 
 
 def _deeper_decoder(cfg: UpliftConfig) -> UpliftConfig:
-    stage = DecoderStageConfig(blocks=BlockGroupConfig(widths=(8,)))
+    stage = DecoderStageConfig(
+        up=UpConfig(op="tconv", factor=2, residual="bilinear"), blocks=BlockGroupConfig(widths=(8,))
+    )
     dec = dataclasses.replace(cfg.decoder, stages=(cfg.decoder.stages[0], stage))
     return dataclasses.replace(cfg, decoder=dec, up_factor=4)
 
 
 def _vae_like(cfg: UpliftConfig) -> UpliftConfig:
     dec = dataclasses.replace(cfg.decoder, noise_channels=2, noise_scale=0.7)
-    ref = RefinerConfig(blocks=BlockGroupConfig(norm="layer", widths=(8,)), noise_channels=1, noise_scale=0.5)
+    ref = RefinerConfig(
+        blocks=BlockGroupConfig(norm="layer", widths=(8,)),
+        noise_channels=1,
+        noise_scale=0.5,
+        guidance_resample="nearest",
+    )
     return dataclasses.replace(cfg, decoder=dec, refiner=ref, backbone=dataclasses.replace(cfg.backbone, patch=8))
 
 
@@ -95,15 +105,44 @@ def test_fixture_model_tiles_exactly(dinov2_case):
     assert (tiled - full).abs().max().item() <= TOL * max(1.0, full.abs().max().item())
 
 
-def test_the_halo_is_needed():
+def test_the_halo_is_needed(monkeypatch):
     """With too small a halo the tiles disagree with the whole image: the equality above is not vacuous."""
     model = _randomise(featlift.UPLiFT(CONFIGS["patch16-n5"]))
     image, features = _inputs(model.config, 1, 12, 12)
     with torch.no_grad():
         full = model(image, features, iters=2)
-        model.tile_halo = lambda iters=None: 1
+        monkeypatch.setattr(tiling, "halo", lambda model, iters: 1)
         tiled = model(image, features, iters=2, tile=4)
     assert (tiled - full).abs().max().item() > 1e-3
+
+
+def test_the_halo_is_composed_from_what_each_block_reports(monkeypatch):
+    """The halo follows the blocks' own reach, not config strings: a block type that reached one cell
+    further would get a wider halo; one that cannot say (not translation-equivariant) refuses tiling."""
+    model = featlift.UPLiFT(get_variant("dinov2_s14").config)
+    before = model.tile_halo(4)
+    monkeypatch.setattr(ConvBlock, "reach", lambda self: 2 * (1 if self.conv2 is None else 2))
+    assert model.tile_halo(4) > before
+
+    def untileable(self):
+        raise UntileableError("a block of a new kind")
+
+    monkeypatch.setattr(ConvBlock, "reach", untileable)
+    with pytest.raises(ValueError, match="a block of a new kind.*run it untiled"):
+        model.check_tile(8)
+
+
+@pytest.mark.parametrize("iters", [5, 6])
+def test_bilinear_guidance_tiles_exactly_beyond_the_guidance_resolution(iters):
+    """Past the guidance resolution (16 px per cell: 4 iterations) bilinear resampling enlarges the
+    guidance maps and reads a whole guidance pixel, more than one cell of the finer grid."""
+    cfg = CONFIGS["bilinear-guidance"]
+    model = _randomise(featlift.UPLiFT(cfg), seed=3)
+    image, features = _inputs(cfg, 1, 5, 4)
+    with torch.no_grad():
+        full = model(image, features, iters=iters)
+        tiled = model(image, features, iters=iters, tile=2)
+    assert (tiled - full).abs().max().item() <= TOL * max(1.0, full.abs().max().item())
 
 
 def test_halo_bound_for_the_published_layout():
@@ -164,7 +203,7 @@ def test_configs_that_downsample_are_refused():
     )
     model = featlift.UPLiFT(_config(encoder=EncoderConfig(stages=stages))).eval()
     image, features = _inputs(model.config, 1, 4, 4)
-    with pytest.raises(ValueError, match="keeps full resolution"):
+    with pytest.raises(ValueError, match="an encoder down op.*run it untiled"):
         model(image, features, iters=1, tile=2)
 
 

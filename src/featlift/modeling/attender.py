@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..ops.local_attend import IMPLS, local_attend, neighbourhood_offsets
+from ..ops.local_attend import check_impl, local_attend
+from ..ops.neighbourhood import neighbourhood_offsets
 from .blocks import add_residual
 
 __all__ = ["LocalAttender"]
@@ -26,29 +27,32 @@ class LocalAttender(nn.Module):
 
     def __init__(self, guide_channels: int, size: int = 17, residual: bool = True, impl: str = "auto") -> None:
         super().__init__()
-        if impl not in IMPLS:
-            raise ValueError(f"unknown local-attend implementation {impl!r}; choose one of {IMPLS}")
         self.offsets = neighbourhood_offsets(size)
         self.to_logits = nn.Conv2d(guide_channels, size, 1)
         self.residual = residual
-        self.impl = impl
+        self.impl = check_impl(impl)
 
     @property
     def size(self) -> int:
         return len(self.offsets)
 
+    def reach(self) -> int:
+        """Coarse cells a border difference of the values travels: the neighbourhood's radius."""
+        return max(max(abs(dy), abs(dx)) for dy, dx in self.offsets)
+
     def logits(self, guide: Tensor) -> Tensor:
         logits = self.to_logits(guide)
         return add_residual(guide, logits) if self.residual else logits
 
-    def forward(self, guide: Tensor, values: Tensor) -> Tensor:
-        return self.attend(self.logits(guide), values)
+    def forward(self, guide: Tensor, values: Tensor, *, channels_last: bool = False) -> Tensor:
+        return self.attend(self.logits(guide), values, channels_last=channels_last)
 
-    def attend(self, logits: Tensor, values: Tensor) -> Tensor:
-        """The weighted sum for precomputed :meth:`logits` (lets callers free the guide first)."""
+    def attend(self, logits: Tensor, values: Tensor, *, channels_last: bool = False) -> Tensor:
+        """The weighted sum for precomputed :meth:`logits` (lets callers free the guide first);
+        ``channels_last`` lays the output out [B, H, W, C] in memory."""
         scale = logits.shape[-2] // max(values.shape[-2], 1)
         if scale < 1 or logits.shape[-2] != scale * values.shape[-2] or logits.shape[-1] != scale * values.shape[-1]:
             raise ValueError(
                 f"guide {tuple(logits.shape[-2:])} must be an integer multiple of values {tuple(values.shape[-2:])}"
             )
-        return local_attend(logits, values, self.offsets, scale, impl=self.impl)
+        return local_attend(logits, values, self.offsets, scale, impl=self.impl, channels_last=channels_last)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..config import DecoderConfig
 from .blocks import BlockGroup, UpBlock
-from .guidance import GuidanceMaps, guidance_parts
+from .guidance import GuidanceMaps, GuidanceReader
+from .noise import Noise
 from .region import Region
 
 __all__ = ["DecoderStep"]
@@ -25,9 +25,7 @@ class DecoderStep(nn.Module):
 
     def __init__(self, config: DecoderConfig, channels: int, guidance_channels: list[int]) -> None:
         super().__init__()
-        self.resample = config.guidance_resample
-        self.noise_channels = config.noise_channels
-        self.noise_scale = config.noise_scale
+        self.reader = GuidanceReader(config)
         noise = config.noise_channels
         self.input_blocks = BlockGroup(channels + guidance_channels[-1] + noise, config.input_blocks)
         c = self.input_blocks.out_channels
@@ -45,32 +43,39 @@ class DecoderStep(nn.Module):
         """The guidance-map indices this step reads (negative, deepest first)."""
         return [-k for k in range(1, len(self.stages) + 2)]
 
-    def _parts(self, x: Tensor, guidance: GuidanceMaps, index: int, generator, region) -> list[Tensor]:
-        return guidance_parts(
-            x,
-            guidance,
-            index,
-            resample=self.resample,
-            noise_channels=self.noise_channels,
-            noise_scale=self.noise_scale,
-            generator=generator,
-            region=region,
-            key=f"decoder{-index}",
-        )
+    def reach(self, x_reach: float, guide_reach: float, density: int, guide_density: int) -> float:
+        """How far a border difference reaches into G, in coarse cells, given how far it has reached into
+        the input features (``x_reach``) and into the guidance maps (``guide_reach``), for input features
+        of ``density`` cells and guidance maps of ``guide_density`` pixels per coarse cell (tiled
+        inference). Side-by-side paths take the maximum, layers in sequence add up."""
+        reach = x_reach
+        groups = [(None, self.input_blocks)] + [(stage["up"], stage["blocks"]) for stage in self.stages]
+        for up, blocks in groups:
+            if up is not None:
+                reach += up.reach() / density
+                density *= up.scale
+            guide = guide_reach + self.reader.resample.reach(guide_density, density)
+            reach = max(reach, guide) + blocks.reach() / density
+        return reach
 
     def forward(
         self,
         x: Tensor,
         guidance: GuidanceMaps | list[Tensor],
-        generator: torch.Generator | None = None,
+        noise: Noise | None = None,
         region: Region | None = None,
+        *,
+        lean: bool = False,
     ) -> Tensor:
-        """``region`` places the crop ``x`` in its full grid (tiled inference); ``None`` for whole images."""
+        """``noise`` feeds the noise channels (default: a fresh :class:`Noise`); ``region`` places the crop
+        ``x`` in its full grid (tiled inference; ``None`` for whole images); ``lean`` picks the inference
+        path (:mod:`featlift.modeling.inference`)."""
         guidance = GuidanceMaps.wrap(guidance)
-        x = self.input_blocks(self._parts(x, guidance, -1, generator, region))
+        noise = Noise() if noise is None else noise
+        x = self.input_blocks(self.reader.parts(x, guidance, -1, noise, region, "decoder1"), lean=lean)
         for k, stage in enumerate(self.stages, start=2):
-            up = stage["up"](x, region)
+            up = stage["up"](x, region, lean=lean)
             if region is not None:
                 region = region.scaled(up.shape[-2] // x.shape[-2])
-            x = stage["blocks"](self._parts(up, guidance, -k, generator, region))
+            x = stage["blocks"](self.reader.parts(up, guidance, -k, noise, region, f"decoder{k}"), lean=lean)
         return x

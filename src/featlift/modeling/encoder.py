@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import EncoderConfig
-from .blocks import BlockGroup, DownBlock, inference_path
+from .blocks import BlockGroup, DownBlock
 from .guidance import GuidanceMaps
 
 __all__ = ["GuidanceEncoder"]
@@ -31,7 +31,8 @@ class GuidanceEncoder(nn.Module):
 
     @property
     def can_defer_last(self) -> bool:
-        """Whether the deepest map can be computed on subgrids only (see :class:`GuidanceMaps`)."""
+        """Whether the deepest map can be computed on subgrids only, on the lean path (see
+        :class:`GuidanceMaps`)."""
         last = self.stages[-1]
         blocks = last["blocks"]
         return (
@@ -39,18 +40,21 @@ class GuidanceEncoder(nn.Module):
             and last["down"].op is None
             and len(blocks) == 1
             and blocks[0].pointwise_after_first_conv
-            and inference_path(blocks[0])
         )
 
-    def forward(self, image: Tensor, keep: set[int] | None = None) -> GuidanceMaps:
+    def reach(self) -> int:
+        """Guidance pixels a border difference of the image travels through the whole encoder."""
+        return sum(stage["down"].reach() + stage["blocks"].reach() for stage in self.stages)
+
+    def forward(self, image: Tensor, keep: set[int] | None = None, *, lean: bool = False) -> GuidanceMaps:
         """Run the encoder, keeping only the maps in ``keep`` (all when ``None``).
 
-        On the inference path the deepest map is deferred when :attr:`can_defer_last` allows it; the
-        map before it is then kept as its input.
+        On the lean path the deepest map is deferred when :attr:`can_defer_last` allows it; the map
+        before it is then kept as its input.
         """
         n = len(self.stages)
         keep = set(range(n)) if keep is None else {i % n for i in keep}
-        defer = (n - 1) in keep and self.can_defer_last
+        defer = lean and (n - 1) in keep and self.can_defer_last
         if defer:
             keep.add(n - 2)
         maps: list[Tensor | None] = []
@@ -59,7 +63,7 @@ class GuidanceEncoder(nn.Module):
             if defer and i == n - 1:
                 maps.append(None)
                 break
-            x = stage["blocks"](stage["down"](x))
+            x = stage["blocks"](stage["down"](x), lean=lean)
             maps.append(x if i in keep else None)
         del x
         return GuidanceMaps(maps, deferred=self.stages[-1]["blocks"][0] if defer else None)

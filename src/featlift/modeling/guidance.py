@@ -1,14 +1,108 @@
-"""The guidance maps of one image, handed out at the grid each reader asks for."""
+"""The guidance maps of one image, handed out at the grid each reader asks for.
+
+- :class:`GuidanceInputs`: the image the guidance encoder sees at each iteration (pre-resized for
+  patch-14 backbones, grown per iteration when the encoder is not shared), cut per tile.
+- :class:`GuidanceMaps`: the encoder's output, resampled on request (:data:`RESAMPLES`).
+- :class:`GuidanceReader`: how a decoder stage or the refiner reads a map: resampled to its grid, plus
+  its noise channels, as the parts of a channel concatenation.
+"""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn.functional as F
 from torch import Tensor
 
-from .blocks import ConvBlock, noise_part, resize_to
+from .blocks import ConvBlock
+from .noise import Noise
 from .region import Region
 
-__all__ = ["GuidanceMaps", "guidance_parts"]
+__all__ = ["RESAMPLES", "GuidanceInputs", "GuidanceMaps", "GuidanceReader", "Resample", "guidance_image"]
+
+
+def _nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+def _bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _exact(x: Tensor, size: tuple[int, int]) -> Tensor:
+    raise ValueError(
+        f"guidance map is {tuple(x.shape[-2:])} but {tuple(size)} is needed and the resample mode is 'none'; "
+        "set guidance_resample to 'nearest' or 'bilinear'"
+    )
+
+
+@dataclass(frozen=True)
+class Resample:
+    """A way of bringing a guidance map to a reader's grid (called only when the sizes differ)."""
+
+    name: str
+    resize: Callable[[Tensor, tuple[int, int]], Tensor]
+    mixes: bool  # whether an output cell mixes neighbouring source cells (reach; tiled inference)
+    subgrid: bool  # at an integer ratio the result is a subgrid of the map (PyTorch's legacy nearest)
+
+    def __call__(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return x if tuple(x.shape[-2:]) == tuple(size) else self.resize(x, tuple(size))
+
+    def reach(self, source_density: float, target_density: float) -> float:
+        """Coarse cells a border difference travels through this resampling from a grid of
+        ``source_density`` cells per coarse cell to one of ``target_density``: antialiased bilinear reads
+        one target cell on each side when shrinking and one source cell when enlarging; nearest (at the
+        integer ratios of aligned tiles) reads none."""
+        return max(1 / source_density, 1 / target_density) if self.mixes else 0.0
+
+
+# config ``guidance_resample`` -> how maps are resized: "nearest" is PyTorch's legacy nearest (source
+# index floor(i * in / out)), "bilinear" antialiased bilinear (align_corners=False), "none" needs equal sizes
+RESAMPLES: dict[str, Resample] = {
+    "nearest": Resample("nearest", _nearest, mixes=False, subgrid=True),
+    "bilinear": Resample("bilinear", _bilinear, mixes=True, subgrid=False),
+    "none": Resample("none", _exact, mixes=False, subgrid=False),
+}
+
+
+def guidance_image(image: Tensor, patch: int, guidance_patch: int) -> Tensor:
+    """The image the guidance encoder sees: resized bilinearly (align_corners=False) by
+    ``guidance_patch / patch`` (patch 14 -> 16), or ``image`` itself when the two agree."""
+    if guidance_patch == patch:
+        return image
+    size = (image.shape[-2] * guidance_patch // patch, image.shape[-1] * guidance_patch // patch)
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+
+
+class GuidanceInputs:
+    """The guidance encoder's input per iteration, made once for the whole image and cut per tile.
+
+    With a shared encoder every iteration reads the same input; otherwise iteration ``i`` sees the image
+    grown by ``up_factor ** i`` (antialiased bilinear) before the pre-resize.
+    """
+
+    def __init__(self, image: Tensor, *, patch: int, guidance_patch: int, up_factor: int, shared: bool) -> None:
+        self.image = image
+        self.patch, self.guidance_patch = patch, guidance_patch
+        self.up_factor, self.shared = up_factor, shared
+        self._cache: dict[int, Tensor] = {}
+
+    def full(self, i: int) -> Tensor:
+        key = 0 if self.shared else i
+        if key not in self._cache:
+            source = self.image
+            if key:
+                factor = self.up_factor**key
+                size = (int(source.shape[-2] * factor), int(source.shape[-1] * factor))
+                source = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=True)
+            self._cache[key] = guidance_image(source, self.patch, self.guidance_patch)
+        return self._cache[key]
+
+    def crop(self, i: int, region: Region | None) -> Tensor:
+        """Iteration ``i``'s input for the coarse-grid crop ``region`` (all of it for ``None``)."""
+        full = self.full(i)
+        return full if region is None else region.cut(full)
 
 
 class GuidanceMaps:
@@ -60,14 +154,14 @@ class GuidanceMaps:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def at(self, index: int, size: tuple[int, int], mode: str) -> Tensor:
-        """Map ``index`` resampled to ``size`` with ``mode`` ("nearest", "bilinear" or "none")."""
+    def at(self, index: int, size: tuple[int, int], resample: Resample) -> Tensor:
+        """Map ``index`` resampled to ``size`` (one of :data:`RESAMPLES`)."""
         i = index % len(self._maps)
         if i == len(self._maps) - 1 and self._deferred is not None:
             full = self._maps[-2].shape[-2:]
-            if mode == "nearest" and full[0] % size[0] == 0 and full[1] % size[1] == 0:
+            if resample.subgrid and full[0] % size[0] == 0 and full[1] % size[1] == 0:
                 return self._subgrid((full[0] // size[0], full[1] // size[1]))
-        return resize_to(self[i], tuple(size), mode)
+        return resample(self[i], size)
 
     def _subgrid(self, step: tuple[int, int]) -> Tensor:
         if step not in self._cache:
@@ -81,21 +175,21 @@ class GuidanceMaps:
         self._cache.clear()
 
 
-def guidance_parts(
-    x: Tensor,
-    guidance: GuidanceMaps,
-    index: int,
-    *,
-    resample: str,
-    noise_channels: int,
-    noise_scale: float,
-    generator: torch.Generator | None,
-    region: Region | None,
-    key: str,
-) -> list[Tensor]:
-    """The input of a decoder or refiner stage as concatenation parts: ``[x, guidance map ``index``
-    resampled to x's grid, noise]`` (no noise part without noise channels). Blocks take the list as the
-    channel concatenation without building it; ``key`` names the stage's full-grid noise when tiling."""
-    parts = [x, guidance.at(index, tuple(x.shape[-2:]), resample)]
-    noise = noise_part(x, noise_channels, noise_scale, generator, region, key)
-    return parts if noise is None else [*parts, noise]
+class GuidanceReader:
+    """How a decoder stage or the refiner reads the guidance: map ``index`` resampled to the reader's
+    grid, then its noise channels. Built from a config with ``guidance_resample``, ``noise_channels``
+    and ``noise_scale`` (:class:`~featlift.config.DecoderConfig`, :class:`~featlift.config.RefinerConfig`)."""
+
+    def __init__(self, config) -> None:
+        self.resample = RESAMPLES[config.guidance_resample]
+        self.noise_channels = config.noise_channels
+        self.noise_scale = config.noise_scale
+
+    def parts(
+        self, x: Tensor, guidance: GuidanceMaps, index: int, noise: Noise, region: Region | None, key: str
+    ) -> list[Tensor]:
+        """The reader's input as concatenation parts: ``[x, map index at x's grid, noise]`` (no noise part
+        without noise channels). ``key`` names the reader's noise draws; ``region`` places ``x`` when tiling."""
+        parts = [x, guidance.at(index, tuple(x.shape[-2:]), self.resample)]
+        extra = noise.draw(x, self.noise_channels, self.noise_scale, key, region)
+        return parts if extra is None else [*parts, extra]

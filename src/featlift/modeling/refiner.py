@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..config import RefinerConfig
 from .blocks import BlockGroup
-from .guidance import GuidanceMaps, guidance_parts
+from .guidance import GuidanceMaps, GuidanceReader
+from .noise import Noise
 from .region import Region
 
 __all__ = ["Refiner"]
@@ -19,28 +19,25 @@ class Refiner(nn.Module):
     def __init__(self, config: RefinerConfig, channels: int, guidance_channels: list[int], guidance_index: int) -> None:
         super().__init__()
         self.guidance_index = guidance_index
-        self.resample = config.guidance_resample
-        self.noise_channels = config.noise_channels
-        self.noise_scale = config.noise_scale
+        self.reader = GuidanceReader(config)
         self.blocks = BlockGroup(channels + guidance_channels[guidance_index] + config.noise_channels, config.blocks)
         self.out_proj = nn.Conv2d(self.blocks.out_channels, channels, 1)
+
+    def reach(self, x_reach: float, guide_reach: float, density: int, guide_density: int) -> float:
+        """Like :meth:`DecoderStep.reach <featlift.modeling.decoder.DecoderStep.reach>`, for an input of
+        ``density`` cells per coarse cell (the 1x1 projection adds nothing)."""
+        guide = guide_reach + self.reader.resample.reach(guide_density, density)
+        return max(x_reach, guide) + self.blocks.reach() / density
 
     def forward(
         self,
         x: Tensor,
         guidance: GuidanceMaps | list[Tensor],
-        generator: torch.Generator | None = None,
+        noise: Noise | None = None,
         region: Region | None = None,
+        *,
+        lean: bool = False,
     ) -> Tensor:
-        parts = guidance_parts(
-            x,
-            GuidanceMaps.wrap(guidance),
-            self.guidance_index,
-            resample=self.resample,
-            noise_channels=self.noise_channels,
-            noise_scale=self.noise_scale,
-            generator=generator,
-            region=region,
-            key="refiner",
-        )
-        return self.out_proj(self.blocks(parts))
+        noise = Noise() if noise is None else noise
+        parts = self.reader.parts(x, GuidanceMaps.wrap(guidance), self.guidance_index, noise, region, "refiner")
+        return self.out_proj(self.blocks(parts, lean=lean))

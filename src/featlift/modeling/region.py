@@ -6,33 +6,37 @@ same interior as the full image. Three things are not, and consult a :class:`Reg
 - the bilinear residual of the transposed conv uses ``align_corners=True``, whose sample positions
   depend on the full grid's size (:func:`corner_aligned_upsample`);
 - the noise channels (VAE variant) are drawn for the full grid, in the untiled order, and sliced
-  (:meth:`Region.noise`);
-- nearest / area resampling of guidance maps is equivariant only for crops aligned to the ratio, which
-  tiles on the coarse grid always are.
+  (:class:`~featlift.modeling.noise.Noise`);
+- nearest resampling of guidance maps is equivariant only for crops aligned to the ratio, which tiles on
+  the coarse grid always are (bilinear resampling is equivariant up to its one-cell reach).
+
+Layers that are not translation-equivariant at all (strided blocks, encoder down ops) raise
+:class:`UntileableError` when asked for their reach.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["Region", "corner_aligned_upsample"]
+__all__ = ["Region", "UntileableError", "corner_aligned_upsample"]
+
+
+class UntileableError(ValueError):
+    """A layer that is not translation-equivariant, so a crop cannot reproduce the full image exactly."""
 
 
 @dataclass(frozen=True)
 class Region:
-    """A crop of the grid at one resolution: its top-left ``origin``, its ``size`` and the ``full`` grid size.
-
-    ``iteration`` and the shared ``noise_cache`` let every tile slice the same full-grid noise draws.
-    """
+    """A crop of the grid at one resolution: its top-left ``origin``, its ``size``, the ``full`` grid
+    size, and the upsampling ``iteration`` it belongs to (which names its noise draws). Immutable."""
 
     origin: tuple[int, int]
     size: tuple[int, int]
     full: tuple[int, int]
     iteration: int = 0
-    noise_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def scaled(self, factor: int, iteration: int | None = None) -> Region:
         """The same crop on a grid ``factor`` times finer (at ``iteration``, if given)."""
@@ -41,19 +45,13 @@ class Region:
             (self.size[0] * factor, self.size[1] * factor),
             (self.full[0] * factor, self.full[1] * factor),
             self.iteration if iteration is None else iteration,
-            self.noise_cache,
         )
 
-    def noise(self, key: str, like: Tensor, channels: int, scale: float, generator: torch.Generator | None) -> Tensor:
-        """``scale * N(0, 1)`` for this crop, cut from one draw over the full grid (drawn on first use)."""
-        cache_key = (self.iteration, key)
-        if cache_key not in self.noise_cache:
-            shape = (like.shape[0], channels, *self.full)
-            noise = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
-            self.noise_cache[cache_key] = noise.mul_(scale)
-        full = self.noise_cache[cache_key]
-        y, x = self.origin
-        return full[:, :, y : y + like.shape[2], x : x + like.shape[3]]
+    def cut(self, full: Tensor) -> Tensor:
+        """This crop of a tensor ``[..., H, W]`` laid out on the full grid (or a multiple of it)."""
+        py, px = full.shape[-2] // self.full[0], full.shape[-1] // self.full[1]
+        (y0, x0), (rows, cols) = self.origin, self.size
+        return full[..., y0 * py : (y0 + rows) * py, x0 * px : (x0 + cols) * px]
 
 
 def _corner_aligned_taps(n_in: int, n_out: int, out_start: int, out_len: int, in_start: int, in_len: int, device):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 __all__ = ["fused_backward", "fused_forward"]
@@ -58,24 +59,17 @@ def _band_rows(values: Tensor, scale: int, channels: int) -> int:
     return max(1, min(h, budget // per_row))
 
 
-def is_channels_last(t: Tensor) -> bool:
-    """True for a 4-D tensor laid out [B, H, W, C] in memory (and not also plainly contiguous)."""
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
-def fused_forward(
-    logits: Tensor, values: Tensor, offsets: Offsets, scale: int, channels_last: bool | None = None
-) -> Tensor:
+def fused_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *, channels_last: bool) -> Tensor:
     """Banded softmax + weighted sum; inputs are assumed validated. Returns values.dtype.
 
-    ``channels_last`` picks the output layout (default: that of ``values``). Inputs of any layout are
-    read correctly; the channels_last path is fastest for channels_last values (what the model's convs
-    produce on CPU), the other for NCHW values.
+    ``channels_last`` picks the output layout (the caller decides: the model's plan, see
+    :mod:`featlift.modeling.inference`). Inputs of any layout are read correctly; the channels_last path
+    is fastest for channels_last values (what the model's convs produce on CPU), the other for NCHW values.
     """
-    if is_channels_last(values) if channels_last is None else channels_last:
+    if channels_last:
         return _fused_forward_channels_last(logits, values, offsets, scale)
     b, c, h, w = values.shape
-    n, s = len(offsets), scale
+    s = scale
     acc = accumulation_dtype(values.dtype)
     radius = _radius(offsets)
     out = torch.empty(b, c, h * s, w * s, dtype=values.dtype, device=values.device)
@@ -86,8 +80,8 @@ def fused_forward(
         band = r1 - r0
         src = _padded_rows(values, r0, r1, radius, acc)
         # Phase-major weights [B, n, s, s, R, w]: the rows of offset k broadcast over channels.
-        lg = logits[:, :, r0 * s : r1 * s].to(acc).reshape(b, n, band, s, w, s)
-        weights = torch.softmax(lg.permute(0, 1, 3, 5, 2, 4), dim=1).contiguous()
+        lg = rearrange(logits[:, :, r0 * s : r1 * s].to(acc), "b n (r sy) (w sx) -> b n sy sx r w", sy=s, sx=s)
+        weights = torch.softmax(lg, dim=1).contiguous()
         target = out[:, :, r0 * s : r1 * s].view(b, c, band, s, w, s)
         for c0 in range(0, c, group):
             c1 = min(c, c0 + group)
@@ -99,7 +93,7 @@ def fused_forward(
                     torch.mul(shifted, weights[:, k : k + 1], out=scratch)
                 else:
                     scratch.addcmul_(shifted, weights[:, k : k + 1])
-            target[:, c0:c1].copy_(scratch.permute(0, 1, 4, 2, 5, 3))
+            target[:, c0:c1].copy_(rearrange(scratch, "b c sy sx r w -> b c r sy w sx"))
     return out
 
 
@@ -108,7 +102,7 @@ def _fused_forward_channels_last(logits: Tensor, values: Tensor, offsets: Offset
     values and of the output, so each offset accumulates straight into the output band (a contiguous
     run of C per pixel, the weight broadcast over it) with no scratch buffer and no layout change."""
     b, c, h, w = values.shape
-    n, s = len(offsets), scale
+    s = scale
     acc = accumulation_dtype(values.dtype)
     radius = _radius(offsets)
     out = torch.empty(b, c, h * s, w * s, dtype=values.dtype, device=values.device, memory_format=torch.channels_last)
@@ -118,9 +112,10 @@ def _fused_forward_channels_last(logits: Tensor, values: Tensor, offsets: Offset
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         band = r1 - r0
-        src = _padded_rows(values, r0, r1, radius, acc).permute(0, 2, 3, 1)  # [B, R + 2r, w + 2r, C]
-        lg = logits[:, :, r0 * s : r1 * s].to(acc)
-        weights = torch.softmax(lg, dim=1).permute(0, 2, 3, 1).reshape(b, band, s, w, s, n)
+        src = rearrange(_padded_rows(values, r0, r1, radius, acc), "b c h w -> b h w c")  # [B, R + 2r, w + 2r, C]
+        lg = torch.softmax(logits[:, :, r0 * s : r1 * s].to(acc), dim=1)
+        weights = rearrange(lg, "b n (r sy) (w sx) -> b r sy w sx n", sy=s, sx=s)
+        # .view, not rearrange: the output is written through this, so it must be a view, never a copy
         target = out_nhwc[:, r0 * s : r1 * s].view(b, band, s, w, s, c)
         sums = target if direct else torch.empty(target.shape, dtype=acc, device=values.device)
         for k, (dy, dx) in enumerate(offsets):

@@ -33,15 +33,17 @@ import os
 import threading
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor
 
-from .fused import accumulation_dtype, fused_backward, fused_forward, is_channels_last
+from .fused import accumulation_dtype, fused_backward, fused_forward
 from .neighbourhood import Offsets, neighbourhood_offsets
 from .triton_kernel import triton_available, triton_forward
 
 __all__ = [
     "ENV_VAR",
     "IMPLS",
+    "check_impl",
     "local_attend",
     "local_attend_reference",
     "neighbourhood_offsets",
@@ -81,12 +83,17 @@ IMPLS = ("auto", "reference", "fused", "triton")
 ENV_VAR = "FEATLIFT_ATTEND_IMPL"
 
 
+def check_impl(impl: str) -> str:
+    """``impl`` itself if it names an implementation (one of :data:`IMPLS`), else a ValueError."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown local-attend implementation {impl!r}; choose one of {IMPLS}")
+    return impl
+
+
 def _requested_impl(impl: str) -> tuple[str, str]:
     """The implementation asked for, and who asked: ``impl=`` unless it is ``"auto"``, then the
     environment variable :data:`ENV_VAR` when it is set to something other than ``"auto"``."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown local-attend implementation {impl!r}; choose one of {IMPLS}")
-    if impl != "auto":
+    if check_impl(impl) != "auto":
         return impl, f"impl={impl!r}"
     raw = os.environ.get(ENV_VAR, "")
     env = raw.strip().lower()
@@ -197,7 +204,9 @@ def resolve_impl(impl: str, values: Tensor) -> str:
     return choice
 
 
-def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *, impl: str = "auto") -> Tensor:
+def local_attend(
+    logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *, impl: str = "auto", channels_last: bool = False
+) -> Tensor:
     """Softmax over ``logits`` and weighted sum of shifted ``values``; see the module docstring.
 
     Args:
@@ -208,6 +217,9 @@ def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *
         impl: ``"auto"`` (default), ``"fused"`` (banded PyTorch, any device), ``"triton"`` (CUDA kernel)
             or ``"reference"`` (the plain oracle); see :func:`resolve_impl`. With ``"auto"``, the
             environment variable ``FEATLIFT_ATTEND_IMPL`` may force one of the others.
+        channels_last: lay the output out [B, H, W, C] in memory (what the model asks for on the CPU,
+            where its convs run channels_last); default plain NCHW strides. Every implementation
+            honours it; the fused path writes that layout directly, the others convert.
 
     Returns:
         [B, C, h*scale, w*scale] in ``values.dtype``; half-precision inputs accumulate in float32.
@@ -219,17 +231,16 @@ def local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, *
     _check_inputs(logits, values, offsets, scale)
     choice, _ = _requested_impl(impl)
     if choice == "auto" and _triton_candidate(values.device):
-        # Decided inside the op, at run time: the self-test then never runs under a compiler's tracing, and
-        # either outcome writes NCHW (Triton always does; the fused fallback is told to).
+        # Decided inside the op, at run time: the self-test then never runs under a compiler's tracing;
+        # either outcome writes the layout asked for.
         impl = "auto"
     else:
         impl = resolve_impl(impl, values)
     if impl == "reference":
-        return local_attend_reference(logits, values, offsets, scale)
+        out = local_attend_reference(logits, values, offsets, scale)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
     flat = [v for pair in offsets for v in pair]
-    # The fused path keeps channels_last values channels_last (the model's CPU layout); Triton writes NCHW.
-    channels_last = impl == "fused" and is_channels_last(values)
-    return torch.ops.featlift.local_attend(logits, values, flat, scale, impl, channels_last)
+    return torch.ops.featlift.local_attend(logits, values, flat, scale, impl, bool(channels_last))
 
 
 def _pairs(flat: list[int]) -> Offsets:
@@ -245,7 +256,8 @@ def _local_attend_op(
     if impl == "auto":
         impl = _auto_impl(values.device, values.dtype)
     if impl == "triton":
-        return triton_forward(logits, values, _pairs(offsets), scale)
+        out = triton_forward(logits, values, _pairs(offsets), scale)  # always NCHW
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
     return fused_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
 
 
@@ -286,6 +298,6 @@ def local_attend_reference(logits: Tensor, values: Tensor, offsets: Offsets, sca
     copies = []
     for dy, dx in offsets:
         shifted = values.to(acc)[:, :, (rows + dy).clamp(0, h - 1)][:, :, :, (cols + dx).clamp(0, w - 1)]
-        copies.append(shifted.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3))
-    stacked = torch.stack(copies, dim=1)  # [B, n, C, H, W]
+        copies.append(repeat(shifted, "b c h w -> b c (h sy) (w sx)", sy=scale, sx=scale))
+    stacked = rearrange(copies, "n b c h w -> b n c h w")
     return (stacked * weights[:, :, None]).sum(dim=1).to(values.dtype)
