@@ -288,14 +288,19 @@ UP_OPS: dict[str, Callable[[int, UpConfig], nn.Module] | None] = {"tconv": _tcon
 _BILINEAR_RESIDUAL = {"bilinear": True, "none": False}
 
 
+def _resampling_op(table: dict, channels: int, config: DownConfig | UpConfig) -> tuple[nn.Module | None, bool]:
+    """(the op's module or None for the identity, whether the bilinear residual is added)."""
+    factory = table[config.op]
+    op = None if factory is None else factory(channels, config)
+    return op, op is not None and _BILINEAR_RESIDUAL[config.residual]
+
+
 class DownBlock(nn.Module):
     """Optional encoder downsampling: strided conv + BatchNorm + ReLU, or 2x2 max pool (+ residual)."""
 
     def __init__(self, channels: int, config: DownConfig) -> None:
         super().__init__()
-        factory = DOWN_OPS[config.op]
-        self.op = None if factory is None else factory(channels, config)
-        self.residual = self.op is not None and _BILINEAR_RESIDUAL[config.residual]
+        self.op, self.residual = _resampling_op(DOWN_OPS, channels, config)
 
     def reach(self) -> int:
         if self.op is not None:
@@ -316,9 +321,7 @@ class UpBlock(nn.Module):
 
     def __init__(self, channels: int, config: UpConfig) -> None:
         super().__init__()
-        factory = UP_OPS[config.op]
-        self.up = None if factory is None else factory(channels, config)
-        self.residual = self.up is not None and _BILINEAR_RESIDUAL[config.residual]
+        self.up, self.residual = _resampling_op(UP_OPS, channels, config)
 
     @property
     def scale(self) -> int:

@@ -6,21 +6,22 @@ from torch import Tensor, nn
 
 from ..config import DecoderConfig
 from .blocks import BlockGroup, UpBlock
-from .guidance import GuidanceMaps, GuidanceReader
+from .guidance import GuidanceMaps, GuidanceReader, GuidedStage
 from .noise import Noise
 from .region import Region
 
 __all__ = ["DecoderStep"]
 
 
-class DecoderStep(nn.Module):
+class DecoderStep(GuidedStage):
     """Features + guidance maps -> guide G at ``scale`` times the features' resolution.
 
     Stage 0 concatenates the deepest guidance map (resampled to the features' grid) and runs
     ``input_blocks``; every further stage upsamples (transposed conv + bilinear residual), concatenates
     the next-deepest guidance map and runs its block group.
 
-    Shape: x [B, C, h, w], guidance maps [B, C_i, *, *] -> G [B, out_channels, h*scale, w*scale].
+    Shape: x [B, C, h, w], guidance maps [B, C_i, *, *] -> G [B, out_channels, h*scale, w*scale]; the
+    call's arguments are those of :class:`GuidedStage`.
     """
 
     def __init__(self, config: DecoderConfig, channels: int, guidance_channels: list[int]) -> None:
@@ -58,20 +59,7 @@ class DecoderStep(nn.Module):
             reach = max(reach, guide) + blocks.reach() / density
         return reach
 
-    def forward(
-        self,
-        x: Tensor,
-        guidance: GuidanceMaps | list[Tensor],
-        noise: Noise | None = None,
-        region: Region | None = None,
-        *,
-        lean: bool = False,
-    ) -> Tensor:
-        """``noise`` feeds the noise channels (default: a fresh :class:`Noise`); ``region`` places the crop
-        ``x`` in its full grid (tiled inference; ``None`` for whole images); ``lean`` picks the inference
-        path (:mod:`featlift.modeling.inference`)."""
-        guidance = GuidanceMaps.wrap(guidance)
-        noise = Noise() if noise is None else noise
+    def run(self, x: Tensor, guidance: GuidanceMaps, noise: Noise, region: Region | None, lean: bool) -> Tensor:
         x = self.input_blocks(self.reader.parts(x, guidance, -1, noise, region, "decoder1"), lean=lean)
         for k, stage in enumerate(self.stages, start=2):
             up = stage["up"](x, region, lean=lean)

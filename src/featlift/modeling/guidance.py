@@ -13,13 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .blocks import ConvBlock
 from .noise import Noise
 from .region import Region
 
-__all__ = ["RESAMPLES", "GuidanceInputs", "GuidanceMaps", "GuidanceReader", "Resample", "guidance_image"]
+__all__ = [
+    "RESAMPLES",
+    "GuidanceInputs",
+    "GuidanceMaps",
+    "GuidanceReader",
+    "GuidedStage",
+    "Resample",
+    "guidance_image",
+]
 
 
 def _nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -193,3 +201,28 @@ class GuidanceReader:
         parts = [x, guidance.at(index, tuple(x.shape[-2:]), self.resample)]
         extra = noise.draw(x, self.noise_channels, self.noise_scale, key, region)
         return parts if extra is None else [*parts, extra]
+
+
+class GuidedStage(nn.Module):
+    """Base of the modules that read guidance maps (the decoder step and the refiner).
+
+    ``forward(x, guidance, noise=None, region=None, *, lean=False)``: ``guidance`` is a
+    :class:`GuidanceMaps` or a list of full-resolution maps, ``noise`` feeds the noise channels (default:
+    a fresh :class:`~featlift.modeling.noise.Noise`), ``region`` places the crop ``x`` in its full grid
+    (tiled inference; ``None`` for whole images) and ``lean`` picks the inference path
+    (:mod:`featlift.modeling.inference`). Subclasses implement :meth:`run` with the arguments resolved.
+    """
+
+    def forward(
+        self,
+        x: Tensor,
+        guidance: GuidanceMaps | list[Tensor],
+        noise: Noise | None = None,
+        region: Region | None = None,
+        *,
+        lean: bool = False,
+    ) -> Tensor:
+        return self.run(x, GuidanceMaps.wrap(guidance), Noise() if noise is None else noise, region, lean)
+
+    def run(self, x: Tensor, guidance: GuidanceMaps, noise: Noise, region: Region | None, lean: bool) -> Tensor:
+        raise NotImplementedError

@@ -6,15 +6,16 @@ from torch import Tensor, nn
 
 from ..config import RefinerConfig
 from .blocks import BlockGroup
-from .guidance import GuidanceMaps, GuidanceReader
+from .guidance import GuidanceMaps, GuidanceReader, GuidedStage
 from .noise import Noise
 from .region import Region
 
 __all__ = ["Refiner"]
 
 
-class Refiner(nn.Module):
-    """Shape: x [B, C, H, W] + guidance maps -> [B, C, H, W]. No residual around it."""
+class Refiner(GuidedStage):
+    """Shape: x [B, C, H, W] + guidance maps -> [B, C, H, W]. No residual around it. The call's arguments
+    are those of :class:`~featlift.modeling.guidance.GuidedStage`."""
 
     def __init__(self, config: RefinerConfig, channels: int, guidance_channels: list[int], guidance_index: int) -> None:
         super().__init__()
@@ -29,15 +30,6 @@ class Refiner(nn.Module):
         guide = guide_reach + self.reader.resample.reach(guide_density, density)
         return max(x_reach, guide) + self.blocks.reach() / density
 
-    def forward(
-        self,
-        x: Tensor,
-        guidance: GuidanceMaps | list[Tensor],
-        noise: Noise | None = None,
-        region: Region | None = None,
-        *,
-        lean: bool = False,
-    ) -> Tensor:
-        noise = Noise() if noise is None else noise
-        parts = self.reader.parts(x, GuidanceMaps.wrap(guidance), self.guidance_index, noise, region, "refiner")
+    def run(self, x: Tensor, guidance: GuidanceMaps, noise: Noise, region: Region | None, lean: bool) -> Tensor:
+        parts = self.reader.parts(x, guidance, self.guidance_index, noise, region, "refiner")
         return self.out_proj(self.blocks(parts, lean=lean))

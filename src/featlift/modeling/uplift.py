@@ -49,22 +49,13 @@ class UPLiFT(nn.Module):
             if config.refiner is not None
             else None
         )
+        self.channels = config.channels  # feature channels C (the backbone's)
+        self.patch = config.patch  # backbone pixels per feature cell
+        self.default_iters = config.default_iters  # iterations that reach pixel density
         # Memory layout override for the inference path: None lets featlift.modeling.inference.plan decide.
         self.channels_last: bool | None = None
 
     # -- inspection --------------------------------------------------------------------------------
-
-    @property
-    def channels(self) -> int:
-        return self.config.channels
-
-    @property
-    def patch(self) -> int:
-        return self.config.patch
-
-    @property
-    def default_iters(self) -> int:
-        return self.config.default_iters
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
