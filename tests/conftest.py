@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "uplift_reference"
+REPO = Path(__file__).resolve().parents[1]
+TIMM_NAME = "vit_small_patch14_dinov2.lvd142m"
 CASES = ["dinov2_s14", "dinov3_splus16", "vae_mini"]
 
 
@@ -42,3 +49,58 @@ def vae_case() -> Case:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+# -- an offline Hugging Face cache ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def backbone_file(tmp_path_factory) -> Path:
+    """Random-init weights of the dinov2_s14 backbone, as timm publishes them (a safetensors file)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(TIMM_NAME, pretrained=False)
+    path = tmp_path_factory.mktemp("backbone") / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def add_to_cache(hub: Path, repo: str, filename: str, source: Path) -> None:
+    """Put ``source`` into the Hugging Face cache folder ``hub`` as ``filename`` of ``repo`` (branch main)."""
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    target = folder / "snapshots" / commit / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, target)
+
+
+@pytest.fixture(scope="session")
+def hf_home(tmp_path_factory, backbone_file) -> Path:
+    """An offline Hugging Face cache holding the published dinov2 file names (fixture / random weights)."""
+    home = tmp_path_factory.mktemp("hf_home")
+    hub = home / "hub"
+    add_to_cache(
+        hub,
+        "UPLiFT-upsampler/uplift_dinov2-s14",
+        "uplift_dinov2-s14.safetensors",
+        FIXTURES / "dinov2_s14" / "weights.safetensors",
+    )
+    add_to_cache(hub, f"timm/{TIMM_NAME}", "model.safetensors", backbone_file)
+    return home
+
+
+def run_python(code: str, hf_home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with ``hf_home`` as HF_HOME and HF_HUB_OFFLINE=1."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,65 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import save_file
 
 import featlift
 from featlift.backbones import TimmViT
 from featlift.errors import MissingDependencyError, UnknownModelError
 
-from .conftest import FIXTURES
-
-REPO = Path(__file__).resolve().parents[1]
-TIMM_NAME = "vit_small_patch14_dinov2.lvd142m"
-
-
-@pytest.fixture(scope="session")
-def backbone_file(tmp_path_factory) -> Path:
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model(TIMM_NAME, pretrained=False)
-    path = tmp_path_factory.mktemp("backbone") / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-def _add_to_cache(hub: Path, repo: str, filename: str, source: Path) -> None:
-    folder = hub / f"models--{repo.replace('/', '--')}"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (folder / "refs").mkdir(parents=True, exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-    target = folder / "snapshots" / commit / filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(source, target)
-
-
-@pytest.fixture(scope="session")
-def hf_home(tmp_path_factory, backbone_file) -> Path:
-    """An offline Hugging Face cache holding the published dinov2 file names (fixture / random weights)."""
-    home = tmp_path_factory.mktemp("hf_home")
-    hub = home / "hub"
-    _add_to_cache(
-        hub,
-        "UPLiFT-upsampler/uplift_dinov2-s14",
-        "uplift_dinov2-s14.safetensors",
-        FIXTURES / "dinov2_s14" / "weights.safetensors",
-    )
-    _add_to_cache(hub, f"timm/{TIMM_NAME}", "model.safetensors", backbone_file)
-    return home
-
-
-def _run_python(code: str, hf_home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
-    env.pop("HF_HUB_CACHE", None)
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
+from .conftest import FIXTURES, REPO, TIMM_NAME, run_python
 
 
 def test_load_upsampler_from_offline_cache_matches_the_hand_composed_chain(hf_home, backbone_file):
@@ -99,7 +44,7 @@ def test_load_upsampler_from_offline_cache_matches_the_hand_composed_chain(hf_ho
             "hub_err": (via_hub - expected).abs().max().item(),
         }}))
     """
-    result = _run_python(code, hf_home)
+    result = run_python(code, hf_home)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert data["shape"] == [1, 384, 64, 80] and data["low"] == [1, 384, 4, 5]
@@ -116,7 +61,7 @@ def test_offline_without_cache_names_repo_file_and_fixes(tmp_path):
         except featlift.DownloadError as err:
             print("ERROR:", err)
     """
-    result = _run_python(code, tmp_path / "empty_home")
+    result = run_python(code, tmp_path / "empty_home")
     assert result.returncode == 0, result.stderr[-3000:]
     message = result.stdout
     assert "UPLiFT-upsampler/uplift_dinov2-s14" in message and "uplift_dinov2-s14.safetensors" in message

@@ -76,10 +76,9 @@ def _parse_size(text: str | None):
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    import featlift
-    from featlift.registry import get_variant
+    from featlift.registry import get_variant, list_upsamplers
 
-    for name in featlift.list_upsamplers():
+    for name in list_upsamplers():
         v = get_variant(name)
         bb = v.config.backbone
         print(f"{name:16} {bb.source}:{bb.name}  channels={bb.channels} patch={bb.patch}  weights={v.hub_repo}")
@@ -118,7 +117,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    import featlift
+    from featlift.builder import load_upsampler
 
     out_dir = Path(args.out)
     jobs = _plan(args.inputs, out_dir)
@@ -131,7 +130,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         print(f"all {len(jobs)} image(s) already have outputs in {out_dir}; nothing to do (--overwrite redoes them)")
         return 0
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    up = featlift.load_upsampler(
+    up = load_upsampler(
         args.model,
         device=args.device,
         dtype=dtype,

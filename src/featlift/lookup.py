@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import hub
+from .authors import read_yaml
 from .config import UpliftConfig
 from .errors import UnknownModelError
 from .registry import get_variant, list_upsamplers
@@ -141,7 +142,7 @@ def resolve_model(
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in YAML_SUFFIXES:
-            return ModelSource(UpliftConfig.from_yaml(path), "yaml", f"authors' YAML file {path}")
+            return ModelSource(read_yaml(path), "yaml", f"authors' YAML file {path}")
         if suffix in JSON_SUFFIXES:
             return ModelSource(read_config_json(path), "json", f"featlift config file {path}")
         raise UnknownModelError(
