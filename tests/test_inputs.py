@@ -7,6 +7,7 @@ timm backbone is covered in test_pipeline.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import traceback
@@ -154,15 +155,15 @@ def test_normalisation_follows_timm_for_timm_configs_and_the_config_when_stated(
 
     clip = "vit_base_patch16_clip_224.openai"
     cfg = tiny_config(channels=CHANNELS, patch=PATCH)
-    named = cfg.replace(backbone=BackboneConfig(channels=CHANNELS, patch=PATCH, name=clip, source="timm"))
+    named = dataclasses.replace(cfg, backbone=BackboneConfig(channels=CHANNELS, patch=PATCH, name=clip, source="timm"))
     up = featlift.Upsampler(ConvBackbone(), featlift.UPLiFT(named))
     assert up.mean.flatten().tolist() == pytest.approx(list(timm.models.get_pretrained_cfg(clip).mean))
-    stated = named.replace(
-        backbone=BackboneConfig(CHANNELS, PATCH, name=clip, source="timm", mean=(0.1, 0.2, 0.3), std=(1, 2, 3))
+    stated = dataclasses.replace(
+        named, backbone=BackboneConfig(CHANNELS, PATCH, name=clip, source="timm", mean=(0.1, 0.2, 0.3), std=(1, 2, 3))
     )
     up = featlift.Upsampler(ConvBackbone(), featlift.UPLiFT(stated))
     assert up.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
-    unknown = named.replace(backbone=BackboneConfig(CHANNELS, PATCH, name="vit_nonsense", source="timm"))
+    unknown = dataclasses.replace(named, backbone=BackboneConfig(CHANNELS, PATCH, name="vit_nonsense", source="timm"))
     with pytest.raises(featlift.ConfigError, match="state backbone.mean and backbone.std"):
         featlift.Upsampler(ConvBackbone(), featlift.UPLiFT(unknown))
 
@@ -299,3 +300,35 @@ def test_fuzz_public_call(up, images_arg, output_size, tile):
     outs = list(result.unbind(0)) if isinstance(result, torch.Tensor) else [r[0] for r in result]
     assert [tuple(o.shape) for o in outs] == [(CHANNELS, *s) for s in want]
     assert all(torch.isfinite(o).all() for o in outs)
+
+
+# -- image files --------------------------------------------------------------------------------------------
+
+
+def test_list_image_files_finds_the_formats_people_use_recursively(tmp_path):
+    from featlift.images import list_image_files
+
+    names = ["a.jpg", "b.JPEG", "c.png", "d.bmp", "e.gif", "f.webp", "g.tif", "h.TIFF", "i.ppm", "j.pgm"]
+    for i, name in enumerate(names):
+        folder = tmp_path / ("sub" if i % 2 else "")
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"")
+    (tmp_path / "notes.txt").write_bytes(b"")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "dir.png").mkdir()  # a folder named like an image is not a file
+    found = [p.relative_to(tmp_path).as_posix() for p in list_image_files(tmp_path)]
+    want = sorted(("sub/" if i % 2 else "") + name for i, name in enumerate(names))
+    assert found == want
+
+
+def test_training_images_use_the_one_uint8_rule(tmp_path):
+    from featlift.training import ImageDataset
+
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    Image.fromarray(pixels[:, :, 0]).save(tmp_path / "grey.png")
+    data = ImageDataset([tmp_path / "x.png", tmp_path / "grey.png"], 16)  # no resize at this size
+    want = torch.tensor(pixels.astype(np.float64) / 255, dtype=torch.float32).permute(2, 0, 1)
+    assert data[0].dtype == torch.float32 and torch.equal(data[0], want)
+    grey = torch.tensor(pixels[:, :, 0].astype(np.float64) / 255, dtype=torch.float32)
+    assert torch.equal(data[1], grey.expand(3, 16, 16))
