@@ -472,15 +472,6 @@ class UpliftConfig:
             ) from None
         return _parse_json(text, path)
 
-    # -- the authors' YAML schema -------------------------------------------------------------------
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> UpliftConfig:
-        """Deprecated: use :func:`featlift.authors.read_yaml` (kept while callers move)."""
-        from .authors import read_yaml
-
-        return read_yaml(path)
-
 
 # --------------------------------------------------------------------------------------------------
 # featlift's JSON format
