@@ -217,7 +217,10 @@ def _bad_configs(good: dict) -> dict[str, tuple[bytes, str]]:
             dump({k: v for k, v in good.items() if k != "backbone"}),
             r"missing required key\(s\) \['backbone'\]",
         ),
-        "missing_two": (dump({"attender": 17}), r"missing required key\(s\) \['backbone', 'encoder'\]"),
+        "missing_required": (
+            dump({"attender": 17}),
+            r"missing required key\(s\) \['backbone', 'encoder', 'decoder', 'share_encoder'\]",
+        ),
         "invalid_json": (b'{"backbone": {', "not valid JSON"),
         "json_list": (dump([good]), "expected a JSON object .* got a JSON list"),
         "json_number": (b"17", "got a JSON int"),
@@ -231,7 +234,7 @@ def _bad_configs(good: dict) -> dict[str, tuple[bytes, str]]:
     [
         "unknown_key",
         "missing_backbone",
-        "missing_two",
+        "missing_required",
         "invalid_json",
         "json_list",
         "json_number",

@@ -286,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=float, help="passes over the training images")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--base", default="dinov2_s14", help="architecture: registered name, authors' YAML or featlift JSON")
+    t.add_argument(
+        "--base",
+        default="dinov2_s14",
+        help="architecture: registered name, authors' YAML, featlift JSON, model dir or Hub repo id",
+    )
     t.add_argument("--backbone-weights", default=None, help="local backbone weights file")
     t.add_argument("--no-pretrained-backbone", action="store_true", help="random-init backbone (tests)")
     t.add_argument("--loss", default="l2", choices=["l2", "l1", "cosine"])

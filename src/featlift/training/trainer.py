@@ -85,7 +85,9 @@ class TrainConfig:
     epochs: float | None = None
     lr: float = 1e-3
     seed: int = 0
-    base: str = "dinov2_s14"  # architecture: anything featlift.lookup.resolve_model takes (name, YAML, JSON, dir, repo)
+    # architecture: anything featlift.lookup.resolve_model takes (registered name, authors' YAML, featlift
+    # JSON, model directory, Hub repo id, UpliftConfig)
+    base: str | UpliftConfig = "dinov2_s14"
     backbone_weights: str | None = None
     pretrained_backbone: bool = True
     loss: str = "l2"
@@ -793,7 +795,7 @@ feats = up(image)  # [1, {bb.channels}, H, W]
 - Data: `{cfg.data}`: {n_train} training images, {n_val} held out.
 - {metrics.get("steps")} steps, batch {cfg.batch_size} x {world} process(es), {cfg.image_size} px crops,
   depths 1..{cfg.depths}, Adam lr {cfg.lr}, {cfg.loss} loss, feature noise {cfg.noise_std}, seed {cfg.seed}.
-- Architecture base: `{cfg.base}`.
+- Architecture base: `{cfg.base if isinstance(cfg.base, str) else cfg.base.description or "an UpliftConfig"}`.
 
 ## Held-out error against the full image's backbone features
 Features of the image downsampled by 2^depth, upsampled `depth` times by UPLiFT or bilinearly.
