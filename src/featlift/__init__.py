@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
+from . import errors as _errors
 from ._version import __version__
 from .builder import build_upsampler, load_upsampler
 from .config import UpliftConfig
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DownloadError,
-    FeatliftError,
-    InsufficientMemoryError,
-    UnknownModelError,
-    UploadError,
-)
+from .errors import *  # noqa: F403  (every exception class: featlift.errors.__all__)
 from .modeling.uplift import UPLiFT
 from .registry import list_upsamplers
 from .upsampler import Upsampler
 
 __all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DownloadError",
-    "FeatliftError",
-    "InsufficientMemoryError",
+    *_errors.__all__,
     "UPLiFT",
-    "UnknownModelError",
     "UpliftConfig",
-    "UploadError",
     "Upsampler",
     "__version__",
     "build_upsampler",

@@ -228,14 +228,21 @@ def _backbone(data: Any) -> BackboneConfig:
     return backbone
 
 
+def _staged(section: Any, name: str, op: str) -> int:
+    """Check the encoder or decoder section (``block_0 .. block_n`` and ``{op}_1 .. {op}_n`` entries for
+    ``n = {op}_steps``, plus the section's own keys) and return ``n``."""
+    path = f"uplift.{name}"
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{path}: expected a mapping, got {section!r}")
+    steps = _steps(section, f"{op}_steps", path, name)
+    allowed = _keys(name) | {f"block_{i}" for i in range(steps + 1)} | {f"{op}_{i}" for i in range(1, steps + 1)}
+    _section(section, allowed, path)
+    return steps
+
+
 def _encoder(enc: Any) -> EncoderConfig:
     path = "uplift.encoder"
-    if not isinstance(enc, Mapping):
-        raise ConfigError(f"{path}: expected a mapping, got {enc!r}")
-    down_steps = _steps(enc, "down_steps", path, "encoder")
-    allowed = _keys("encoder") | {f"block_{i}" for i in range(down_steps + 1)}
-    allowed |= {f"down_{i}" for i in range(1, down_steps + 1)}
-    _section(enc, allowed, path)
+    down_steps = _staged(enc, "encoder", "down")
     stages = []
     for i in range(down_steps + 1):
         blocks = _group(_take(enc, f"block_{i}", path, "encoder"), f"{path}.block_{i}")
@@ -246,12 +253,7 @@ def _encoder(enc: Any) -> EncoderConfig:
 
 def _decoder(dec: Any) -> DecoderConfig:
     path = "uplift.decoder"
-    if not isinstance(dec, Mapping):
-        raise ConfigError(f"{path}: expected a mapping, got {dec!r}")
-    up_steps = _steps(dec, "up_steps", path, "decoder")
-    allowed = _keys("decoder") | {f"block_{i}" for i in range(up_steps + 1)}
-    allowed |= {f"up_{i}" for i in range(1, up_steps + 1)}
-    _section(dec, allowed, path)
+    up_steps = _staged(dec, "decoder", "up")
     residual_outc = _take(dec, "residual_outc", path, "decoder")
     if residual_outc is not None:
         raise ConfigError(

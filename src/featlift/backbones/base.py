@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -44,7 +45,15 @@ class Backbone(nn.Module):
         cache_dir: str | os.PathLike | None = None,
     ) -> Backbone:
         """The backbone ``config`` names: ``weights`` when given, else (``pretrained``) its published
-        weights fetched from the Hub (or the Hugging Face cache), else a random initialisation."""
+        weights (:meth:`published_weights`, from the Hub or the Hugging Face cache), else a random
+        initialisation. Built as ``cls(config.name, weights)``."""
+        if weights is None and pretrained:
+            weights = cls.published_weights(config.name, cache_dir=cache_dir)
+        return cls(config.name, weights)
+
+    @classmethod
+    def published_weights(cls, name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
+        """The local path of the published weights of model ``name``, downloaded if needed."""
         raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
 
     def freeze(self) -> Backbone:

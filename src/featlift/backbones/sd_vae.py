@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..config import BackboneConfig
 from ..errors import CheckpointError, FeatliftError, MissingDependencyError
 from .base import Backbone
 from .normalisation import IDENTITY
@@ -81,25 +80,15 @@ class DiffusersVAE(Backbone):
         self.freeze()
 
     @classmethod
-    def from_config(
-        cls,
-        config: BackboneConfig,
-        *,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-    ) -> DiffusersVAE:
-        """The VAE of the diffusers pipeline ``config.name``: ``weights`` (a VAE folder), else
-        (``pretrained``) its ``vae`` subfolder from the Hub, else a random SD1.5-shaped VAE.
+    def published_weights(cls, name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
+        """The ``vae`` folder of the diffusers pipeline ``name``, downloaded or found in the cache.
 
         Raises:
             DownloadError: the published files are neither downloadable nor in the cache.
         """
-        if weights is None and pretrained:
-            from .. import hub
+        from .. import hub
 
-            weights = hub.download_diffusers_vae(config.name, cache_dir=cache_dir)
-        return cls(config.name, vae_dir=weights)
+        return hub.download_diffusers_vae(name, cache_dir=cache_dir)
 
     def activation_bytes(self, batch: int, size: tuple[int, int], itemsize: int) -> int:
         """About 6 maps of the first block's width at full resolution (5 measured for SD1.5's encoder on

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..config import BackboneConfig
 from ..errors import CheckpointError, FeatliftError, UnknownModelError
 from ..weights import read_state_dict
 from .base import Backbone
@@ -84,29 +83,14 @@ class TimmViT(Backbone):
         self.freeze()
 
     @classmethod
-    def from_config(
-        cls,
-        config: BackboneConfig,
-        *,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-    ) -> TimmViT:
-        """The timm model ``config.name``, with ``weights``, else (``pretrained``) timm's published
-        ``model.safetensors`` from the Hub, else random weights.
+    def published_weights(cls, name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
+        """timm's published weights for ``name`` (its ``hf_hub_id``'s ``model.safetensors``), downloaded
+        or found in the Hugging Face cache.
 
         Raises:
             ValueError: timm publishes no Hub weights for the name (pass ``weights``).
             DownloadError: the published file is neither downloadable nor in the cache.
         """
-        if weights is None and pretrained:
-            weights = cls.published_weights(config.name, cache_dir=cache_dir)
-        return cls(config.name, weights=weights)
-
-    @staticmethod
-    def published_weights(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
-        """timm's published weights for ``name`` (its ``hf_hub_id``'s ``model.safetensors``), downloaded
-        or found in the Hugging Face cache."""
         import timm
 
         from .. import hub
