@@ -322,6 +322,11 @@ def test_folded_batchnorm_never_goes_stale():
     lean, plain = _lean_and_plain(model, image, features)
     _assert_close(lean, plain)
 
+    block.norm1.running_var.data.add_(0.5)  # edits through .data (EMA updates) bypass version counters
+    block.conv1.weight.data.mul_(0.5)
+    lean, plain = _lean_and_plain(model, image, features)
+    _assert_close(lean, plain)
+
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(2):
@@ -349,3 +354,63 @@ def test_stale_folds_would_be_caught():
                 m.running_var.mul_(4.0)
     lean, plain = _lean_and_plain(model, image, features)
     assert (lean - plain).abs().max().item() > 1e-2
+
+
+def test_a_model_made_under_inference_mode_runs_lean():
+    """Parameters created or moved under torch.inference_mode() are inference tensors (no version
+    counter): the folded-weight cache must still work for them."""
+    cfg = get_variant("dinov2_s14").config
+    reference = featlift.UPLiFT(cfg).eval()
+    _random_batchnorm_statistics(reference, seed=6)
+    image, features = torch.randn(1, 3, 42, 56), torch.randn(1, 384, 3, 4)
+    with torch.inference_mode():
+        model = featlift.UPLiFT(cfg).eval()
+        model.load_state_dict(reference.state_dict())
+        model.to(torch.float32)
+        first = model(image, features, iters=2)
+    with torch.no_grad():
+        second = model(image, features, iters=2)
+    plain = reference(image, features, iters=2).detach()
+    _assert_close(first, plain)
+    _assert_close(second, plain)
+
+
+def test_a_submodule_left_in_training_mode_keeps_the_plain_path():
+    """Lean needs every submodule in eval mode: a decoder left training uses its batch statistics, as
+    the autograd path does, even under no_grad."""
+    model = featlift.UPLiFT(get_variant("dinov2_s14").config).eval()
+    _random_batchnorm_statistics(model, seed=7)
+    model.decoder_step.train()
+    image, features = torch.randn(2, 3, 42, 56), torch.randn(2, 384, 3, 4)
+    with torch.no_grad():
+        lean = model(image, features, iters=1)
+    plain = model(image, features, iters=1).detach()
+    _assert_close(lean, plain)
+    model.eval()
+    with torch.no_grad():
+        running = model(image, features, iters=1)
+    assert (running - plain).abs().max().item() > 1e-3, "batch and running statistics must differ here"
+
+
+def test_step_takes_a_generator_or_a_noise_source():
+    model = featlift.UPLiFT(_noisy_config(1.0)).eval()
+    image, features = random_inputs(model.config)
+    with torch.no_grad():
+        guidance = model.encode_guidance(image)
+        a = model.step(features, guidance, torch.Generator().manual_seed(3))
+        b = model.step(features, model.encode_guidance(image), torch.Generator().manual_seed(3))
+    assert a.shape == (2, 4, 6, 8) and torch.equal(a, b)
+
+
+def test_every_config_string_maps_to_a_class():
+    """The schema's choices (config.py) and the tables that turn them into modules at construction
+    (modeling/) name the same strings, so a new choice cannot be accepted and then built wrongly."""
+    from featlift import config
+    from featlift.modeling import blocks, guidance
+
+    assert set(blocks.NORMS) == set(config.NORM_TYPES)
+    assert set(blocks.BLOCK_CONVS) == set(config.BLOCK_TYPES)
+    assert set(blocks.DOWN_OPS) == set(config.DOWN_OPS)
+    assert set(blocks.UP_OPS) == set(config.UP_OPS)
+    assert set(blocks._BILINEAR_RESIDUAL) == set(config.RESIDUAL_MODES)
+    assert set(guidance.RESAMPLES) == set(config.RESAMPLE_MODES)

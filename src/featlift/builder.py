@@ -13,27 +13,17 @@ from pathlib import Path
 import torch
 
 from .backbones import load_backbone
-from .config import UpliftConfig
 from .errors import CheckpointError
 from .lookup import HubFile, ModelLike, ModelSource, resolve_model
 from .modeling.uplift import UPLiFT
 from .upsampler import Upsampler
 from .weights import CONFIG_NAME, WEIGHTS_NAME, load_into, read_state_dict
 
-__all__ = ["ConfigLike", "build_upsampler", "load_upsampler", "resolve_config"]
+__all__ = ["ConfigLike", "build_upsampler", "load_upsampler"]
 
 logger = logging.getLogger(__name__)
 
 ConfigLike = ModelLike
-
-
-def resolve_config(config: ConfigLike) -> tuple[UpliftConfig, Path | None]:
-    """The architecture that ``config`` names, and the local weights file that travels with it (a model
-    directory's ``model.safetensors``; None otherwise). A thin wrapper of
-    :func:`featlift.lookup.resolve_model`, which also accepts Hub repo ids and says where the weights are."""
-    source = resolve_model(config)
-    weights = source.weights if source.bundles_weights and isinstance(source.weights, Path) else None
-    return source.config, weights
 
 
 def _check_dtype(dtype: torch.dtype | None) -> None:

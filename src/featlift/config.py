@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import types
@@ -42,6 +43,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .ops.neighbourhood import NEIGHBOURHOOD_SIZES
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKBONE_SOURCES",
@@ -503,14 +506,10 @@ def _parse_json(text: str, path: Path | None) -> UpliftConfig:
 
 
 # Fields that older featlift versions wrote to config.json and that are gone from the schema:
-# class name -> field -> why it is gone and what to do.
-_REMOVED_FIELDS: dict[str, dict[str, str]] = {
-    "UpliftConfig": {
-        "raw_image_guidance": (
-            "was removed from the schema: featlift never used it (the guidance encoder always sees the "
-            "backbone's normalised image), so the model is the same without it: delete the key from the file"
-        ),
-    },
+# class name -> fields that older featlift versions wrote into config.json but never acted on: the model is
+# the same without them, so files that hold them load unchanged (the value is ignored, with a log line).
+_LEGACY_FIELDS: dict[str, frozenset[str]] = {
+    "UpliftConfig": frozenset({"raw_image_guidance"}),  # the authors' no_UEP; featlift 0.1 never used it
 }
 
 
@@ -546,10 +545,13 @@ def _from_plain(tp: Any, data: Any, path: str) -> Any:
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
         unknown = sorted(set(data) - names)
-        removed = _REMOVED_FIELDS.get(tp.__name__, {})
-        for key in unknown:
-            if key in removed:
-                raise ConfigError(f"{path}.{key} (= {data[key]!r}) {removed[key]}")
+        legacy = [key for key in unknown if key in _LEGACY_FIELDS.get(tp.__name__, ())]
+        for key in legacy:
+            logger.info(
+                "%s.%s (= %r): written by an older featlift, which never used it; ignored", path, key, data[key]
+            )
+        data = {k: v for k, v in data.items() if k not in legacy}
+        unknown = [key for key in unknown if key not in legacy]
         if unknown:
             raise ConfigError(
                 f"{path}: unknown field(s) {unknown}; known: {sorted(names)}. Remove them or correct their "

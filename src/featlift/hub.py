@@ -18,7 +18,7 @@ from pathlib import Path
 from ._version import __version__
 from .errors import DownloadError, UploadError
 
-__all__ = ["download", "download_diffusers_vae", "download_pretrained_dir", "is_repo_id"]
+__all__ = ["download", "download_diffusers_vae", "is_repo_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,21 +106,6 @@ def download(
         ) from err
     logger.debug("using %s from %s (%s)", filename, repo_id, path)
     return Path(path)
-
-
-def download_pretrained_dir(
-    repo_id: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
-) -> Path:
-    """Fetch featlift's own format (``config.json`` + ``model.safetensors``) and return its folder.
-
-    Raises:
-        DownloadError: either file is neither downloadable nor in the cache.
-    """
-    from .weights import CONFIG_NAME, WEIGHTS_NAME
-
-    config = download(repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir)
-    download(repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir)
-    return config.parent
 
 
 def download_diffusers_vae(

@@ -12,21 +12,10 @@ from ..config import BackboneConfig
 from .base import Backbone
 from .normalisation import image_normalisation
 from .sd_vae import DiffusersVAE
+from .sources import BACKBONE_CLASSES, backbone_class
 from .timm_vit import TimmViT
 
-__all__ = ["BACKBONE_CLASSES", "Backbone", "DiffusersVAE", "TimmViT", "create_backbone", "load_backbone"]
-
-# The one dispatch on BackboneConfig.source (diffusers itself is imported only when a VAE is built).
-BACKBONE_CLASSES: dict[str, type[Backbone]] = {cls.source: cls for cls in (TimmViT, DiffusersVAE)}
-
-
-def _backbone_class(source: str | None) -> type[Backbone]:
-    try:
-        return BACKBONE_CLASSES[source]
-    except KeyError:
-        raise ValueError(
-            f"unknown backbone source {source!r}; expected one of {', '.join(map(repr, BACKBONE_CLASSES))}"
-        ) from None
+__all__ = ["BACKBONE_CLASSES", "Backbone", "DiffusersVAE", "TimmViT", "load_backbone"]
 
 
 def load_backbone(
@@ -60,13 +49,7 @@ def load_backbone(
             "this upsampler's config names no backbone (backbone.source / backbone.name); run your backbone "
             "yourself and call featlift.build_upsampler(...)(image, features)"
         )
-    cls = _backbone_class(config.source)
+    cls = backbone_class(config.source)
     backbone = cls.from_config(config, pretrained=pretrained, weights=weights, cache_dir=cache_dir)
     backbone.normalisation = image_normalisation(config)
     return backbone
-
-
-def create_backbone(source: str, name: str, **kwargs) -> Backbone:
-    """A backbone by source (``"timm"`` or ``"diffusers"``) and model name; ``kwargs`` go to the class
-    (``weights=`` for timm, ``vae_dir=`` / ``vae=`` for the VAE). Prefer :func:`load_backbone`."""
-    return _backbone_class(source)(name, **kwargs)

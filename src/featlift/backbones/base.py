@@ -52,6 +52,11 @@ class Backbone(nn.Module):
         return cls(config.name, weights)
 
     @classmethod
+    def published_normalisation(cls, name: str) -> Stats | None:
+        """The ``(mean, std)`` the published model ``name`` was trained with; None when unknown."""
+        return None
+
+    @classmethod
     def published_weights(cls, name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
         """The local path of the published weights of model ``name``, downloaded if needed."""
         raise NotImplementedError(f"{cls.__name__} cannot be built from a config")

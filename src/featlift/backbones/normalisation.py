@@ -14,8 +14,10 @@ them. When a backbone meets an UPLiFT config (:func:`agreed_normalisation`, used
 two must agree where both state statistics, otherwise a ``ValueError`` names both and the fix; where only
 one states them, that one is used (and recorded on the backbone).
 
-The Upsampler, the trainer and the authors'-YAML reader all go through this module, so the same model
-name can never be normalised two ways.
+The Upsampler and the trainer go through this module (the authors' YAML states no statistics, so
+configs read from it take rule 2 or 3), so the same model name can never be normalised two ways. Rule 2
+asks the backbone class of the config's ``source`` (:data:`featlift.backbones.BACKBONE_CLASSES`) for
+its published statistics (:meth:`Backbone.published_normalisation`).
 """
 
 from __future__ import annotations
@@ -60,15 +62,18 @@ def image_normalisation(backbone: BackboneConfig) -> Stats:
     """
     if backbone.mean is not None:
         return backbone.mean, backbone.std
-    if backbone.source == "timm":
-        stats = timm_normalisation(backbone.name)
-        if stats is None:
-            raise ConfigError(
-                f"backbone.mean: timm has no pretrained config for {backbone.name!r}, so its image "
-                "normalisation is unknown; state backbone.mean and backbone.std in the config"
-            )
-        return stats
-    return IDENTITY
+    if backbone.source is None:
+        return IDENTITY
+    from .sources import backbone_class  # it imports the backbone classes, which import this module
+
+    stats = backbone_class(backbone.source).published_normalisation(backbone.name)
+    if stats is None:
+        raise ConfigError(
+            f"backbone.mean: no image normalisation is published for the {backbone.source} model "
+            f"{backbone.name!r} (for timm: it has no pretrained config for that name), so it is unknown; state "
+            "backbone.mean and backbone.std in the config"
+        )
+    return stats
 
 
 def _same(a: Stats, b: Stats) -> bool:

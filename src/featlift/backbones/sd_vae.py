@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError, FeatliftError, MissingDependencyError
 from .base import Backbone
-from .normalisation import IDENTITY
+from .normalisation import IDENTITY, Stats
 
 
 def _autoencoder_kl():
@@ -76,8 +76,13 @@ class DiffusersVAE(Backbone):
         self.name = name
         self.patch = 2 ** (len(vae.config.block_out_channels) - 1)
         self.channels = int(vae.config.latent_channels)
-        self.normalisation = IDENTITY
+        self.normalisation = self.published_normalisation(name)
         self.freeze()
+
+    @classmethod
+    def published_normalisation(cls, name: str) -> Stats:
+        """The identity: the VAE takes images in [0, 1] (it maps them to [-1, 1] itself)."""
+        return IDENTITY
 
     @classmethod
     def published_weights(cls, name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import CheckpointError, FeatliftError, UnknownModelError
 from ..weights import read_state_dict
 from .base import Backbone
-from .normalisation import timm_normalisation
+from .normalisation import Stats, timm_normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,13 @@ class TimmViT(Backbone):
         self.name = name
         self.patch = int(model.patch_embed.patch_size[0])
         self.channels = int(model.embed_dim)
-        self.normalisation = timm_normalisation(name)
+        self.normalisation = self.published_normalisation(name)
         self.freeze()
+
+    @classmethod
+    def published_normalisation(cls, name: str) -> Stats | None:
+        """timm's pretrained config for ``name`` (what timm's own transforms use); None when it has none."""
+        return timm_normalisation(name)
 
     @classmethod
     def published_weights(cls, name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:

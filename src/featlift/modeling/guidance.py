@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -207,8 +208,9 @@ class GuidedStage(nn.Module):
     """Base of the modules that read guidance maps (the decoder step and the refiner).
 
     ``forward(x, guidance, noise=None, region=None, *, lean=False)``: ``guidance`` is a
-    :class:`GuidanceMaps` or a list of full-resolution maps, ``noise`` feeds the noise channels (default:
-    a fresh :class:`~featlift.modeling.noise.Noise`), ``region`` places the crop ``x`` in its full grid
+    :class:`GuidanceMaps` or a list of full-resolution maps, ``noise`` feeds the noise channels (a
+    :class:`~featlift.modeling.noise.Noise`, or a ``torch.Generator`` to draw from; default the global
+    generator), ``region`` places the crop ``x`` in its full grid
     (tiled inference; ``None`` for whole images) and ``lean`` picks the inference path
     (:mod:`featlift.modeling.inference`). Subclasses implement :meth:`run` with the arguments resolved.
     """
@@ -217,12 +219,12 @@ class GuidedStage(nn.Module):
         self,
         x: Tensor,
         guidance: GuidanceMaps | list[Tensor],
-        noise: Noise | None = None,
+        noise: Noise | torch.Generator | None = None,
         region: Region | None = None,
         *,
         lean: bool = False,
     ) -> Tensor:
-        return self.run(x, GuidanceMaps.wrap(guidance), Noise() if noise is None else noise, region, lean)
+        return self.run(x, GuidanceMaps.wrap(guidance), Noise.of(noise), region, lean)
 
     def run(self, x: Tensor, guidance: GuidanceMaps, noise: Noise, region: Region | None, lean: bool) -> Tensor:
         raise NotImplementedError

@@ -16,9 +16,9 @@ is off (``torch.no_grad()`` / ``torch.inference_mode()``), because in-place ops 
 that autograd records. :meth:`UPLiFT.forward <featlift.modeling.uplift.UPLiFT.forward>` calls it once
 per call and hands the resulting :class:`Plan` down explicitly: no block looks at global state.
 
-Folded weights are cached per block (:class:`FoldedConv`) and refolded whenever a source tensor changes:
-``load_state_dict``, an optimiser step or any in-place edit (the tensor's version counter), ``.to()`` of
-dtype or device (the module's ``_apply`` drops the cache), so they can never go stale.
+Folded weights are cached per block (:class:`FoldedConv`) and refolded whenever a source tensor's value,
+dtype or device changes (``load_state_dict``, an optimiser step, an EMA update through ``.data``, any
+in-place edit, ``.to()``): each use compares the sources with the copies kept from the last fold.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ AUTOGRAD = Plan(lean=False, channels_last=False)
 
 
 def plan(model: nn.Module, like: Tensor, channels_last: bool | None = None) -> Plan:
-    """The plan for running ``model`` on inputs like ``like``: lean in eval mode without autograd;
-    channels_last on the lean path on the CPU unless ``channels_last`` (True/False) overrides it."""
-    lean = not model.training and not torch.is_grad_enabled()
+    """The plan for running ``model`` on inputs like ``like``: lean when autograd is off and every
+    submodule is in eval mode (a submodule left in training mode needs its batch statistics); channels_last
+    on the lean path on the CPU unless ``channels_last`` (True/False) overrides it."""
+    lean = not torch.is_grad_enabled() and not any(m.training for m in model.modules())
     if channels_last is None:
         channels_last = lean and like.device.type == "cpu"
     return Plan(lean=lean, channels_last=channels_last)
@@ -69,35 +70,42 @@ def fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[Tensor, Tenso
     return weight.detach(), bias.to(conv.weight.dtype).detach()
 
 
-def _fingerprint(tensors: tuple[Tensor | None, ...]) -> tuple:
-    """What identifies the values of ``tensors``: storage, in-place version, dtype and device."""
-    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+def _same(kept: Tensor | None, now: Tensor | None) -> bool:
+    if kept is None or now is None:
+        return kept is now
+    return kept.shape == now.shape and kept.dtype == now.dtype and kept.device == now.device and torch.equal(kept, now)
 
 
 class FoldedConv:
     """A conv with the BatchNorm after it folded in, computed on first use and cached.
 
-    The cache is checked against a fingerprint of the source tensors on every use (a tuple comparison)
-    and dropped by :meth:`clear`, which the owning block calls from ``_apply`` (``.to()``, ``.half()``,
-    ...). Norms other than BatchNorm (LayerNorm) are not folded: :meth:`get` returns None for them.
+    Every use compares the source tensors (conv weight and bias, norm weight, bias and running
+    statistics) with the copies kept from the last fold, and refolds when any differs in value, shape,
+    dtype or device. A value comparison, not autograd's version counter, so edits through ``.data``
+    (EMA updates), tensors made under ``torch.inference_mode()`` and ``.to()`` are all seen; it reads
+    the weights once, far cheaper than the convolutions they feed. The owning block also calls
+    :meth:`clear` from ``_apply`` (``.to()``, ``.half()``, ...) to drop copies on the old device at once.
+    Norms other than BatchNorm (LayerNorm) are not folded: :meth:`get` returns None for them.
     """
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
+        self._sources: tuple[Tensor | None, ...] | None = None
+        self._eps: float | None = None
         self._value: tuple[Tensor, Tensor] | None = None
 
     def clear(self) -> None:
-        self._key = self._value = None
+        self._sources = self._eps = self._value = None
 
     def get(self, conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor] | None:
         if not isinstance(norm, nn.BatchNorm2d) or norm.running_var is None:
             return None
         if torch.compiler.is_compiling():  # traced into the graph: the compiled code folds on each call
             return fold_batchnorm(conv, norm)
-        key = _fingerprint((conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var))
-        key += (norm.eps,)
-        if key != self._key:
+        sources = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        kept = self._sources
+        if kept is None or norm.eps != self._eps or not all(_same(a, b) for a, b in zip(kept, sources, strict=True)):
             with torch.no_grad():
                 self._value = fold_batchnorm(conv, norm)
-            self._key = key
+                self._sources = tuple(None if t is None else t.detach().clone() for t in sources)
+            self._eps = norm.eps
         return self._value

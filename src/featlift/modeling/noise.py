@@ -23,6 +23,11 @@ class Noise:
         self.generator = generator
         self._full: dict[tuple[int, str], Tensor] = {}
 
+    @classmethod
+    def of(cls, source: Noise | torch.Generator | None) -> Noise:
+        """``source`` itself, or a new :class:`Noise` drawing from the generator ``source`` (or the global one)."""
+        return source if isinstance(source, Noise) else cls(source)
+
     def draw(self, like: Tensor, channels: int, scale: float, key: str, region: Region | None = None) -> Tensor | None:
         """``scale * N(0, 1)`` channels [B, channels, h, w] for ``like`` [B, *, h, w]; None without channels.
 

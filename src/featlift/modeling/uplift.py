@@ -100,7 +100,7 @@ class UPLiFT(nn.Module):
         self,
         features: Tensor,
         guidance: GuidanceMaps | list[Tensor],
-        noise: Noise | None = None,
+        noise: Noise | torch.Generator | None = None,
         *,
         plan: Plan = AUTOGRAD,
         release_guidance: bool = False,
@@ -108,13 +108,14 @@ class UPLiFT(nn.Module):
     ) -> Tensor:
         """One upsampling iteration: [B, C, h, w] -> [B, C, h*up_factor, w*up_factor].
 
-        ``noise`` feeds the noise channels (VAE layout); ``plan`` is how to run
+        ``noise`` feeds the noise channels (VAE layout): a :class:`Noise`, or a ``torch.Generator`` to draw
+        from (default the global generator); ``plan`` is how to run
         (:mod:`featlift.modeling.inference`; default the autograd path); ``release_guidance`` frees the
         guidance maps as soon as this step has read them (lower peak memory on the last iteration);
         ``region`` places a crop in the full grid (tiled inference).
         """
         guidance = GuidanceMaps.wrap(guidance)
-        noise = Noise() if noise is None else noise
+        noise = Noise.of(noise)
         logits = self.attender.logits(self.decoder_step(features, guidance, noise, region, lean=plan.lean))
         if release_guidance and self.refiner is None:
             guidance.release()
