@@ -234,6 +234,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from featlift.eval.probe import ProbeConfig
+    from featlift.eval.run import evaluate, format_table
+
+    if args.task == "video":
+        print("featlift: error: eval video is not available yet (segmentation and depth are)", file=sys.stderr)
+        return 2
+    config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    picture = args.picture or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+    report = evaluate(
+        args.task,
+        args.dataset,
+        args.root,
+        args.upsampler,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        pretrained=not args.no_pretrained,
+        image_size=args.image_size,
+        config=config,
+        max_train=args.max_train,
+        max_val=args.max_val,
+        device=device,
+        tile=args.tile,
+        save_predictions=args.save_predictions,
+        out=args.out,
+        picture=picture,
+        progress=True,
+    )
+    print(format_table(report))
+    if args.out:
+        print(f"results written to {args.out}" + (f", picture to {picture}" if picture else ""))
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featlift", description="Pixel-dense features with UPLiFT upsamplers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -310,6 +351,40 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--feature-cache", default=None, metavar="DIR", help="cache backbone features here across epochs")
     t.add_argument("--push-to-hub", default=None, metavar="REPO", help="publish the result to this Hub repo")
     t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser(
+        "eval",
+        help="dense-probe benchmarks: linear-probe segmentation / depth for several upsamplers side by side",
+        description=(
+            "Trains a 1x1 linear probe on each upsampler's pixel-dense features with the same protocol and "
+            "seed (AdamW, cosine schedule), evaluates it, prints a side-by-side table and writes --out JSON."
+        ),
+    )
+    e.add_argument("task", choices=["seg", "depth", "video"], help="what to evaluate")
+    e.add_argument("--dataset", required=True, help="voc, ade20k, cityscapes, cocostuff, cocostuff27, nyuv2, davis")
+    e.add_argument("--root", required=True, help="folder holding the dataset in its standard layout")
+    e.add_argument(
+        "--upsampler",
+        action="append",
+        required=True,
+        help="repeatable: a featlift name/dir/Hub id, bilinear|nearest|bicubic (with --backbone), or hub:REPO:ENTRY",
+    )
+    e.add_argument("--backbone", default=None, help="timm backbone for bilinear/nearest/bicubic and hub: upsamplers")
+    e.add_argument("--backbone-weights", default=None, help="local backbone weights (offline use)")
+    e.add_argument("--image-size", type=int, default=448, help="shorter side resize + centre crop (default 448)")
+    e.add_argument("--epochs", type=int, default=20)
+    e.add_argument("--lr", type=float, default=5e-4)
+    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
+    e.add_argument("--max-val", type=int, default=None, help="use only the first N validation images")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    e.add_argument("--tile", type=int, default=None, help="tile size (backbone cells) for featlift upsamplers")
+    e.add_argument("--save-predictions", default=None, metavar="DIR", help="write DIR/UPSAMPLER/ID.png and DIR/target")
+    e.add_argument("--out", default=None, help="results JSON (a picture grid goes next to it as .png)")
+    e.add_argument("--picture", default=None, help="where to write the picture grid (default: next to --out)")
+    e.add_argument("--no-pretrained", action="store_true", help="random weights everywhere (testing only)")
+    e.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -1,0 +1,188 @@
+"""What ``--upsampler`` names, as one interface: a :class:`FeatureSource` turns images into features at
+the images' own size.
+
+``make_source(spec, ...)`` accepts:
+
+- a featlift model: a registered name, a model directory or a Hub repo id (anything
+  :func:`featlift.load_upsampler` takes); it brings its own backbone;
+- ``"bilinear"``, ``"nearest"`` or ``"bicubic"``: the backbone named by ``backbone`` (a timm name), its
+  coarse features resized to the image size;
+- ``"hub:REPO:ENTRY"``: a torch.hub model (``REPO`` a local checkout or ``owner/name`` on GitHub)
+  called as ``model(image, lowres, output_size)``, the convention of AnyUp, JAFAR and NAF, with the
+  backbone named by ``backbone``;
+- any callable ``f(image, lowres, output_size)`` (the Python API), again with ``backbone``.
+
+Images enter as float32 [B, 3, S, S] in [0, 1] (the protocol's crops); sides that are not a multiple
+of the backbone's patch are resized to the nearest multiple before the backbone, as
+:class:`featlift.Upsampler` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import Backbone, load_backbone
+from ..config import BackboneConfig
+
+__all__ = ["INTERPOLATIONS", "FeatureSource", "make_source"]
+
+logger = logging.getLogger(__name__)
+
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+
+UpsampleFn = Callable[[Tensor, Tensor, tuple[int, int]], Tensor]
+
+
+class FeatureSource:
+    """Pixel-dense features for a batch of images, from some upsampler.
+
+    :meth:`features` maps images [B, 3, S, S] in [0, 1] to features [B, C, S, S] (ordinary tensors that
+    may feed a trainable probe); :meth:`predict` applies a per-pixel ``head`` (the probe) and returns
+    [B, K, S, S]; sources that can run tiled apply it per tile.
+    """
+
+    name: str
+    channels: int
+    device: torch.device
+
+    def features(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def predict(self, images: Tensor, head: nn.Module) -> Tensor:
+        return head(self.features(images))
+
+
+def _snap(images: Tensor, patch: int) -> Tensor:
+    size = tuple(max(patch, round(d / patch) * patch) for d in images.shape[-2:])
+    if size == tuple(images.shape[-2:]):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+class _FeatliftSource(FeatureSource):
+    """A featlift :class:`~featlift.Upsampler` (its own backbone); ``tile`` runs the probe per tile."""
+
+    def __init__(self, name: str, upsampler, tile: int | None) -> None:
+        self.name = name
+        self.up = upsampler
+        self.channels = upsampler.uplift.channels
+        self.device = upsampler.device
+        self.tile = tile
+
+    def features(self, images: Tensor) -> Tensor:
+        out = self.up(images.to(self.device), tile=self.tile)
+        return out.float().clone()  # out of inference mode, so a probe can train on it
+
+    def predict(self, images: Tensor, head: nn.Module) -> Tensor:
+        with torch.inference_mode():
+            out = self.up(images.to(self.device), tile=self.tile, head=head)
+        return out.float().clone()
+
+
+class _BackboneSource(FeatureSource):
+    """A backbone's coarse features, brought to the image size by ``upsample(image, lowres, size)``."""
+
+    def __init__(self, name: str, backbone: Backbone, upsample: UpsampleFn, device: torch.device) -> None:
+        self.name = name
+        self.backbone = backbone.to(device).eval()
+        self.upsample = upsample
+        self.channels = backbone.channels
+        self.device = device
+
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Tensor:
+        images = images.to(self.device, torch.float32)
+        normalised = self.backbone.normalise(_snap(images, self.backbone.patch))
+        lowres = self.backbone(normalised)
+        out = self.upsample(normalised, lowres, tuple(images.shape[-2:]))
+        if not isinstance(out, Tensor) or out.shape[0] != images.shape[0] or out.shape[-2:] != images.shape[-2:]:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"upsampler {self.name!r} returned {got} for images {tuple(images.shape)}; it must be called as "
+                "f(image, lowres, (H, W)) and return features [B, C, H, W] at the requested size"
+            )
+        return out.float()
+
+
+def _interpolation(mode: str) -> UpsampleFn:
+    def upsample(image: Tensor, lowres: Tensor, size: tuple[int, int]) -> Tensor:
+        if mode == "nearest":
+            return F.interpolate(lowres, size=size, mode="nearest")
+        return F.interpolate(lowres, size=size, mode=mode, align_corners=False)
+
+    return upsample
+
+
+def _hub_model(spec: str, device: torch.device) -> UpsampleFn:
+    parts = spec.split(":")
+    if len(parts) < 3 or not parts[-1] or not ":".join(parts[1:-1]):
+        raise ValueError(f"{spec!r}: expected hub:REPO:ENTRY, e.g. hub:wimmerth/anyup:anyup or hub:./my-repo:model")
+    repo, entry = ":".join(parts[1:-1]), parts[-1]
+    local = Path(repo).expanduser()
+    source = "local" if local.is_dir() else "github"
+    model = torch.hub.load(str(local) if source == "local" else repo, entry, source=source, trust_repo=True)
+    if isinstance(model, nn.Module):
+        model = model.to(device).eval()
+    return model
+
+
+def make_source(
+    spec: str | UpsampleFn,
+    *,
+    backbone: str | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    pretrained: bool = True,
+    device: str | torch.device = "cpu",
+    tile: int | None = None,
+    name: str | None = None,
+) -> FeatureSource:
+    """The :class:`FeatureSource` that ``spec`` names (see the module docstring).
+
+    Args:
+        spec: a featlift model, ``bilinear``/``nearest``/``bicubic``, ``hub:REPO:ENTRY``, or a callable
+            ``f(image, lowres, (H, W))`` (``image`` normalised for the backbone, ``lowres`` its features).
+        backbone: timm model name of the backbone for interpolation, hub and callable specs.
+        backbone_weights: local weights for that backbone (offline use).
+        pretrained: False gives random weights to whatever is not passed explicitly (tests, smoke runs).
+        device: where everything runs.
+        tile: tile size (backbone cells) for featlift models: the probe then runs per tile, so large
+            images never hold full pixel-dense features.
+        name: the label in tables and outputs (default: ``spec``, or the callable's name).
+
+    Raises:
+        ValueError: a spec that needs ``backbone`` without one, or a malformed ``hub:`` spec.
+        UnknownModelError, DownloadError, CheckpointError: from loading the model or backbone.
+    """
+    device = torch.device(device)
+    if callable(spec) and not isinstance(spec, str):
+        label = name or getattr(spec, "__name__", type(spec).__name__)
+        return _BackboneSource(label, _backbone(backbone, backbone_weights, pretrained, label), spec, device)
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"an upsampler spec is a name or a callable, got {spec!r}")
+    label = name or spec
+    if spec in INTERPOLATIONS:
+        upsample = _interpolation(spec)
+    elif spec.startswith("hub:"):
+        upsample = _hub_model(spec, device)
+    else:
+        from ..builder import load_upsampler
+
+        up = load_upsampler(spec, pretrained=pretrained, device=device, backbone_weights=backbone_weights)
+        return _FeatliftSource(label, up, tile)
+    return _BackboneSource(label, _backbone(backbone, backbone_weights, pretrained, label), upsample, device)
+
+
+def _backbone(name: str | None, weights, pretrained: bool, label: str) -> Backbone:
+    if name is None:
+        raise ValueError(
+            f"upsampler {label!r} upsamples a backbone's features: name the backbone with --backbone (a timm "
+            "model name such as vit_small_patch14_dinov2.lvd142m; --backbone-weights FILE for offline use)"
+        )
+    return load_backbone(BackboneConfig(name=name, source="timm"), pretrained=pretrained, weights=weights)

@@ -1,0 +1,172 @@
+"""featlift eval: the upsampler specs, the probe, and end-to-end runs on a synthetic VOC-layout dataset."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from featlift.eval.probe import ProbeConfig, evaluate_probe, slug, train_probe
+from featlift.eval.upsamplers import FeatureSource, make_source
+
+from .conftest import TIMM_NAME
+
+SIZE = 28  # two DINOv2 patches a side: fast on the CPU
+
+
+@pytest.fixture(scope="module")
+def bilinear():
+    return make_source("bilinear", backbone=TIMM_NAME, pretrained=False)
+
+
+def test_interpolation_sources_upsample_the_backbone_features(bilinear):
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    feats = bilinear.features(images)
+    assert feats.shape == (2, 384, SIZE, SIZE) and bilinear.channels == 384
+    backbone = bilinear.backbone
+    lowres = backbone(backbone.normalise(images))
+    want = F.interpolate(lowres, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    assert torch.allclose(feats, want, atol=1e-5)
+    nearest = make_source("nearest", backbone=TIMM_NAME, pretrained=False)
+    nearest.backbone.load_state_dict(backbone.state_dict())
+    near = nearest.features(images)
+    assert torch.equal(near[:, :, :14, :14], lowres[:, :, :1, :1].expand(-1, -1, 14, 14))
+
+
+def test_specs_that_need_a_backbone_or_are_malformed_say_so():
+    with pytest.raises(ValueError, match="name the backbone with --backbone"):
+        make_source("bilinear")
+    with pytest.raises(ValueError, match="expected hub:REPO:ENTRY"):
+        make_source("hub:only-a-repo", backbone=TIMM_NAME, pretrained=False)
+
+
+def test_hub_spec_loads_a_local_repo_with_the_anyup_calling_convention(tmp_path, bilinear):
+    """``hub:REPO:ENTRY`` through a local torch.hub checkout, called as model(image, lowres, size)."""
+    repo = tmp_path / "myup"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(
+        textwrap.dedent(
+            """
+            import torch.nn.functional as F
+            from torch import nn
+
+            dependencies = ["torch"]
+
+
+            class Doubling(nn.Module):
+                def forward(self, image, lowres, output_size):
+                    assert image.shape[-2:] == (28, 28)
+                    return 2 * F.interpolate(lowres, size=output_size, mode="bilinear", align_corners=False)
+
+
+            def doubling(**kwargs):
+                return Doubling()
+            """
+        )
+    )
+    source = make_source(f"hub:{repo}:doubling", backbone=TIMM_NAME, pretrained=False)
+    source.backbone.load_state_dict(bilinear.backbone.state_dict())
+    images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(source.features(images), 2 * bilinear.features(images), atol=1e-5)
+
+
+def test_a_callable_is_an_upsampler_and_a_wrong_output_is_refused(bilinear):
+    def half(image, lowres, size):
+        return F.interpolate(lowres, size=size, mode="bilinear", align_corners=False) / 2
+
+    source = make_source(half, backbone=TIMM_NAME, pretrained=False)
+    source.backbone.load_state_dict(bilinear.backbone.state_dict())
+    images = torch.rand(1, 3, SIZE, SIZE)
+    assert source.name == "half"
+    assert torch.allclose(source.features(images), bilinear.features(images) / 2, atol=1e-5)
+    broken = make_source(lambda image, lowres, size: lowres, backbone=TIMM_NAME, pretrained=False, name="broken")
+    with pytest.raises(ValueError, match="returned .* it must be called as f\\(image, lowres, \\(H, W\\)\\)"):
+        broken.features(images)
+
+
+def test_featlift_models_are_sources_and_run_the_probe_per_tile():
+    source = make_source("dinov2_s14", pretrained=False, tile=1)
+    images = torch.rand(1, 3, 56, 42, generator=torch.Generator().manual_seed(2))
+    feats = source.features(images)
+    assert feats.shape == (1, 384, 56, 42) and not feats.is_inference()
+    head = torch.nn.Conv2d(384, 5, 1)
+    with torch.no_grad():
+        want = head(feats)
+    got = source.predict(images, head)
+    assert got.shape == (1, 5, 56, 42)
+    assert (got - want).abs().max().item() <= 1e-3 * max(1.0, want.abs().max().item())
+
+
+class _Colours(FeatureSource):
+    """Features = the pixel colour itself (3 channels): a probe can separate colour-coded classes."""
+
+    name, channels, device = "colours", 3, torch.device("cpu")
+
+    def features(self, images):
+        return images.float()
+
+
+class _Squares(torch.utils.data.Dataset):
+    """Images whose class is coded by colour: red squares (1) and blue squares (2) on grey (0)."""
+
+    num_classes, ignore_index, class_names, task = 3, 255, ["background", "red", "blue"], "seg"
+
+    def __init__(self, n: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(n):
+            image = torch.full((3, 16, 16), 0.5)
+            label = torch.zeros(16, 16, dtype=torch.int64)
+            for cls, colour in ((1, (1.0, 0.1, 0.1)), (2, (0.1, 0.1, 1.0))):
+                y, x = (int(v) for v in torch.randint(0, 10, (2,), generator=gen))
+                image[:, y : y + 6, x : x + 6] = torch.tensor(colour).view(3, 1, 1)
+                label[y : y + 6, x : x + 6] = cls
+            label[0, 0] = 255
+            self.items.append({"image": image, "label": label, "id": f"img{i}"})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_the_probe_learns_colour_coded_classes_and_saves_recomputable_predictions(tmp_path):
+    from featlift.eval.metrics import SegmentationMetric
+
+    source = _Colours()
+    config = ProbeConfig(epochs=30, lr=5e-2, batch_size=4)
+    probe = train_probe(source, _Squares(12, 0), task="seg", outputs=3, config=config)
+    val = _Squares(4, 1)
+    metric = SegmentationMetric(3, 255, val.class_names)
+    result, kept = evaluate_probe(
+        source, probe, val, task="seg", metric=metric, config=config, save_dir=tmp_path, keep=2
+    )
+    assert result["miou"] > 0.9 and len(kept) == 2
+    # the reported figure is recomputable from the written files (255 = ignored)
+    confusion = np.zeros((3, 3), dtype=np.int64)
+    for item in val.items:
+        pred = np.array(Image.open(tmp_path / "colours" / f"{item['id']}.png"))
+        target = np.array(Image.open(tmp_path / "target" / f"{item['id']}.png"))
+        assert target[0, 0] == 255
+        keep = target != 255
+        np.add.at(confusion, (target[keep], pred[keep]), 1)
+    tp = np.diag(confusion)
+    iou = tp / (confusion.sum(0) + confusion.sum(1) - tp)
+    assert abs(iou.mean() - result["miou"]) < 1e-9
+
+
+def test_probe_runs_are_reproducible_from_the_seed():
+    source, config = _Colours(), ProbeConfig(epochs=2, lr=1e-2, batch_size=3, seed=4)
+    a = train_probe(source, _Squares(6, 0), task="seg", outputs=3, config=config)
+    b = train_probe(source, _Squares(6, 0), task="seg", outputs=3, config=config)
+    assert torch.equal(a.weight, b.weight)
+
+
+def test_slug_makes_one_folder_name():
+    assert slug("hub:./repos/anyup:anyup") == "hub_._repos_anyup_anyup"
+    assert slug("org/model") == "org_model"
