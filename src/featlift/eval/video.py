@@ -1,0 +1,315 @@
+"""Video object segmentation by label propagation (the DAVIS 2017 semi-supervised protocol as DINO and STC
+evaluate frozen features) and its J&F score.
+
+:func:`propagate` carries the first frame's object masks through a sequence using only feature affinities;
+:func:`j_and_f` scores predicted masks against ground truth as the DAVIS 2017 toolkit does (region IoU J and
+boundary F-measure F, first and last frames excluded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["BOUND_TH", "DEFAULT_MAX_AFFINITY_ELEMENTS", "boundary_map", "j_and_f", "propagate"]
+
+logger = logging.getLogger(__name__)
+
+BOUND_TH = 0.008
+"""Boundary tolerance of the F-measure, as a fraction of the image diagonal (DAVIS's ``bound_th``)."""
+
+DEFAULT_MAX_AFFINITY_ELEMENTS = 2**24
+"""Default cap on the affinity block of one chunk of target positions (64 MiB of float32)."""
+
+
+def _check_int_mask(mask: Tensor, what: str) -> None:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{what} must be a torch tensor, got {type(mask).__name__}")
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        raise ValueError(f"{what} must hold integer object ids, got dtype {mask.dtype}")
+    if mask.ndim != 2:
+        raise ValueError(f"{what} must be [H, W], got shape {tuple(mask.shape)}")
+
+
+def _tile_side(sources: int, radius: int, h: int, w: int, budget: int) -> int:
+    """Largest square tile side T (at most the frame's longer side) whose affinity block
+    ``T² targets × sources × (T + 2·radius)² window positions`` fits in ``budget`` elements; at least 1."""
+    side = 1
+    limit = max(h, w)
+    while side < limit and (side + 1) ** 2 * sources * (side + 1 + 2 * radius) ** 2 <= budget:
+        side += 1
+    return side
+
+
+def _propagate_frame(
+    target: Tensor,
+    src_feats: Tensor,
+    src_labels: Tensor,
+    *,
+    topk: int,
+    radius: int | None,
+    temperature: float,
+    budget: int,
+) -> Tensor:
+    """Soft labels ``[L, h, w]`` of one target frame.
+
+    ``target``: ``[C, h, w]`` unit features; ``src_feats``: ``[S, C, h, w]`` unit features; ``src_labels``:
+    ``[S, L, h, w]`` label distributions.
+    """
+    c, h, w = target.shape
+    s, num_labels = src_labels.shape[:2]
+    out = torch.empty(num_labels, h, w, dtype=src_labels.dtype, device=src_labels.device)
+    if radius is None:
+        # Global affinity: chunks of flattened target positions against every source position.
+        tgt = target.reshape(c, h * w).t()  # [hw, C]
+        src = src_feats.permute(1, 0, 2, 3).reshape(c, s * h * w)  # [C, S·hw]
+        labels = src_labels.permute(1, 0, 2, 3).reshape(num_labels, s * h * w)  # [L, S·hw]
+        k = min(topk, s * h * w)
+        chunk = max(1, budget // (s * h * w))
+        flat_out = out.view(num_labels, h * w)
+        for q0 in range(0, h * w, chunk):
+            aff = tgt[q0 : q0 + chunk] @ src  # [Q, S·hw]
+            vals, idx = aff.topk(k, dim=1)
+            weights = torch.softmax(vals / temperature, dim=1)  # [Q, k]
+            flat_out[:, q0 : q0 + chunk] = (labels[:, idx] * weights).sum(dim=2)
+        return out
+
+    side = _tile_side(s, radius, h, w, budget)
+    for y0 in range(0, h, side):
+        y1 = min(h, y0 + side)
+        sy0, sy1 = max(0, y0 - radius), min(h, y1 + radius)
+        ty = torch.arange(y0, y1, device=target.device)
+        sy = torch.arange(sy0, sy1, device=target.device)
+        near_y = (ty[:, None] - sy[None, :]).abs() <= radius  # [th, sh]
+        for x0 in range(0, w, side):
+            x1 = min(w, x0 + side)
+            sx0, sx1 = max(0, x0 - radius), min(w, x1 + radius)
+            tx = torch.arange(x0, x1, device=target.device)
+            sx = torch.arange(sx0, sx1, device=target.device)
+            near_x = (tx[:, None] - sx[None, :]).abs() <= radius  # [tw, sw]
+            th, tw, sh, sw = y1 - y0, x1 - x0, sy1 - sy0, sx1 - sx0
+            # window[ty, tx, sy, sx]: the source cell lies within `radius` rows and columns of the target cell
+            window = (near_y[:, None, :, None] & near_x[None, :, None, :]).reshape(th * tw, sh * sw)
+            tgt = target[:, y0:y1, x0:x1].reshape(c, th * tw).t()  # [Q, C]
+            src = src_feats[:, :, sy0:sy1, sx0:sx1].permute(1, 0, 2, 3).reshape(c, s * sh * sw)
+            labels = src_labels[:, :, sy0:sy1, sx0:sx1].permute(1, 0, 2, 3).reshape(num_labels, s * sh * sw)
+            aff = (tgt @ src).view(th * tw, s, sh * sw)
+            aff = aff.masked_fill(~window[:, None, :], float("-inf")).view(th * tw, s * sh * sw)
+            # Every target sees at least its own cell in each source, so each row has >= S finite entries;
+            # beyond the window's size, top-k picks -inf entries, which the softmax weighs 0.
+            vals, idx = aff.topk(min(topk, s * sh * sw), dim=1)
+            weights = torch.softmax(vals / temperature, dim=1)
+            out[:, y0:y1, x0:x1] = (labels[:, idx] * weights).sum(dim=2).view(num_labels, th, tw)
+    return out
+
+
+def propagate(
+    features: list[Tensor],
+    first_mask: Tensor,
+    *,
+    topk: int = 5,
+    context: int = 7,
+    radius: int | None = 12,
+    temperature: float = 0.07,
+    return_probabilities: bool = False,
+    max_affinity_elements: int = DEFAULT_MAX_AFFINITY_ELEMENTS,
+) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
+    """Propagate the first frame's object masks through a sequence by feature affinity.
+
+    Args:
+        features: T >= 1 tensors ``[C, h, w]`` (float, one per frame, all on one device and grid). Each position
+            is L2-normalised over C here, so affinities are cosine similarities. Half precision is computed in
+            float32.
+        first_mask: int ``[h, w]`` object ids of frame 0 on the same grid (0 = background, ids >= 0; ids need
+            not be contiguous). There are ``L = first_mask.max() + 1`` label channels.
+        topk: how many source positions (over all source frames together) vote for each target position.
+        context: how many preceding predicted frames join frame 0 as sources (fewer near the start).
+        radius: a source position takes part only if it lies within ``radius`` rows *and* columns of the
+            target position (a square window of side ``2·radius + 1`` grid cells); ``None`` = the whole frame.
+        temperature: the top-k affinities are weighted by ``softmax(affinity / temperature)``.
+        return_probabilities: also return the soft labels.
+        max_affinity_elements: memory bound. Target positions are processed in chunks (square tiles with a
+            window, runs of positions without) so that one chunk's affinity block holds at most this many
+            elements, or one tile of a single position (``S·(2·radius + 1)²``, global: ``S·h·w``) when that is
+            larger; S = 1 + min(context, t - 1) source frames. Peak extra memory is a small multiple of it
+            (affinities, window mask, the gathered top-k labels ``L·Q·topk``), plus the S source frames' features
+            and ``L``-channel soft labels of every frame.
+
+    For frame t >= 1 the sources are frame 0 with its one-hot ground truth and frames ``max(1, t - context)
+    .. t - 1`` with their *predicted soft* label distributions. Each target position takes the top-k affinities
+    among the (windowed) source positions, and its label distribution is the softmax-weighted sum of theirs.
+
+    Returns:
+        T int64 ``[h, w]`` masks (the argmax of the soft labels; frame 0 is ``first_mask`` itself), on the
+        features' device. With ``return_probabilities=True``, ``(masks, probabilities)`` where probabilities are
+        T float ``[L, h, w]`` (frame 0 one-hot) whose channels sum to 1.
+    """
+    if not isinstance(features, (list, tuple)) or not features:
+        raise ValueError("features must be a non-empty list of [C, h, w] tensors, one per frame")
+    _check_int_mask(first_mask, "first_mask")
+    shape = tuple(features[0].shape)
+    for t, f in enumerate(features):
+        if not isinstance(f, Tensor) or not f.dtype.is_floating_point:
+            raise ValueError(f"features[{t}] must be a float tensor, got {getattr(f, 'dtype', type(f).__name__)}")
+        if f.ndim != 3 or tuple(f.shape) != shape:
+            raise ValueError(f"features[{t}] has shape {tuple(f.shape)}; every frame must be [C, h, w] = {shape}")
+    c, h, w = shape
+    if tuple(first_mask.shape) != (h, w):
+        raise ValueError(
+            f"first_mask is {tuple(first_mask.shape)} but the features' grid is {(h, w)}; resize the mask to the "
+            "feature grid (nearest) first"
+        )
+    if int(first_mask.min()) < 0:
+        raise ValueError("first_mask holds negative ids; object ids must be >= 0 (0 = background)")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ValueError(f"topk must be a positive int, got {topk!r}")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        raise ValueError(f"context must be an int >= 0, got {context!r}")
+    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int) or radius < 0):
+        raise ValueError(f"radius must be an int >= 0 or None, got {radius!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if (
+        isinstance(max_affinity_elements, bool)
+        or not isinstance(max_affinity_elements, int)
+        or max_affinity_elements < 1
+    ):
+        raise ValueError(f"max_affinity_elements must be a positive int, got {max_affinity_elements!r}")
+
+    device = features[0].device
+    dtype = torch.float64 if features[0].dtype == torch.float64 else torch.float32
+    num_labels = int(first_mask.max()) + 1
+    first_mask = first_mask.to(device=device, dtype=torch.int64)
+    unit = [F.normalize(f.detach().to(dtype), dim=0) for f in features]
+    first_soft = F.one_hot(first_mask, num_labels).permute(2, 0, 1).to(dtype)  # [L, h, w]
+    soft = [first_soft]
+    masks = [first_mask.clone()]
+    logger.debug(
+        "propagating %d labels through %d frames of [%d, %d, %d] features (topk=%d, context=%d, radius=%s)",
+        num_labels, len(features), c, h, w, topk, context, radius,
+    )  # fmt: skip
+    with torch.no_grad():
+        for t in range(1, len(features)):
+            previous = range(max(1, t - context), t)
+            src_feats = torch.stack([unit[0], *(unit[i] for i in previous)])
+            src_labels = torch.stack([soft[0], *(soft[i] for i in previous)])
+            probs = _propagate_frame(
+                unit[t],
+                src_feats,
+                src_labels,
+                topk=topk,
+                radius=radius,
+                temperature=float(temperature),
+                budget=max_affinity_elements,
+            )
+            soft.append(probs)
+            masks.append(probs.argmax(dim=0))
+    if return_probabilities:
+        return masks, soft
+    return masks
+
+
+def boundary_map(mask: Tensor) -> Tensor:
+    """Boundary pixels of a binary ``[H, W]`` mask, as DAVIS's ``seg2bmap`` marks them (``[H, W]`` bool).
+
+    A pixel is on the boundary when it differs from its right, lower or lower-right neighbour, comparing only
+    with neighbours inside the image (so the image border itself is no boundary). Foreground pixels on the
+    right/bottom side of an object and background pixels on its left/top side are marked.
+    """
+    seg = mask.to(torch.bool)
+    b = torch.zeros_like(seg)
+    b[:, :-1] |= seg[:, :-1] ^ seg[:, 1:]
+    b[:-1, :] |= seg[:-1, :] ^ seg[1:, :]
+    b[:-1, :-1] |= seg[:-1, :-1] ^ seg[1:, 1:]
+    return b
+
+
+def _disk(radius: int, device: torch.device) -> Tensor:
+    r = torch.arange(-radius, radius + 1, device=device)
+    return ((r[:, None] ** 2 + r[None, :] ** 2) <= radius**2).to(torch.float32)
+
+
+def _dilate(mask: Tensor, disk: Tensor) -> Tensor:
+    radius = disk.shape[0] // 2
+    out = F.conv2d(mask[None, None].to(torch.float32), disk[None, None], padding=radius)
+    return out[0, 0] > 0.5
+
+
+def _region_j(pred: Tensor, gt: Tensor) -> float:
+    union = int((pred | gt).sum())
+    if union == 0:
+        return 1.0
+    return int((pred & gt).sum()) / union
+
+
+def _boundary_f(pred: Tensor, gt: Tensor, disk: Tensor) -> float:
+    pb, gb = boundary_map(pred), boundary_map(gt)
+    n_p, n_g = int(pb.sum()), int(gb.sum())
+    if n_p == 0 and n_g == 0:
+        return 1.0
+    if n_p == 0 or n_g == 0:
+        return 0.0  # precision or recall is 0 (DAVIS sets the other to 1), so F is 0
+    precision = int((pb & _dilate(gb, disk)).sum()) / n_p
+    recall = int((gb & _dilate(pb, disk)).sum()) / n_g
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def j_and_f(pred: list[Tensor], gt: list[Tensor], num_objects: int, *, bound_th: float = BOUND_TH) -> dict:
+    """DAVIS 2017 J&F of one sequence.
+
+    Args:
+        pred, gt: T >= 3 int ``[H, W]`` masks each (object ids, 0 = background), pairwise on the same grid.
+        num_objects: the objects scored are ids ``1 .. num_objects`` (an id absent from both masks of a frame
+            scores J = F = 1 there; ids above ``num_objects`` are ignored).
+        bound_th: boundary tolerance; below 1 it is a fraction of the diagonal, the disk radius being
+            ``ceil(bound_th · sqrt(H² + W²))`` pixels; from 1 up it is the radius itself.
+
+    The first and last frames are left out. J is the region IoU of each object's binary masks; F the boundary
+    F-measure: boundaries (:func:`boundary_map`) matched within the disk dilation of the other's, precision and
+    recall from the matched fractions. Both are averaged over frames per object, then over objects.
+
+    Returns:
+        ``{"j_mean", "f_mean", "jf_mean": (j_mean + f_mean) / 2, "per_object": {id: {"j", "f"}}}`` (floats).
+    """
+    if len(pred) != len(gt):
+        raise ValueError(f"pred has {len(pred)} frames but gt has {len(gt)}")
+    if len(gt) < 3:
+        raise ValueError(f"J&F needs at least 3 frames (the first and last are not scored), got {len(gt)}")
+    if isinstance(num_objects, bool) or not isinstance(num_objects, int) or num_objects < 1:
+        raise ValueError(f"num_objects must be a positive int, got {num_objects!r}")
+    if not (math.isfinite(bound_th) and bound_th > 0):
+        raise ValueError(f"bound_th must be positive, got {bound_th!r}")
+    for t, (p, g) in enumerate(zip(pred, gt, strict=True)):
+        _check_int_mask(p, f"pred[{t}]")
+        _check_int_mask(g, f"gt[{t}]")
+        if p.shape != g.shape:
+            raise ValueError(
+                f"frame {t}: pred {tuple(p.shape)} and gt {tuple(g.shape)} differ in shape; resize the prediction "
+                "to the annotation's resolution (nearest) first"
+            )
+        if g.shape != gt[0].shape:
+            raise ValueError(f"frame {t} is {tuple(g.shape)} but frame 0 is {tuple(gt[0].shape)}")
+    h, w = gt[0].shape
+    radius = int(bound_th) if bound_th >= 1 else math.ceil(bound_th * math.hypot(h, w))
+    disk = _disk(radius, gt[0].device)
+    j_sum = [0.0] * num_objects
+    f_sum = [0.0] * num_objects
+    frames = range(1, len(gt) - 1)
+    for t in frames:
+        p = pred[t].to(gt[0].device)
+        g = gt[t].to(gt[0].device)
+        for obj in range(1, num_objects + 1):
+            pm, gm = p == obj, g == obj
+            j_sum[obj - 1] += _region_j(pm, gm)
+            f_sum[obj - 1] += _boundary_f(pm, gm, disk)
+    n = len(frames)
+    per_object = {obj: {"j": j_sum[obj - 1] / n, "f": f_sum[obj - 1] / n} for obj in range(1, num_objects + 1)}
+    j_mean = sum(o["j"] for o in per_object.values()) / num_objects
+    f_mean = sum(o["f"] for o in per_object.values()) / num_objects
+    return {"j_mean": j_mean, "f_mean": f_mean, "jf_mean": (j_mean + f_mean) / 2, "per_object": per_object}
