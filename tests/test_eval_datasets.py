@@ -379,3 +379,17 @@ def test_class_tables_are_consistent():
         "hair brush",
     ]  # fmt: skip
     assert len(ds.COCOSTUFF_CLASSES) == 171 and len(set(ds.ADE20K_CLASSES)) == 150
+
+
+def test_nyuv2_v5_splits_without_scipy_names_fix(tmp_path):
+    pytest.importorskip("h5py")
+    try:
+        import scipy.io  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("scipy is installed; the v5 fallback would read the file")
+    _nyu_mat(tmp_path, np.zeros((1, 3, 2, 2), np.uint8), np.zeros((1, 2, 2), np.float32), [1], [1])
+    (tmp_path / "splits.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(200))  # not HDF5
+    with pytest.raises(MissingDependencyError, match="pip install scipy"):
+        make_dataset("nyuv2", tmp_path, "val")
