@@ -169,7 +169,7 @@ def test_depth_is_pixel_weighted_over_the_set():
 
 def test_depth_bad_inputs_raise():
     m = DepthMetric()
-    with pytest.raises(ValueError, match="no update"):
+    with pytest.raises(ValueError, match="no valid pixel"):
         m.compute()
     with pytest.raises(ValueError, match="NaN or infinite"):
         m.update(torch.tensor([[[float("inf")]]]), torch.tensor([[[1.0]]]))

@@ -116,7 +116,6 @@ class SegmentationMetric:
         self._confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
         if device is not None:
             self._confmat = self._confmat.to(device)
-        self._updated = False
 
     @property
     def device(self) -> torch.device:
@@ -154,14 +153,12 @@ class SegmentationMetric:
                 "must be class indices (they are never dropped silently)"
             )
         self._confmat.update(pred, target)
-        self._updated = True
 
     @property
     def confusion(self) -> Tensor:
         """``[K, K]`` int64 confusion matrix, rows = target class, columns = predicted class, summed over every
         update (and over every process under DDP)."""
-        if not self._updated:
-            return self._confmat.confmat.clone()
+        # Always through compute(): under DDP every process must join the sync, even one that saw no batch.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return self._confmat.compute().to(torch.int64)
@@ -187,7 +184,6 @@ class SegmentationMetric:
 
     def reset(self) -> None:
         self._confmat.reset()
-        self._updated = False
 
 
 @functools.cache
@@ -240,7 +236,6 @@ class DepthMetric:
         self._sums = _depth_sums_class()()
         if device is not None:
             self._sums = self._sums.to(device)
-        self._updated = False
 
     @property
     def device(self) -> torch.device:
@@ -269,18 +264,16 @@ class DepthMetric:
             (ratio < DELTA1_THRESHOLD).sum().to(torch.float64),
             torch.tensor(float(p.numel()), dtype=torch.float64, device=self.device),
         )
-        self._updated = True
 
     def compute(self) -> dict[str, float]:
         """``{"rmse": float, "abs_rel": float, "delta1": float}``; ``ValueError`` when no pixel was valid."""
-        if not self._updated:
-            raise ValueError("DepthMetric.compute: no update was made")
+        # Sync first (every process must join, even one that saw no batch), then check.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sums = {k: float(v) for k, v in self._sums.compute().items()}
         n = sums["count"]
         if n == 0:
-            raise ValueError("DepthMetric.compute: no valid pixel (target finite and > 0) in any update")
+            raise ValueError("DepthMetric.compute: no valid pixel (no update, or no target finite and > 0)")
         return {
             "rmse": math.sqrt(sums["sq_err"] / n),
             "abs_rel": sums["abs_rel"] / n,
@@ -289,4 +282,3 @@ class DepthMetric:
 
     def reset(self) -> None:
         self._sums.reset()
-        self._updated = False
