@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import numpy as np
@@ -170,3 +171,61 @@ def test_probe_runs_are_reproducible_from_the_seed():
 def test_slug_makes_one_folder_name():
     assert slug("hub:./repos/anyup:anyup") == "hub_._repos_anyup_anyup"
     assert slug("org/model") == "org_model"
+
+
+@pytest.fixture(scope="module")
+def synthetic_voc(tmp_path_factory):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    try:
+        import synthetic_eval
+    finally:
+        sys.path.pop(0)
+    root = tmp_path_factory.mktemp("synth")
+    synthetic_eval.write(root, n_train=8, n_val=4, seed=0)
+    return root
+
+
+def test_featlift_eval_seg_end_to_end_on_a_synthetic_voc_layout(synthetic_voc, tmp_path, capsys):
+    """The command line: two upsamplers side by side, the JSON report, the predictions (the reported mIoU
+    recomputed from them), the picture, and a probe that beats a random guess."""
+    from featlift.cli import main
+    from featlift.eval.datasets import make_dataset
+
+    out = tmp_path / "results.json"
+    preds = tmp_path / "preds"
+    argv = ["eval", "seg", "--dataset", "voc", "--root", str(synthetic_voc), "--image-size", "56"]
+    argv += ["--upsampler", "bilinear", "--upsampler", "nearest", "--backbone", TIMM_NAME, "--no-pretrained"]
+    argv += ["--epochs", "4", "--lr", "1e-2", "--device", "cpu", "--out", str(out), "--save-predictions", str(preds)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "mIoU (%)" in table and "bilinear" in table and "nearest" in table
+    report = json.loads(out.read_text())
+    assert report["task"] == "seg" and report["dataset"] == "voc"
+    assert report["protocol"]["epochs"] == 4 and report["protocol"]["image_size"] == 56
+    assert set(report["results"]) == {"bilinear", "nearest"}
+    assert out.with_suffix(".png").is_file()
+
+    val = make_dataset("voc", synthetic_voc, "val", 56)
+    targets = {item: np.array(Image.open(preds / "target" / f"{item}.png")) for item in val.ids}
+    for i, item in enumerate(val.ids):
+        assert np.array_equal(targets[item], val[i]["label"].numpy())
+    rng = np.random.default_rng(0)
+    for name, result in report["results"].items():
+        assert list(result["iou"]) == val.class_names
+        confusion = np.zeros((21, 21), dtype=np.int64)
+        guess = np.zeros((21, 21), dtype=np.int64)
+        for item, target in targets.items():
+            pred = np.array(Image.open(preds / name / f"{item}.png"))
+            keep = target != 255
+            np.add.at(confusion, (target[keep], pred[keep]), 1)
+            np.add.at(guess, (target[keep], rng.integers(0, 5, size=int(keep.sum()))), 1)
+        tp, union = np.diag(confusion), confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+        assert abs((tp[union > 0] / union[union > 0]).mean() - result["miou"]) < 1e-9
+        for k, class_name in enumerate(val.class_names):  # classes absent from labels and predictions: None
+            assert (result["iou"][class_name] is None) == (union[k] == 0)
+        g_tp, g_union = np.diag(guess), guess.sum(0) + guess.sum(1) - np.diag(guess)
+        chance = (g_tp[g_union > 0] / g_union[g_union > 0]).mean()
+        assert result["miou"] > 1.5 * chance, (name, result["miou"], chance)
