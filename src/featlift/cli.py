@@ -236,13 +236,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from featlift.eval.probe import ProbeConfig
-    from featlift.eval.run import evaluate, format_table
+    from featlift.eval.run import evaluate, evaluate_video, format_table
 
-    if args.task == "video":
-        print("featlift: error: eval video is not available yet (segmentation and depth are)", file=sys.stderr)
-        return 2
-    config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     device = args.device or ("cuda" if _cuda_available() else "cpu")
+    if args.task == "video":
+        report = evaluate_video(
+            args.dataset,
+            args.root,
+            args.upsampler,
+            backbone=args.backbone,
+            backbone_weights=args.backbone_weights,
+            pretrained=not args.no_pretrained,
+            image_size=args.image_size,
+            stride=args.video_stride,
+            max_val=args.max_val,
+            device=device,
+            out=args.out,
+            progress=True,
+        )
+        print(format_table(report))
+        return 0
+    config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     picture = args.picture or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     report = evaluate(
         args.task,
@@ -383,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-predictions", default=None, metavar="DIR", help="write DIR/UPSAMPLER/ID.png and DIR/target")
     e.add_argument("--out", default=None, help="results JSON (a picture grid goes next to it as .png)")
     e.add_argument("--picture", default=None, help="where to write the picture grid (default: next to --out)")
+    e.add_argument("--video-stride", type=int, default=4, help="video: feature pooling before propagation")
     e.add_argument("--no-pretrained", action="store_true", help="random weights everywhere (testing only)")
     e.set_defaults(func=_cmd_eval)
     return parser

@@ -26,7 +26,7 @@ from ..atomic import atomic_write
 from .probe import ProbeConfig, evaluate_probe, train_probe
 from .upsamplers import make_source
 
-__all__ = ["evaluate", "format_table", "save_picture"]
+__all__ = ["evaluate", "evaluate_video", "format_table", "save_picture"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,104 @@ def evaluate(
     return report
 
 
+@torch.no_grad()
+def evaluate_video(
+    dataset: str,
+    root: str | os.PathLike,
+    upsamplers: list,
+    *,
+    backbone: str | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    pretrained: bool = True,
+    image_size: int = 448,
+    stride: int = 4,
+    topk: int = 5,
+    context: int = 7,
+    radius: int | None = 12,
+    temperature: float = 0.07,
+    max_val: int | None = None,
+    device: str | torch.device = "cpu",
+    out: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> dict:
+    """Video label propagation (DAVIS 2017 val) for each upsampler: J&F mean.
+
+    Frames are resized so the shorter side is ``image_size`` (aspect kept); each upsampler's features at
+    that size are average-pooled by ``stride`` to the working grid, where the first frame's objects are
+    propagated (:func:`featlift.eval.video.propagate` with ``topk``, ``context``, ``radius`` in grid cells
+    and ``temperature``); predictions are resized (nearest) to the annotations' size and scored with
+    :func:`featlift.eval.video.j_and_f`.
+    """
+    import torch.nn.functional as F
+
+    from .datasets import make_dataset
+    from .video import j_and_f, propagate
+
+    if not upsamplers:
+        raise ValueError("name at least one upsampler to evaluate (--upsampler, repeatable)")
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    sequences = make_dataset(dataset, root, "val", None, limit=max_val)
+    if getattr(sequences, "task", None) != "video":
+        raise ValueError(f"dataset {dataset!r} is not a video dataset; eval video reads davis")
+    results = {}
+    for spec in upsamplers:
+        source = make_source(
+            spec, backbone=backbone, backbone_weights=backbone_weights, pretrained=pretrained, device=device
+        )
+        scores = []
+        items = range(len(sequences))
+        if progress:
+            from tqdm import tqdm
+
+            items = tqdm(items, unit="sequence", desc=f"video {source.name}", leave=False)
+        for i in items:
+            seq = sequences[i]
+            h, w = seq["masks"][0].shape
+            scale = image_size / min(h, w)
+            size = (max(stride, round(h * scale)), max(stride, round(w * scale)))
+            grid = (size[0] // stride, size[1] // stride)
+            feats = []
+            for frame in seq["frames"]:
+                image = F.interpolate(frame[None], size=size, mode="bilinear", antialias=True, align_corners=False)
+                f = source.features(image)[0]
+                feats.append(F.adaptive_avg_pool2d(f, grid).cpu())
+            first = F.interpolate(seq["masks"][0][None, None].float(), size=grid, mode="nearest")[0, 0].long()
+            first[first == 255] = 0
+            preds = propagate(feats, first, topk=topk, context=context, radius=radius, temperature=temperature)
+            preds = [F.interpolate(p[None, None].float(), size=(h, w), mode="nearest")[0, 0].long() for p in preds]
+            masks = [m.clone() for m in seq["masks"]]
+            scores.append(j_and_f(preds, masks, seq["num_objects"]))
+        results[source.name] = {
+            "jf_mean": sum(s["jf_mean"] for s in scores) / len(scores),
+            "j_mean": sum(s["j_mean"] for s in scores) / len(scores),
+            "f_mean": sum(s["f_mean"] for s in scores) / len(scores),
+            "sequences": {
+                sequences.ids[i] if hasattr(sequences, "ids") else str(i): s["jf_mean"] for i, s in enumerate(scores)
+            },
+        }
+    report = {
+        "task": "video",
+        "dataset": dataset,
+        "protocol": {
+            "image_size": image_size,
+            "stride": stride,
+            "topk": topk,
+            "context": context,
+            "radius": radius,
+            "temperature": temperature,
+            "backbone": backbone,
+            "val_images": len(sequences),
+        },
+        "results": results,
+    }
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(Path(out)) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def format_table(report: dict) -> str:
     """The report's side-by-side table: mIoU and pixel accuracy in percent (segmentation), or the depth
     errors."""
@@ -140,6 +238,10 @@ def format_table(report: dict) -> str:
         header = f"{'upsampler':<32} {'mIoU (%)':>9} {'pixel acc (%)':>14}"
         for name, r in report["results"].items():
             rows.append(f"{name:<32} {100 * r['miou']:>9.2f} {100 * r['pixel_accuracy']:>14.2f}")
+    elif report["task"] == "video":
+        header = f"{'upsampler':<32} {'J&F (%)':>9} {'J (%)':>9} {'F (%)':>9}"
+        for name, r in report["results"].items():
+            rows.append(f"{name:<32} {100 * r['jf_mean']:>9.2f} {100 * r['j_mean']:>9.2f} {100 * r['f_mean']:>9.2f}")
     else:
         header = f"{'upsampler':<32} {'RMSE':>9} {'AbsRel':>9} {'d<1.25 (%)':>11}"
         for name, r in report["results"].items():

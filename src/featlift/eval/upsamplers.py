@@ -89,12 +89,17 @@ class _FeatliftSource(FeatureSource):
 class _BackboneSource(FeatureSource):
     """A backbone's coarse features, brought to the image size by ``upsample(image, lowres, size)``."""
 
-    def __init__(self, name: str, backbone: Backbone, upsample: UpsampleFn, device: torch.device) -> None:
+    def __init__(
+        self, name: str, backbone: Backbone, upsample: UpsampleFn, device: torch.device, *, keeps_channels: bool
+    ) -> None:
         self.name = name
         self.backbone = backbone.to(device).eval()
         self.upsample = upsample
-        self.channels = backbone.channels
         self.device = device
+        self.channels = backbone.channels
+        if not keeps_channels:  # a hub model or callable may change the width: ask it, on a two-patch image
+            side = 2 * backbone.patch
+            self.channels = int(self.features(torch.zeros(1, 3, side, side)).shape[1])
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
@@ -163,7 +168,8 @@ def make_source(
     device = torch.device(device)
     if callable(spec) and not isinstance(spec, str):
         label = name or getattr(spec, "__name__", type(spec).__name__)
-        return _BackboneSource(label, _backbone(backbone, backbone_weights, pretrained, label), spec, device)
+        source = _backbone(backbone, backbone_weights, pretrained, label)
+        return _BackboneSource(label, source, spec, device, keeps_channels=False)
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"an upsampler spec is a name or a callable, got {spec!r}")
     label = name or spec
@@ -176,7 +182,8 @@ def make_source(
 
         up = load_upsampler(spec, pretrained=pretrained, device=device, backbone_weights=backbone_weights)
         return _FeatliftSource(label, up, tile)
-    return _BackboneSource(label, _backbone(backbone, backbone_weights, pretrained, label), upsample, device)
+    source = _backbone(backbone, backbone_weights, pretrained, label)
+    return _BackboneSource(label, source, upsample, device, keeps_channels=spec in INTERPOLATIONS)
 
 
 def _backbone(name: str | None, weights, pretrained: bool, label: str) -> Backbone:
