@@ -238,45 +238,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from featlift.eval.probe import ProbeConfig
     from featlift.eval.run import evaluate, evaluate_video, format_table
 
-    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    common = {
+        "backbone": args.backbone,
+        "backbone_weights": args.backbone_weights,
+        "pretrained": not args.no_pretrained,
+        "device": args.device or ("cuda" if _cuda_available() else "cpu"),
+        "image_size": args.image_size,
+        "max_val": args.max_val,
+        "out": args.out,
+        "progress": True,
+    }
+    picture = None
     if args.task == "video":
-        report = evaluate_video(
+        report = evaluate_video(args.dataset, args.root, args.upsampler, stride=args.video_stride, **common)
+    else:
+        picture = args.picture or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+        config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+        report = evaluate(
+            args.task,
             args.dataset,
             args.root,
             args.upsampler,
-            backbone=args.backbone,
-            backbone_weights=args.backbone_weights,
-            pretrained=not args.no_pretrained,
-            image_size=args.image_size,
-            stride=args.video_stride,
-            max_val=args.max_val,
-            device=device,
-            out=args.out,
-            progress=True,
+            config=config,
+            max_train=args.max_train,
+            tile=args.tile,
+            save_predictions=args.save_predictions,
+            picture=picture,
+            **common,
         )
-        print(format_table(report))
-        return 0
-    config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    picture = args.picture or (str(Path(args.out).with_suffix(".png")) if args.out else None)
-    report = evaluate(
-        args.task,
-        args.dataset,
-        args.root,
-        args.upsampler,
-        backbone=args.backbone,
-        backbone_weights=args.backbone_weights,
-        pretrained=not args.no_pretrained,
-        image_size=args.image_size,
-        config=config,
-        max_train=args.max_train,
-        max_val=args.max_val,
-        device=device,
-        tile=args.tile,
-        save_predictions=args.save_predictions,
-        out=args.out,
-        picture=picture,
-        progress=True,
-    )
     print(format_table(report))
     if args.out:
         print(f"results written to {args.out}" + (f", picture to {picture}" if picture else ""))

@@ -116,65 +116,195 @@ COCOSTUFF27_CLASSES = [
 
 # COCO-Stuff's 182 raw ids, in order: (stuffthingmaps pixel value = id - 1, class name, coarse class name).
 # A coarse name of None marks an id COCO never annotates (11 thing ids); those pixels are ignored.
+# One line per raw id 0..181, in order: "name: coarse class" ("-": never annotated).
+_COCOSTUFF_TABLE = """
+person: person
+bicycle: vehicle
+car: vehicle
+motorcycle: vehicle
+airplane: vehicle
+bus: vehicle
+train: vehicle
+truck: vehicle
+boat: vehicle
+traffic light: outdoor
+fire hydrant: outdoor
+street sign: -
+stop sign: outdoor
+parking meter: outdoor
+bench: outdoor
+bird: animal
+cat: animal
+dog: animal
+horse: animal
+sheep: animal
+cow: animal
+elephant: animal
+bear: animal
+zebra: animal
+giraffe: animal
+hat: -
+backpack: accessory
+umbrella: accessory
+shoe: -
+eye glasses: -
+handbag: accessory
+tie: accessory
+suitcase: accessory
+frisbee: sports
+skis: sports
+snowboard: sports
+sports ball: sports
+kite: sports
+baseball bat: sports
+baseball glove: sports
+skateboard: sports
+surfboard: sports
+tennis racket: sports
+bottle: kitchen
+plate: -
+wine glass: kitchen
+cup: kitchen
+fork: kitchen
+knife: kitchen
+spoon: kitchen
+bowl: kitchen
+banana: food-things
+apple: food-things
+sandwich: food-things
+orange: food-things
+broccoli: food-things
+carrot: food-things
+hot dog: food-things
+pizza: food-things
+donut: food-things
+cake: food-things
+chair: furniture-things
+couch: furniture-things
+potted plant: furniture-things
+bed: furniture-things
+mirror: -
+dining table: furniture-things
+window: -
+desk: -
+toilet: furniture-things
+door: -
+tv: electronic
+laptop: electronic
+mouse: electronic
+remote: electronic
+keyboard: electronic
+cell phone: electronic
+microwave: appliance
+oven: appliance
+toaster: appliance
+sink: appliance
+refrigerator: appliance
+blender: -
+book: indoor
+clock: indoor
+vase: indoor
+scissors: indoor
+teddy bear: indoor
+hair drier: indoor
+toothbrush: indoor
+hair brush: -
+banner: textile
+blanket: textile
+branch: plant
+bridge: building
+building-other: building
+bush: plant
+cabinet: furniture-stuff
+cage: structural
+cardboard: rawmaterial
+carpet: floor
+ceiling-other: ceiling
+ceiling-tile: ceiling
+cloth: textile
+clothes: textile
+clouds: sky
+counter: furniture-stuff
+cupboard: furniture-stuff
+curtain: textile
+desk-stuff: furniture-stuff
+dirt: ground
+door-stuff: furniture-stuff
+fence: structural
+floor-marble: floor
+floor-other: floor
+floor-stone: floor
+floor-tile: floor
+floor-wood: floor
+flower: plant
+fog: water
+food-other: food-stuff
+fruit: food-stuff
+furniture-other: furniture-stuff
+grass: plant
+gravel: ground
+ground-other: ground
+hill: solid
+house: building
+leaves: plant
+light: furniture-stuff
+mat: textile
+metal: rawmaterial
+mirror-stuff: furniture-stuff
+moss: plant
+mountain: solid
+mud: ground
+napkin: textile
+net: structural
+paper: rawmaterial
+pavement: ground
+pillow: textile
+plant-other: plant
+plastic: rawmaterial
+platform: ground
+playingfield: ground
+railing: structural
+railroad: ground
+river: water
+road: ground
+rock: solid
+roof: building
+rug: textile
+salad: food-stuff
+sand: ground
+sea: water
+shelf: furniture-stuff
+sky-other: sky
+skyscraper: building
+snow: ground
+solid-other: solid
+stairs: furniture-stuff
+stone: solid
+straw: plant
+structural-other: structural
+table: furniture-stuff
+tent: building
+textile-other: textile
+towel: textile
+tree: plant
+vegetable: food-stuff
+wall-brick: wall
+wall-concrete: wall
+wall-other: wall
+wall-panel: wall
+wall-stone: wall
+wall-tile: wall
+wall-wood: wall
+water-other: water
+waterdrops: water
+window-blind: window
+window-other: window
+wood: solid
+"""
 COCOSTUFF_RAW: list[tuple[int, str, str | None]] = [
-    (0, "person", "person"), (1, "bicycle", "vehicle"), (2, "car", "vehicle"), (3, "motorcycle", "vehicle"),
-    (4, "airplane", "vehicle"), (5, "bus", "vehicle"), (6, "train", "vehicle"), (7, "truck", "vehicle"),
-    (8, "boat", "vehicle"), (9, "traffic light", "outdoor"), (10, "fire hydrant", "outdoor"),
-    (11, "street sign", None), (12, "stop sign", "outdoor"), (13, "parking meter", "outdoor"),
-    (14, "bench", "outdoor"), (15, "bird", "animal"), (16, "cat", "animal"), (17, "dog", "animal"),
-    (18, "horse", "animal"), (19, "sheep", "animal"), (20, "cow", "animal"), (21, "elephant", "animal"),
-    (22, "bear", "animal"), (23, "zebra", "animal"), (24, "giraffe", "animal"), (25, "hat", None),
-    (26, "backpack", "accessory"), (27, "umbrella", "accessory"), (28, "shoe", None), (29, "eye glasses", None),
-    (30, "handbag", "accessory"), (31, "tie", "accessory"), (32, "suitcase", "accessory"),
-    (33, "frisbee", "sports"), (34, "skis", "sports"), (35, "snowboard", "sports"),
-    (36, "sports ball", "sports"), (37, "kite", "sports"), (38, "baseball bat", "sports"),
-    (39, "baseball glove", "sports"), (40, "skateboard", "sports"), (41, "surfboard", "sports"),
-    (42, "tennis racket", "sports"), (43, "bottle", "kitchen"), (44, "plate", None),
-    (45, "wine glass", "kitchen"), (46, "cup", "kitchen"), (47, "fork", "kitchen"), (48, "knife", "kitchen"),
-    (49, "spoon", "kitchen"), (50, "bowl", "kitchen"), (51, "banana", "food-things"),
-    (52, "apple", "food-things"), (53, "sandwich", "food-things"), (54, "orange", "food-things"),
-    (55, "broccoli", "food-things"), (56, "carrot", "food-things"), (57, "hot dog", "food-things"),
-    (58, "pizza", "food-things"), (59, "donut", "food-things"), (60, "cake", "food-things"),
-    (61, "chair", "furniture-things"), (62, "couch", "furniture-things"), (63, "potted plant", "furniture-things"),
-    (64, "bed", "furniture-things"), (65, "mirror", None), (66, "dining table", "furniture-things"),
-    (67, "window", None), (68, "desk", None), (69, "toilet", "furniture-things"), (70, "door", None),
-    (71, "tv", "electronic"), (72, "laptop", "electronic"), (73, "mouse", "electronic"),
-    (74, "remote", "electronic"), (75, "keyboard", "electronic"), (76, "cell phone", "electronic"),
-    (77, "microwave", "appliance"), (78, "oven", "appliance"), (79, "toaster", "appliance"),
-    (80, "sink", "appliance"), (81, "refrigerator", "appliance"), (82, "blender", None),
-    (83, "book", "indoor"), (84, "clock", "indoor"), (85, "vase", "indoor"), (86, "scissors", "indoor"),
-    (87, "teddy bear", "indoor"), (88, "hair drier", "indoor"), (89, "toothbrush", "indoor"),
-    (90, "hair brush", None),
-    (91, "banner", "textile"), (92, "blanket", "textile"), (93, "branch", "plant"), (94, "bridge", "building"),
-    (95, "building-other", "building"), (96, "bush", "plant"), (97, "cabinet", "furniture-stuff"),
-    (98, "cage", "structural"), (99, "cardboard", "rawmaterial"), (100, "carpet", "floor"),
-    (101, "ceiling-other", "ceiling"), (102, "ceiling-tile", "ceiling"), (103, "cloth", "textile"),
-    (104, "clothes", "textile"), (105, "clouds", "sky"), (106, "counter", "furniture-stuff"),
-    (107, "cupboard", "furniture-stuff"), (108, "curtain", "textile"), (109, "desk-stuff", "furniture-stuff"),
-    (110, "dirt", "ground"), (111, "door-stuff", "furniture-stuff"), (112, "fence", "structural"),
-    (113, "floor-marble", "floor"), (114, "floor-other", "floor"), (115, "floor-stone", "floor"),
-    (116, "floor-tile", "floor"), (117, "floor-wood", "floor"), (118, "flower", "plant"), (119, "fog", "water"),
-    (120, "food-other", "food-stuff"), (121, "fruit", "food-stuff"), (122, "furniture-other", "furniture-stuff"),
-    (123, "grass", "plant"), (124, "gravel", "ground"), (125, "ground-other", "ground"), (126, "hill", "solid"),
-    (127, "house", "building"), (128, "leaves", "plant"), (129, "light", "furniture-stuff"),
-    (130, "mat", "textile"), (131, "metal", "rawmaterial"), (132, "mirror-stuff", "furniture-stuff"),
-    (133, "moss", "plant"), (134, "mountain", "solid"), (135, "mud", "ground"), (136, "napkin", "textile"),
-    (137, "net", "structural"), (138, "paper", "rawmaterial"), (139, "pavement", "ground"),
-    (140, "pillow", "textile"), (141, "plant-other", "plant"), (142, "plastic", "rawmaterial"),
-    (143, "platform", "ground"), (144, "playingfield", "ground"), (145, "railing", "structural"),
-    (146, "railroad", "ground"), (147, "river", "water"), (148, "road", "ground"), (149, "rock", "solid"),
-    (150, "roof", "building"), (151, "rug", "textile"), (152, "salad", "food-stuff"), (153, "sand", "ground"),
-    (154, "sea", "water"), (155, "shelf", "furniture-stuff"), (156, "sky-other", "sky"),
-    (157, "skyscraper", "building"), (158, "snow", "ground"), (159, "solid-other", "solid"),
-    (160, "stairs", "furniture-stuff"), (161, "stone", "solid"), (162, "straw", "plant"),
-    (163, "structural-other", "structural"), (164, "table", "furniture-stuff"), (165, "tent", "building"),
-    (166, "textile-other", "textile"), (167, "towel", "textile"), (168, "tree", "plant"),
-    (169, "vegetable", "food-stuff"), (170, "wall-brick", "wall"), (171, "wall-concrete", "wall"),
-    (172, "wall-other", "wall"), (173, "wall-panel", "wall"), (174, "wall-stone", "wall"),
-    (175, "wall-tile", "wall"), (176, "wall-wood", "wall"), (177, "water-other", "water"),
-    (178, "waterdrops", "water"), (179, "window-blind", "window"), (180, "window-other", "window"),
-    (181, "wood", "solid"),
-]  # fmt: skip
+    (raw, name.strip(), None if coarse.strip() == "-" else coarse.strip())
+    for raw, (name, coarse) in enumerate(line.split(":") for line in _COCOSTUFF_TABLE.strip().splitlines())
+]
 
 # The 171 used classes (80 things + 91 stuff), in raw-id order.
 COCOSTUFF_CLASSES = [name for _, name, coarse in COCOSTUFF_RAW if coarse is not None]

@@ -67,7 +67,22 @@ def _check_same_shape(pred: Tensor, target: Tensor, what: str) -> None:
         )
 
 
-class SegmentationMetric:
+class _Summed:
+    """A metric whose state is a torchmetrics ``Metric`` (:attr:`_state`), summed across DDP processes."""
+
+    def _hold(self, state, device: torch.device | str | None) -> None:
+        self._state = state if device is None else state.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._state.device
+
+    def reset(self) -> None:
+        """Forget every update (start a new set)."""
+        self._state.reset()
+
+
+class SegmentationMetric(_Summed):
     """Confusion-matrix segmentation metric (mIoU, pixel accuracy, per-class IoU) over a whole set.
 
     Args:
@@ -113,13 +128,7 @@ class SegmentationMetric:
         from torchmetrics.classification import MulticlassConfusionMatrix
 
         # The inputs are checked here (clear ValueErrors), so torchmetrics' own (slower) validation is skipped.
-        self._confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
-        if device is not None:
-            self._confmat = self._confmat.to(device)
-
-    @property
-    def device(self) -> torch.device:
-        return self._confmat.confmat.device
+        self._hold(MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False), device)
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add a batch: ``pred`` and ``target`` int ``[B, H, W]`` (see the class docstring)."""
@@ -152,7 +161,7 @@ class SegmentationMetric:
                 f"SegmentationMetric.update: pred holds values {values} outside 0..{k - 1}; predictions "
                 "must be class indices (they are never dropped silently)"
             )
-        self._confmat.update(pred, target)
+        self._state.update(pred, target)
 
     @property
     def confusion(self) -> Tensor:
@@ -161,7 +170,7 @@ class SegmentationMetric:
         # Always through compute(): under DDP every process must join the sync, even one that saw no batch.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self._confmat.compute().to(torch.int64)
+            return self._state.compute().to(torch.int64)
 
     def compute(self) -> dict[str, Any]:
         """``{"miou": float, "pixel_accuracy": float, "iou": {class_name: float | None}}``.
@@ -181,9 +190,6 @@ class SegmentationMetric:
         per_class = {name: (float(iou[k]) if bool(present[k]) else None) for k, name in enumerate(self.class_names)}
         miou = float(iou[present].mean())
         return {"miou": miou, "pixel_accuracy": float(tp.sum() / total), "iou": per_class}
-
-    def reset(self) -> None:
-        self._confmat.reset()
 
 
 @functools.cache
@@ -217,7 +223,7 @@ def _depth_sums_class() -> type:
     return _DepthSums
 
 
-class DepthMetric:
+class DepthMetric(_Summed):
     """Depth errors over every valid pixel of a set: RMSE (metres), AbsRel, δ1.
 
     ``update(pred, target)``: float ``[B, H, W]`` depths in metres on the same grid. A pixel counts where
@@ -233,13 +239,7 @@ class DepthMetric:
     """
 
     def __init__(self, device: torch.device | str | None = None) -> None:
-        self._sums = _depth_sums_class()()
-        if device is not None:
-            self._sums = self._sums.to(device)
-
-    @property
-    def device(self) -> torch.device:
-        return self._sums.count.device
+        self._hold(_depth_sums_class()(), device)
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add a batch: ``pred`` and ``target`` float ``[B, H, W]`` metres (see the class docstring)."""
@@ -258,7 +258,7 @@ class DepthMetric:
             )
         p = p.clamp(min=MIN_DEPTH)
         ratio = torch.maximum(p / t, t / p)
-        self._sums.update(
+        self._state.update(
             ((p - t) ** 2).sum(),
             ((p - t).abs() / t).sum(),
             (ratio < DELTA1_THRESHOLD).sum().to(torch.float64),
@@ -270,7 +270,7 @@ class DepthMetric:
         # Sync first (every process must join, even one that saw no batch), then check.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sums = {k: float(v) for k, v in self._sums.compute().items()}
+            sums = {k: float(v) for k, v in self._state.compute().items()}
         n = sums["count"]
         if n == 0:
             raise ValueError("DepthMetric.compute: no valid pixel (no update, or no target finite and > 0)")
@@ -279,6 +279,3 @@ class DepthMetric:
             "abs_rel": sums["abs_rel"] / n,
             "delta1": sums["delta1"] / n,
         }
-
-    def reset(self) -> None:
-        self._sums.reset()

@@ -39,55 +39,61 @@ def _metric(task: str, dataset, device):
     return DepthMetric(device=device)
 
 
+def _sources(upsamplers: list, options: dict):
+    """Each upsampler as a feature source, one at a time (only one model is held at once)."""
+    if not upsamplers:
+        raise ValueError("name at least one upsampler to evaluate (--upsampler, repeatable)")
+    seen = set()
+    for spec in upsamplers:
+        source = make_source(spec, **options)
+        if source.name in seen:
+            raise ValueError(f"upsampler {source.name!r} is named twice; give each one once")
+        seen.add(source.name)
+        yield source
+
+
+def _write_report(report: dict, out: str | os.PathLike | None) -> None:
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(Path(out)) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def evaluate(
     task: str,
     dataset: str,
     root: str | os.PathLike,
     upsamplers: list,
     *,
-    backbone: str | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    pretrained: bool = True,
     image_size: int = 448,
     config: ProbeConfig | None = None,
     max_train: int | None = None,
     max_val: int | None = None,
-    device: str | torch.device = "cpu",
-    tile: int | None = None,
     save_predictions: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     picture: str | os.PathLike | None = None,
     picture_items: int = 4,
     progress: bool = False,
+    **source_options,
 ) -> dict:
-    """Train and evaluate the probe for each of ``upsamplers`` (see :func:`featlift.eval.upsamplers.make_source`)
-    on ``dataset`` (see :func:`featlift.eval.datasets.make_dataset`), with the same protocol and seed.
+    """Train and evaluate the probe for each of ``upsamplers`` on ``dataset`` (see
+    :func:`featlift.eval.datasets.make_dataset`), with the same protocol and seed.
 
-    ``task`` is ``"seg"`` or ``"depth"``. Returns the report (module docstring); ``out`` also writes it
-    as JSON, ``picture`` a PNG grid, ``save_predictions`` the predicted and target label PNGs.
+    ``task`` is ``"seg"`` or ``"depth"``. ``source_options`` are the keywords of
+    :func:`featlift.eval.upsamplers.make_source` (``backbone``, ``backbone_weights``, ``pretrained``,
+    ``device``, ``tile``). Returns the report (module docstring); ``out`` also writes it as JSON,
+    ``picture`` a PNG grid, ``save_predictions`` the predicted and target label PNGs.
     """
     from .datasets import make_dataset
 
     config = ProbeConfig() if config is None else config
-    if not upsamplers:
-        raise ValueError("name at least one upsampler to evaluate (--upsampler, repeatable)")
     train_set = make_dataset(dataset, root, "train", image_size, limit=max_train)
     val_set = make_dataset(dataset, root, "val", image_size, limit=max_val)
     if getattr(train_set, "task", task) != task:
         raise ValueError(f"dataset {dataset!r} is for the {train_set.task!r} task, not {task!r}")
     outputs = train_set.num_classes if task == "seg" else 1
     results, kept = {}, {}
-    for spec in upsamplers:
-        source = make_source(
-            spec,
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            pretrained=pretrained,
-            device=device,
-            tile=tile,
-        )
-        if source.name in results:
-            raise ValueError(f"upsampler {source.name!r} is named twice; give each one once")
+    for source in _sources(upsamplers, source_options):
         logger.info("training the probe on %s features (%d images)", source.name, len(train_set))
         probe = train_probe(
             source,
@@ -116,17 +122,14 @@ def evaluate(
         "protocol": {
             **asdict(config),
             "image_size": image_size,
-            "backbone": backbone,
+            "backbone": source_options.get("backbone"),
             "train_images": len(train_set),
             "val_images": len(val_set),
-            "tile": tile,
+            "tile": source_options.get("tile"),
         },
         "results": results,
     }
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(Path(out)) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    _write_report(report, out)
     if picture is not None and kept:
         save_picture(picture, kept, task, getattr(val_set, "num_classes", 0))
     return report
@@ -138,9 +141,6 @@ def evaluate_video(
     root: str | os.PathLike,
     upsamplers: list,
     *,
-    backbone: str | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    pretrained: bool = True,
     image_size: int = 448,
     stride: int = 4,
     topk: int = 5,
@@ -148,11 +148,12 @@ def evaluate_video(
     radius: int | None = 12,
     temperature: float = 0.07,
     max_val: int | None = None,
-    device: str | torch.device = "cpu",
     out: str | os.PathLike | None = None,
     progress: bool = False,
+    **source_options,
 ) -> dict:
-    """Video label propagation (DAVIS 2017 val) for each upsampler: J&F mean.
+    """Video label propagation (DAVIS 2017 val) for each upsampler: J&F mean. ``source_options`` are
+    the keywords of :func:`featlift.eval.upsamplers.make_source`.
 
     Frames are resized so the shorter side is ``image_size`` (aspect kept); each upsampler's features at
     that size are average-pooled by ``stride`` to the working grid, where the first frame's objects are
@@ -165,18 +166,13 @@ def evaluate_video(
     from .datasets import make_dataset
     from .video import j_and_f, propagate
 
-    if not upsamplers:
-        raise ValueError("name at least one upsampler to evaluate (--upsampler, repeatable)")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
     sequences = make_dataset(dataset, root, "val", None, limit=max_val)
     if getattr(sequences, "task", None) != "video":
         raise ValueError(f"dataset {dataset!r} is not a video dataset; eval video reads davis")
     results = {}
-    for spec in upsamplers:
-        source = make_source(
-            spec, backbone=backbone, backbone_weights=backbone_weights, pretrained=pretrained, device=device
-        )
+    for source in _sources(upsamplers, source_options):
         scores = []
         items = range(len(sequences))
         if progress:
@@ -218,15 +214,12 @@ def evaluate_video(
             "context": context,
             "radius": radius,
             "temperature": temperature,
-            "backbone": backbone,
+            "backbone": source_options.get("backbone"),
             "val_images": len(sequences),
         },
         "results": results,
     }
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(Path(out)) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    _write_report(report, out)
     return report
 
 

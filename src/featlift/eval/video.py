@@ -45,6 +45,17 @@ def _tile_side(sources: int, radius: int, h: int, w: int, budget: int) -> int:
     return side
 
 
+def _band(start: int, side: int, n: int, radius: int, device) -> tuple[int, int, int, Tensor]:
+    """Along one axis of ``n`` cells: the target band ``start .. stop`` (``side`` long at most), the
+    source band ``lo .. hi`` around it (``radius`` more on each side), and ``near[t, s]``: whether
+    source cell ``lo + s`` lies within ``radius`` of target cell ``start + t``."""
+    stop = min(n, start + side)
+    lo, hi = max(0, start - radius), min(n, stop + radius)
+    targets = torch.arange(start, stop, device=device)
+    sources = torch.arange(lo, hi, device=device)
+    return stop, lo, hi, (targets[:, None] - sources[None, :]).abs() <= radius
+
+
 def _propagate_frame(
     target: Tensor,
     src_feats: Tensor,
@@ -80,17 +91,9 @@ def _propagate_frame(
 
     side = _tile_side(s, radius, h, w, budget)
     for y0 in range(0, h, side):
-        y1 = min(h, y0 + side)
-        sy0, sy1 = max(0, y0 - radius), min(h, y1 + radius)
-        ty = torch.arange(y0, y1, device=target.device)
-        sy = torch.arange(sy0, sy1, device=target.device)
-        near_y = (ty[:, None] - sy[None, :]).abs() <= radius  # [th, sh]
+        y1, sy0, sy1, near_y = _band(y0, side, h, radius, target.device)  # near_y [th, sh]
         for x0 in range(0, w, side):
-            x1 = min(w, x0 + side)
-            sx0, sx1 = max(0, x0 - radius), min(w, x1 + radius)
-            tx = torch.arange(x0, x1, device=target.device)
-            sx = torch.arange(sx0, sx1, device=target.device)
-            near_x = (tx[:, None] - sx[None, :]).abs() <= radius  # [tw, sw]
+            x1, sx0, sx1, near_x = _band(x0, side, w, radius, target.device)  # near_x [tw, sw]
             th, tw, sh, sw = y1 - y0, x1 - x0, sy1 - sy0, sx1 - sx0
             # window[ty, tx, sy, sx]: the source cell lies within `radius` rows and columns of the target cell
             window = (near_y[:, None, :, None] & near_x[None, :, None, :]).reshape(th * tw, sh * sw)
