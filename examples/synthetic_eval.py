@@ -12,7 +12,8 @@ file list for ``featlift train``.
 
     python examples/synthetic_eval.py --out synth --train 96 --val 24
     featlift train --backbone vit_small_patch14_dinov2.lvd142m --backbone-weights synth/backbone.safetensors \\
-        --data synth/train_images.txt --out synth/uplift --image-size 112 --depths 2 --steps 300 --device cpu
+        --data synth/train_images.txt --out synth/uplift --image-size 112 --depths 2 --batch-size 8 --steps 300 \\
+        --device cpu
     featlift eval seg --dataset voc --root synth --image-size 112 --backbone vit_small_patch14_dinov2.lvd142m \\
         --backbone-weights synth/backbone.safetensors --upsampler bilinear --upsampler nearest \\
         --upsampler synth/uplift --epochs 5 --out synth/results.json
