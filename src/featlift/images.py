@@ -33,10 +33,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["FLOAT_TOLERANCE", "IMAGE_EXTENSIONS", "PendingImage", "image_batch", "list_image_files", "to_image_tensor"]
+__all__ = [
+    "FLOAT_TOLERANCE",
+    "IMAGE_EXTENSIONS",
+    "PendingImage",
+    "image_batch",
+    "list_image_files",
+    "patch_multiple",
+    "resize_to_patch_multiple",
+    "to_image_tensor",
+]
 
 FLOAT_TOLERANCE = 0.2  # float pixels may overshoot [0, 1] by this much (resampling ringing), no more
 
@@ -208,3 +218,17 @@ def list_image_files(folder: str | Path) -> list[Path]:
     """Files under ``folder`` (recursive, sorted) whose extension is one of :data:`IMAGE_EXTENSIONS`, in
     any letter case."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def patch_multiple(size: tuple[int, int], patch: int) -> tuple[int, int]:
+    """``(H, W)`` rounded to the nearest multiple of ``patch`` per side (at least one patch)."""
+    return tuple(max(patch, round(d / patch) * patch) for d in size)
+
+
+def resize_to_patch_multiple(pixels: Tensor, patch: int) -> Tensor:
+    """Float pixels [B, 3, H, W] resized (bilinear, antialiased, align_corners=False) to
+    :func:`patch_multiple` of their size; returned as they are when it already is one."""
+    size = patch_multiple(tuple(pixels.shape[-2:]), patch)
+    if size == tuple(pixels.shape[-2:]):
+        return pixels
+    return F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .backbones.base import Backbone
 from .backbones.normalisation import agreed_normalisation
-from .images import PendingImage, image_batch
+from .images import PendingImage, image_batch, patch_multiple, resize_to_patch_multiple
 from .memory import InsufficientMemoryError, available_bytes, estimate_call, format_bytes
 from .modeling.uplift import UPLiFT
 
@@ -127,11 +127,6 @@ class Upsampler(nn.Module):
 
     # -- pre-processing ----------------------------------------------------------------------------
 
-    def _snap(self, size: tuple[int, int]) -> tuple[int, int]:
-        """Nearest multiple of the patch (at least one patch)."""
-        p = self.patch
-        return tuple(max(p, round(d / p) * p) for d in size)
-
     def prepare(self, images: Any) -> list[tuple[Tensor, tuple[int, int]]]:
         """Each image as (float32 [1, 3, H', W'] in [0, 1] resized to patch multiples, original (H, W)).
 
@@ -141,11 +136,7 @@ class Upsampler(nn.Module):
         return [(self._load(item), item.size) for item in image_batch(images)]
 
     def _load(self, item: PendingImage) -> Tensor:
-        pixels = item.load()[None]
-        size = self._snap(item.size)
-        if size == item.size:
-            return pixels
-        return F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return resize_to_patch_multiple(item.load()[None], self.patch)
 
     def normalize(self, image: Tensor) -> Tensor:
         """[B, 3, H, W] in [0, 1] -> the backbone's normalisation (:meth:`Backbone.normalise`), on the
@@ -233,7 +224,7 @@ class Upsampler(nn.Module):
         ``size`` (H, W) pixels, from the shapes alone; the keywords mean what they mean in :meth:`forward`."""
         output_size = _check_output_size(output_size)
         tile = self.uplift.check_tile(tile)
-        pixels = self._snap(size)
+        pixels = patch_multiple(size, self.patch)
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         return estimate_call(
             self.uplift,

@@ -194,8 +194,7 @@ def evaluate_video(
             first[first == 255] = 0
             preds = propagate(feats, first, topk=topk, context=context, radius=radius, temperature=temperature)
             preds = [F.interpolate(p[None, None].float(), size=(h, w), mode="nearest")[0, 0].long() for p in preds]
-            masks = [m.clone() for m in seq["masks"]]
-            scores.append(j_and_f(preds, masks, seq["num_objects"]))
+            scores.append(j_and_f(preds, seq["masks"], seq["num_objects"]))
         results[source.name] = {
             "jf_mean": sum(s["jf_mean"] for s in scores) / len(scores),
             "j_mean": sum(s["j_mean"] for s in scores) / len(scores),

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone, load_backbone
 from ..config import BackboneConfig
+from ..images import resize_to_patch_multiple
 
 __all__ = ["INTERPOLATIONS", "FeatureSource", "make_source"]
 
@@ -57,13 +58,6 @@ class FeatureSource:
 
     def predict(self, images: Tensor, head: nn.Module) -> Tensor:
         return head(self.features(images))
-
-
-def _snap(images: Tensor, patch: int) -> Tensor:
-    size = tuple(max(patch, round(d / patch) * patch) for d in images.shape[-2:])
-    if size == tuple(images.shape[-2:]):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 class _FeatliftSource(FeatureSource):
@@ -104,7 +98,7 @@ class _BackboneSource(FeatureSource):
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         images = images.to(self.device, torch.float32)
-        normalised = self.backbone.normalise(_snap(images, self.backbone.patch))
+        normalised = self.backbone.normalise(resize_to_patch_multiple(images, self.backbone.patch))
         lowres = self.backbone(normalised)
         out = self.upsample(normalised, lowres, tuple(images.shape[-2:]))
         if not isinstance(out, Tensor) or out.shape[0] != images.shape[0] or out.shape[-2:] != images.shape[-2:]:
@@ -117,10 +111,10 @@ class _BackboneSource(FeatureSource):
 
 
 def _interpolation(mode: str) -> UpsampleFn:
+    corners = {} if mode == "nearest" else {"align_corners": False}  # nearest takes no align_corners
+
     def upsample(image: Tensor, lowres: Tensor, size: tuple[int, int]) -> Tensor:
-        if mode == "nearest":
-            return F.interpolate(lowres, size=size, mode="nearest")
-        return F.interpolate(lowres, size=size, mode=mode, align_corners=False)
+        return F.interpolate(lowres, size=size, mode=mode, **corners)
 
     return upsample
 
