@@ -14,6 +14,24 @@ from safetensors.torch import load_file, save_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "uplift_reference"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_autoencoder(widths: tuple[int, ...] = (8, 16), sample_size: int = 16):
+    """A small seeded diffusers ``AutoencoderKL`` in eval mode (one down block per width, so the patch is
+    2 ** (len(widths) - 1)); skips the calling test when diffusers is not installed."""
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'featlift[vae]')")
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(
+        block_out_channels=widths,
+        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=sample_size,
+    ).eval()
+
+
 TIMM_NAME = "vit_small_patch14_dinov2.lvd142m"
 CASES = ["dinov2_s14", "dinov3_splus16", "vae_mini"]
 

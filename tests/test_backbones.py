@@ -14,7 +14,7 @@ from featlift.config import BACKBONE_SOURCES, BackboneConfig
 from featlift.registry import get_variant
 
 from .configs import tiny_config
-from .conftest import TIMM_NAME
+from .conftest import TIMM_NAME, tiny_autoencoder
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -66,18 +66,7 @@ def test_directly_built_backbones_know_their_normalisation():
     bare = TimmViT(TIMM_NAME)
     mean, std = bare.normalisation
     assert mean == pytest.approx(IMAGENET[0]) and std == pytest.approx(IMAGENET[1])
-    pytest.importorskip("diffusers")
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = tiny_autoencoder((8, 8), sample_size=16)
     assert DiffusersVAE("tiny", vae=vae).normalisation == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 

@@ -27,7 +27,7 @@ from featlift.backbones import TimmViT
 from featlift.errors import CheckpointError, ConfigError
 from featlift.weights import read_pretrained_dir
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, tiny_autoencoder
 
 REPO = Path(__file__).resolve().parents[1]
 UPLIFT_WEIGHTS = FIXTURES / "dinov2_s14" / "weights.safetensors"
@@ -264,17 +264,7 @@ def test_bad_config_json_names_the_file(tmp_path, good_config, name):
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory) -> Path:
-    diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'featlift[vae]')")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = tiny_autoencoder((8, 16), sample_size=16)
     folder = tmp_path_factory.mktemp("vae") / "vae"
     vae.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -18,7 +18,7 @@ import featlift
 from featlift.backbones import TimmViT
 from featlift.errors import MissingDependencyError, UnknownModelError
 
-from .conftest import FIXTURES, REPO, TIMM_NAME, run_python
+from .conftest import FIXTURES, REPO, TIMM_NAME, run_python, tiny_autoencoder
 
 
 def test_load_upsampler_from_offline_cache_matches_the_hand_composed_chain(hf_home, backbone_file):
@@ -317,24 +317,10 @@ def test_local_model_directory(tmp_path, backbone_file):
 # -- the VAE variant ------------------------------------------------------------------------------------
 
 
-def _tiny_vae():
-    diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'featlift[vae]')")
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    ).eval()
-
-
 def test_vae_path_with_a_tiny_autoencoder(tmp_path):
     from featlift.backbones.sd_vae import DiffusersVAE
 
-    vae = _tiny_vae()
+    vae = tiny_autoencoder((8, 16, 16, 16), sample_size=32)
     vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
     uplift = featlift.build_upsampler(
         FIXTURES / "vae_mini" / "config.yaml", weights=FIXTURES / "vae_mini" / "weights.safetensors"
