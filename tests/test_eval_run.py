@@ -303,3 +303,11 @@ def test_depth_probe_end_to_end_on_the_nyuv2_folder_layout(tmp_path):
     assert set(result) >= {"rmse", "abs_rel", "delta1"}
     assert result["rmse"] < 0.5 and result["delta1"] > 0.8  # the mean-depth guess has an RMSE near 0.87
     assert "RMSE" in format_table(report)
+
+
+def test_an_upsampler_named_twice_is_refused_before_any_work(monkeypatch):
+    from featlift.eval import run
+
+    monkeypatch.setattr(run, "make_source", lambda *a, **k: pytest.fail("a source was built"))
+    with pytest.raises(ValueError, match=r"\['bilinear'\] named twice"):
+        next(run._sources(["bilinear", "nearest", "bilinear"], {}))

@@ -43,6 +43,10 @@ def _sources(upsamplers: list, options: dict):
     """Each upsampler as a feature source, one at a time (only one model is held at once)."""
     if not upsamplers:
         raise ValueError("name at least one upsampler to evaluate (--upsampler, repeatable)")
+    named = [spec for spec in upsamplers if isinstance(spec, str)]
+    twice = sorted({spec for spec in named if named.count(spec) > 1})
+    if twice:  # before any model is loaded or probe trained
+        raise ValueError(f"upsampler(s) {twice} named twice; give each one once")
     seen = set()
     for spec in upsamplers:
         source = make_source(spec, **options)
