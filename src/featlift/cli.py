@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import FeatliftError
+
 FEATURES_SUFFIX = ".safetensors"
 PCA_SUFFIX = ".pca.png"
 
@@ -389,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--video-stride", type=int, default=4, help="video: feature pooling before propagation")
     e.add_argument("--no-pretrained", action="store_true", help="random weights everywhere (testing only)")
     e.set_defaults(func=_cmd_eval)
+
+    from .demo.command import add_parser as add_demo_parser
+    from .export.command import add_parser as add_export_parser
+
+    add_export_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 
@@ -399,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as err:
+    except (FeatliftError, ValueError, TypeError, OSError, RuntimeError, MemoryError) as err:
         print(f"featlift: error: {err}", file=sys.stderr)
         return 1
 

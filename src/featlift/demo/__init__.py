@@ -1,0 +1,1 @@
+"""featlift demo (being built; see issue 14)."""

@@ -1,0 +1,16 @@
+"""The ``featlift demo`` subcommand (being built)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ConfigError
+
+
+def _run(args: argparse.Namespace) -> int:
+    raise ConfigError("featlift demo is not built yet")
+
+
+def add_parser(sub) -> None:
+    """Register ``featlift demo`` on the CLI's subparsers."""
+    sub.add_parser("demo", help="(being built)").set_defaults(func=_run)

@@ -1,0 +1,1 @@
+"""featlift export (being built; see issue 12)."""
