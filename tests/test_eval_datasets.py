@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -381,15 +382,21 @@ def test_class_tables_are_consistent():
     assert len(ds.COCOSTUFF_CLASSES) == 171 and len(set(ds.ADE20K_CLASSES)) == 150
 
 
-def test_nyuv2_v5_splits_without_scipy_names_fix(tmp_path):
+def test_nyuv2_v5_splits_without_scipy_names_fix(tmp_path, monkeypatch):
     pytest.importorskip("h5py")
-    try:
-        import scipy.io  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("scipy is installed; the v5 fallback would read the file")
+    monkeypatch.setitem(sys.modules, "scipy.io", None)  # as if scipy were not installed: import fails
+    monkeypatch.setitem(sys.modules, "scipy", None)
     _nyu_mat(tmp_path, np.zeros((1, 3, 2, 2), np.uint8), np.zeros((1, 2, 2), np.float32), [1], [1])
     (tmp_path / "splits.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(200))  # not HDF5
     with pytest.raises(MissingDependencyError, match="pip install scipy"):
         make_dataset("nyuv2", tmp_path, "val")
+
+
+def test_nyuv2_v5_splits_are_read_with_scipy(tmp_path):
+    """The official splits.mat is a MATLAB v5 file: scipy (in the eval extra) reads it."""
+    scipy_io = pytest.importorskip("scipy.io")
+    rgb = np.zeros((3, 3, 2, 2), np.uint8)
+    _nyu_mat(tmp_path, rgb, np.ones((3, 2, 2), np.float32), [1], [1])
+    scipy_io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[3], [1]]), "testNdxs": np.array([[2]])})
+    assert make_dataset("nyuv2", tmp_path, "train").ids == ["0001", "0003"]
+    assert make_dataset("nyuv2", tmp_path, "val").ids == ["0002"]

@@ -244,18 +244,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "backbone": args.backbone,
         "backbone_weights": args.backbone_weights,
         "pretrained": not args.no_pretrained,
-        "device": args.device or ("cuda" if _cuda_available() else "cpu"),
+        "device": args.device,  # default: CUDA when available (under torchrun this process's GPU)
         "image_size": args.image_size,
         "max_val": args.max_val,
         "out": args.out,
         "progress": True,
+        "cache_dir": args.cache_dir,
+        "amp": not args.no_amp,
     }
     picture = None
     if args.task == "video":
         report = evaluate_video(args.dataset, args.root, args.upsampler, stride=args.video_stride, **common)
     else:
         picture = args.picture or (str(Path(args.out).with_suffix(".png")) if args.out else None)
-        config = ProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+        config = ProbeConfig(
+            epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, amp=not args.no_amp
+        )
+        checkpoints = args.checkpoint_dir or (str(Path(args.out).with_suffix(".checkpoints")) if args.out else None)
         report = evaluate(
             args.task,
             args.dataset,
@@ -266,18 +271,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             tile=args.tile,
             save_predictions=args.save_predictions,
             picture=picture,
+            checkpoint_dir=checkpoints,
+            resume=args.resume,
             **common,
         )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the first process reports
+        return 0
     print(format_table(report))
     if args.out:
         print(f"results written to {args.out}" + (f", picture to {picture}" if picture else ""))
     return 0
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="results JSON (a picture grid goes next to it as .png)")
     e.add_argument("--picture", default=None, help="where to write the picture grid (default: next to --out)")
     e.add_argument("--video-stride", type=int, default=4, help="video: feature pooling before propagation")
+    e.add_argument(
+        "--cache-dir", default=None, metavar="DIR", help="cache backbone features here (keyed on image, crop, backbone)"
+    )
+    e.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        metavar="DIR",
+        help="per-epoch probe checkpoints (default: next to --out, as OUT.checkpoints)",
+    )
+    e.add_argument("--resume", action="store_true", help="continue the probes saved in the checkpoint folder")
+    e.add_argument("--no-amp", action="store_true", help="no bfloat16 on CUDA (always float32)")
     e.add_argument("--no-pretrained", action="store_true", help="random weights everywhere (testing only)")
     e.set_defaults(func=_cmd_eval)
 

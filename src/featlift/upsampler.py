@@ -154,6 +154,7 @@ class Upsampler(nn.Module):
         *,
         tile: int | tuple[int, int] | str | None = "default",
         head: Callable[[Tensor], Tensor] | None = None,
+        features: Tensor | None = None,
     ) -> Tensor | list[Tensor] | tuple[Any, Any]:
         """Pixel-dense features for ``images``.
 
@@ -169,6 +170,8 @@ class Upsampler(nn.Module):
             head: per-pixel callable [B, C, H, W] -> [B, K, H, W] (linear probe, PCA, ...) applied to each
                 tile at the upsampler's native resolution; the K-channel result is then resized to
                 ``output_size``. Pixel-dense C-channel features are never held for the whole image.
+            features: the backbone's features of ``images`` [B, C, h, w], computed earlier (a feature
+                cache); the backbone is then skipped. The images must share one size.
 
         Returns:
             [B, C, H, W] when all images share a size, else a list of [1, C, H, W] tensors; with
@@ -180,6 +183,8 @@ class Upsampler(nn.Module):
             raise TypeError(f"head must be a callable mapping [B, C, H, W] to [B, K, H, W], got {type(head).__name__}")
         pending = image_batch(images)
         same = len({item.size for item in pending}) == 1
+        if features is not None and not same:
+            raise ValueError("features= needs images of one size (one backbone batch); pass them one size at a time")
         groups = [pending] if same else [[item] for item in pending]
         feats, lows = [], []
         for group in groups:
@@ -188,7 +193,7 @@ class Upsampler(nn.Module):
             if self.memory_guard:
                 self.check_memory(len(group), original, output_size=output_size, tile=tile, head=head)
             image = self.normalize(torch.cat([self._load(item) for item in group]))
-            lowres = self.backbone(image)
+            lowres = self.backbone(image) if features is None else self._check_features(features, image)
             if not _all_finite(lowres):
                 raise ValueError(
                     f"the backbone returned NaN or infinite features for images of {original[0]}x{original[1]} "
@@ -210,6 +215,17 @@ class Upsampler(nn.Module):
         if return_lowres:
             return result, (lows[0] if same else lows)
         return result
+
+    def _check_features(self, features: Tensor, image: Tensor) -> Tensor:
+        b, _, h, w = image.shape
+        want = (b, self.backbone.channels, h // self.patch, w // self.patch)
+        if not isinstance(features, Tensor) or tuple(features.shape) != want:
+            got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(
+                f"features must be the backbone's output for these images, shape {want} (batch, channels, "
+                f"patch grid of the {h}x{w} backbone input), got {got}"
+            )
+        return features.to(self.device, self.dtype)
 
     def estimate_memory(
         self,

@@ -641,7 +641,7 @@ def _read_nyu_split(path: Path, split: str) -> list[int]:
         except ImportError as exc:
             raise MissingDependencyError(
                 f"{path}: this splits file is a MATLAB v5 file, which needs scipy to read; install it with "
-                "pip install scipy (or save it as MATLAB v7.3, which h5py reads)"
+                'pip install "featlift[eval]" (or pip install scipy; or save it as MATLAB v7.3, which h5py reads)'
             ) from exc
         content = loadmat(path)
         if key not in content:

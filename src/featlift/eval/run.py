@@ -23,7 +23,10 @@ import torch
 from PIL import Image
 
 from ..atomic import atomic_write
-from .probe import ProbeConfig, evaluate_probe, train_probe
+from ..distributed import Dist, init_distributed, process_device, shard
+from ..errors import ConfigError
+from .cache import BackboneCache
+from .probe import ProbeConfig, evaluate_probe, slug, train_probe
 from .upsamplers import make_source
 
 __all__ = ["evaluate", "evaluate_video", "format_table", "save_picture"]
@@ -56,6 +59,45 @@ def _sources(upsamplers: list, options: dict):
         yield source
 
 
+def _processes(options: dict, cache_dir) -> Dist:
+    """Join the torchrun process group (if any), put this process on its device, attach the cache."""
+    d = init_distributed(None if options.get("device") is None else str(options["device"]))
+    options["device"] = process_device(options.get("device"), d)
+    if cache_dir is not None:
+        options["cache"] = BackboneCache(cache_dir)
+    return d
+
+
+def _gather(items: list, d: Dist) -> list:
+    """Every process's ``items``, concatenated in rank order (the single-process order for shards)."""
+    if not d.active:
+        return items
+    import torch.distributed as dist
+
+    parts: list = [None] * d.world
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
+
+
+def _check_protocol(directory: Path, protocol: dict, resume: bool, d: Dist) -> None:
+    """Tie a checkpoint folder to one protocol: a resume under other settings is refused."""
+    path = directory / "protocol.json"
+    if resume and path.is_file():
+        found = json.loads(path.read_text())
+        if found != protocol:
+            diff = {k: (found.get(k), protocol.get(k)) for k in sorted(set(found) | set(protocol))}
+            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+            raise ConfigError(
+                f"{directory}: these checkpoints were made with other settings {diff} (saved, now); resume "
+                "with the same settings, or pass another --checkpoint-dir (or leave out --resume to start over)"
+            )
+    elif d.main:
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(protocol, indent=2) + "\n")
+    d.barrier()
+
+
 def _write_report(report: dict, out: str | os.PathLike | None) -> None:
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +120,9 @@ def evaluate(
     picture: str | os.PathLike | None = None,
     picture_items: int = 4,
     progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
     **source_options,
 ) -> dict:
     """Train and evaluate the probe for each of ``upsamplers`` on ``dataset`` (see
@@ -85,17 +130,36 @@ def evaluate(
 
     ``task`` is ``"seg"`` or ``"depth"``. ``source_options`` are the keywords of
     :func:`featlift.eval.upsamplers.make_source` (``backbone``, ``backbone_weights``, ``pretrained``,
-    ``device``, ``tile``). Returns the report (module docstring); ``out`` also writes it as JSON,
-    ``picture`` a PNG grid, ``save_predictions`` the predicted and target label PNGs.
+    ``device``, ``tile``, ``amp``). Returns the report (module docstring); ``out`` also writes it as
+    JSON, ``picture`` a PNG grid, ``save_predictions`` the predicted and target label PNGs.
+
+    ``cache_dir`` caches backbone features on disk (:mod:`featlift.eval.cache`). ``checkpoint_dir``
+    saves each probe after every epoch; ``resume`` continues from there (the settings must match).
+    Under ``torchrun`` the processes share the work (:mod:`featlift.eval.probe`); the main process
+    writes the report and picture, and every process returns it.
     """
     from .datasets import make_dataset
 
     config = ProbeConfig() if config is None else config
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume needs the checkpoint folder of the run to continue (--checkpoint-dir)")
+    d = _processes(source_options, cache_dir)
     train_set = make_dataset(dataset, root, "train", image_size, limit=max_train)
     val_set = make_dataset(dataset, root, "val", image_size, limit=max_val)
     if getattr(train_set, "task", task) != task:
         raise ValueError(f"dataset {dataset!r} is for the {train_set.task!r} task, not {task!r}")
     outputs = train_set.num_classes if task == "seg" else 1
+    protocol = {
+        **asdict(config),
+        "image_size": image_size,
+        "backbone": source_options.get("backbone"),
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+        "tile": source_options.get("tile"),
+    }
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpoints is not None:
+        _check_protocol(checkpoints, {"task": task, "dataset": dataset, **protocol}, resume, d)
     results, kept = {}, {}
     for source in _sources(upsamplers, source_options):
         logger.info("training the probe on %s features (%d images)", source.name, len(train_set))
@@ -107,6 +171,9 @@ def evaluate(
             config=config,
             ignore_index=getattr(train_set, "ignore_index", 255),
             progress=progress,
+            checkpoint=checkpoints / f"{slug(source.name)}.probe.pt" if checkpoints is not None else None,
+            resume=resume,
+            dist=d,
         )
         metric = _metric(task, val_set, source.device)
         results[source.name], kept[source.name] = evaluate_probe(
@@ -119,23 +186,14 @@ def evaluate(
             save_dir=save_predictions,
             keep=picture_items if picture else 0,
             progress=progress,
+            dist=d,
         )
-    report = {
-        "task": task,
-        "dataset": dataset,
-        "protocol": {
-            **asdict(config),
-            "image_size": image_size,
-            "backbone": source_options.get("backbone"),
-            "train_images": len(train_set),
-            "val_images": len(val_set),
-            "tile": source_options.get("tile"),
-        },
-        "results": results,
-    }
-    _write_report(report, out)
-    if picture is not None and kept:
-        save_picture(picture, kept, task, getattr(val_set, "num_classes", 0))
+    report = {"task": task, "dataset": dataset, "protocol": {**protocol, "processes": d.world}, "results": results}
+    if d.main:
+        _write_report(report, out)
+        if picture is not None and kept and all(kept.values()):
+            save_picture(picture, kept, task, getattr(val_set, "num_classes", 0))
+    d.barrier()
     return report
 
 
@@ -154,10 +212,12 @@ def evaluate_video(
     max_val: int | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = False,
+    cache_dir: str | os.PathLike | None = None,
     **source_options,
 ) -> dict:
     """Video label propagation (DAVIS 2017 val) for each upsampler: J&F mean. ``source_options`` are
-    the keywords of :func:`featlift.eval.upsamplers.make_source`.
+    the keywords of :func:`featlift.eval.upsamplers.make_source`; under ``torchrun`` the sequences are
+    shared out across the processes.
 
     Frames are resized so the shorter side is ``image_size`` (aspect kept); each upsampler's features at
     that size are average-pooled by ``stride`` to the working grid, where the first frame's objects are
@@ -175,11 +235,13 @@ def evaluate_video(
     sequences = make_dataset(dataset, root, "val", None, limit=max_val)
     if getattr(sequences, "task", None) != "video":
         raise ValueError(f"dataset {dataset!r} is not a video dataset; eval video reads davis")
+    d = _processes(source_options, cache_dir)
+    ids = [sequences.ids[i] if hasattr(sequences, "ids") else str(i) for i in range(len(sequences))]
     results = {}
     for source in _sources(upsamplers, source_options):
         scores = []
-        items = range(len(sequences))
-        if progress:
+        items = shard(len(sequences), d)
+        if progress and d.main:
             from tqdm import tqdm
 
             items = tqdm(items, unit="sequence", desc=f"video {source.name}", leave=False)
@@ -199,13 +261,12 @@ def evaluate_video(
             preds = propagate(feats, first, topk=topk, context=context, radius=radius, temperature=temperature)
             preds = [F.interpolate(p[None, None].float(), size=(h, w), mode="nearest")[0, 0].long() for p in preds]
             scores.append(j_and_f(preds, seq["masks"], seq["num_objects"]))
+        scores = _gather(scores, d)
         results[source.name] = {
             "jf_mean": sum(s["jf_mean"] for s in scores) / len(scores),
             "j_mean": sum(s["j_mean"] for s in scores) / len(scores),
             "f_mean": sum(s["f_mean"] for s in scores) / len(scores),
-            "sequences": {
-                sequences.ids[i] if hasattr(sequences, "ids") else str(i): s["jf_mean"] for i, s in enumerate(scores)
-            },
+            "sequences": {ids[i]: s["jf_mean"] for i, s in enumerate(scores)},
         }
     report = {
         "task": "video",
@@ -219,10 +280,13 @@ def evaluate_video(
             "temperature": temperature,
             "backbone": source_options.get("backbone"),
             "val_images": len(sequences),
+            "processes": d.world,
         },
         "results": results,
     }
-    _write_report(report, out)
+    if d.main:
+        _write_report(report, out)
+    d.barrier()
     return report
 
 

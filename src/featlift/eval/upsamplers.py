@@ -15,6 +15,10 @@ the images' own size.
 Images enter as float32 [B, 3, S, S] in [0, 1] (the protocol's crops); sides that are not a multiple
 of the backbone's patch are resized to the nearest multiple before the backbone, as
 :class:`featlift.Upsampler` does.
+
+``cache`` (a :class:`featlift.eval.cache.BackboneCache`) reads the backbone's features from disk where
+it has them. ``amp`` on CUDA runs in bfloat16: featlift models are loaded in bfloat16, and the backbone
+and the upsampling of the other kinds run under bf16 autocast; features leave as float32 either way.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone, load_backbone
 from ..config import BackboneConfig
 from ..images import resize_to_patch_multiple
+from .cache import BackboneCache
 
 __all__ = ["INTERPOLATIONS", "FeatureSource", "make_source"]
 
@@ -63,20 +68,31 @@ class FeatureSource:
 class _FeatliftSource(FeatureSource):
     """A featlift :class:`~featlift.Upsampler` (its own backbone); ``tile`` runs the probe per tile."""
 
-    def __init__(self, name: str, upsampler, tile: int | None) -> None:
+    def __init__(self, name: str, upsampler, tile: int | None, cache: BackboneCache | None = None) -> None:
         self.name = name
         self.up = upsampler
         self.channels = upsampler.uplift.channels
         self.device = upsampler.device
         self.tile = tile
+        self.cache = cache
+
+    def _lowres(self, images: Tensor) -> Tensor | None:
+        if self.cache is None:
+            return None
+        with torch.inference_mode():
+            normalised = self.up.normalize(resize_to_patch_multiple(images, self.up.patch))
+            return self.cache.lowres(self.up.backbone, normalised, images)
 
     def features(self, images: Tensor) -> Tensor:
-        out = self.up(images.to(self.device), tile=self.tile)
+        images = images.to(self.device)
+        out = self.up(images, tile=self.tile, features=self._lowres(images))
         return out.float().clone()  # out of inference mode, so a probe can train on it
 
     def predict(self, images: Tensor, head: nn.Module) -> Tensor:
+        images = images.to(self.device)
         with torch.inference_mode():
-            out = self.up(images.to(self.device), tile=self.tile, head=head)
+            # a bf16 model (amp) hands the float32 probe float32 tiles
+            out = self.up(images, tile=self.tile, head=lambda t: head(t.float()), features=self._lowres(images))
         return out.float().clone()
 
 
@@ -84,23 +100,38 @@ class _BackboneSource(FeatureSource):
     """A backbone's coarse features, brought to the image size by ``upsample(image, lowres, size)``."""
 
     def __init__(
-        self, name: str, backbone: Backbone, upsample: UpsampleFn, device: torch.device, *, keeps_channels: bool
+        self,
+        name: str,
+        backbone: Backbone,
+        upsample: UpsampleFn,
+        device: torch.device,
+        *,
+        keeps_channels: bool,
+        cache: BackboneCache | None = None,
+        amp: bool = False,
     ) -> None:
         self.name = name
         self.backbone = backbone.to(device).eval()
         self.upsample = upsample
         self.device = device
         self.channels = backbone.channels
+        self.cache = None  # the width probe below must not leave an entry behind
+        self.amp = amp and device.type == "cuda"
         if not keeps_channels:  # a hub model or callable may change the width: ask it, on a two-patch image
             side = 2 * backbone.patch
             self.channels = int(self.features(torch.zeros(1, 3, side, side)).shape[1])
+        self.cache = cache
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         images = images.to(self.device, torch.float32)
-        normalised = self.backbone.normalise(resize_to_patch_multiple(images, self.backbone.patch))
-        lowres = self.backbone(normalised)
-        out = self.upsample(normalised, lowres, tuple(images.shape[-2:]))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            normalised = self.backbone.normalise(resize_to_patch_multiple(images, self.backbone.patch))
+            if self.cache is None:
+                lowres = self.backbone(normalised)
+            else:
+                lowres = self.cache.lowres(self.backbone, normalised, images)
+            out = self.upsample(normalised, lowres, tuple(images.shape[-2:]))
         if not isinstance(out, Tensor) or out.shape[0] != images.shape[0] or out.shape[-2:] != images.shape[-2:]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
@@ -141,6 +172,8 @@ def make_source(
     device: str | torch.device = "cpu",
     tile: int | None = None,
     name: str | None = None,
+    cache: BackboneCache | str | os.PathLike | None = None,
+    amp: bool = True,
 ) -> FeatureSource:
     """The :class:`FeatureSource` that ``spec`` names (see the module docstring).
 
@@ -154,16 +187,22 @@ def make_source(
         tile: tile size (backbone cells) for featlift models: the probe then runs per tile, so large
             images never hold full pixel-dense features.
         name: the label in tables and outputs (default: ``spec``, or the callable's name).
+        cache: a :class:`~featlift.eval.cache.BackboneCache` or its folder: backbone features are read
+            from disk where cached (keyed on the backbone's weights and the image crop).
+        amp: on CUDA, compute in bfloat16 (ignored on the CPU).
 
     Raises:
         ValueError: a spec that needs ``backbone`` without one, or a malformed ``hub:`` spec.
         UnknownModelError, DownloadError, CheckpointError: from loading the model or backbone.
     """
     device = torch.device(device)
+    if cache is not None and not isinstance(cache, BackboneCache):
+        cache = BackboneCache(cache)
+    half = amp and device.type == "cuda"
     if callable(spec) and not isinstance(spec, str):
         label = name or getattr(spec, "__name__", type(spec).__name__)
         source = _backbone(backbone, backbone_weights, pretrained, label)
-        return _BackboneSource(label, source, spec, device, keeps_channels=False)
+        return _BackboneSource(label, source, spec, device, keeps_channels=False, cache=cache, amp=half)
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"an upsampler spec is a name or a callable, got {spec!r}")
     label = name or spec
@@ -174,10 +213,12 @@ def make_source(
     else:
         from ..builder import load_upsampler
 
-        up = load_upsampler(spec, pretrained=pretrained, device=device, backbone_weights=backbone_weights)
-        return _FeatliftSource(label, up, tile)
+        dtype = torch.bfloat16 if half else None
+        up = load_upsampler(spec, pretrained=pretrained, device=device, dtype=dtype, backbone_weights=backbone_weights)
+        return _FeatliftSource(label, up, tile, cache)
     source = _backbone(backbone, backbone_weights, pretrained, label)
-    return _BackboneSource(label, source, upsample, device, keeps_channels=spec in INTERPOLATIONS)
+    keeps = spec in INTERPOLATIONS
+    return _BackboneSource(label, source, upsample, device, keeps_channels=keeps, cache=cache, amp=half)
 
 
 def _backbone(name: str | None, weights, pretrained: bool, label: str) -> Backbone:

@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import signal
 import threading
@@ -55,6 +54,9 @@ from ..atomic import atomic_write
 from ..backbones import Backbone, load_backbone
 from ..backbones.normalisation import agreed_normalisation
 from ..config import BackboneConfig, UpliftConfig
+from ..distributed import Dist as _Dist
+from ..distributed import init_distributed as _init_distributed
+from ..distributed import process_device
 from ..errors import CheckpointError
 from ..lookup import resolve_model
 from ..modeling.uplift import UPLiFT
@@ -115,36 +117,8 @@ class TrainConfig:
 # -- processes ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_hint: str | None) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    use_cuda = torch.cuda.is_available() and (device_hint is None or device_hint.startswith("cuda"))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
-    if cfg.device is not None:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and d.world > 1:
-            device = torch.device("cuda", d.local_rank)
-        return device
-    return torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return process_device(cfg.device, d)
 
 
 # -- model and data ----------------------------------------------------------------------------------
