@@ -1,16 +1,105 @@
-"""The ``featlift export`` subcommand (being built)."""
+"""The ``featlift export`` subcommand: an upsampler as an ONNX model or a ``torch.export`` program."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import ConfigError
 
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
+
+
+def _format(args: argparse.Namespace) -> str:
+    """``--format``, or the one ``--out``'s suffix names."""
+    if args.format is not None:
+        return args.format
+    suffix = Path(args.out).suffix.lower()
+    for name, ext in FORMATS.items():
+        if suffix == ext:
+            return name
+    raise ConfigError(
+        f"--format is missing and {args.out!r} does not end in .onnx or .pt2; pass --format onnx or --format pt2"
+    )
+
+
+def _parse_cells(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--example-cells must be HxW backbone cells such as 4x6, got {text!r}"
+        ) from None
+    return h, w
+
 
 def _run(args: argparse.Namespace) -> int:
-    raise ConfigError("featlift export is not built yet")
+    from .api import DEFAULT_OPSET, export_onnx, export_pt2
+
+    fmt = _format(args)
+    common = {
+        "iters": args.iters,
+        "with_backbone": args.with_backbone,
+        "weights": args.weights,
+        "backbone_weights": args.backbone_weights,
+        "pretrained": not args.no_pretrained,
+        "revision": args.revision,
+        "example_cells": args.example_cells,
+    }
+    if fmt == "onnx":
+        if args.device not in (None, "cpu"):
+            raise ConfigError("--device applies to --format pt2 only (ONNX graphs are traced on the CPU)")
+        if args.portable:
+            raise ConfigError("--portable applies to --format pt2 only (ONNX graphs are always portable)")
+        opset = DEFAULT_OPSET if args.opset is None else args.opset
+        path = export_onnx(args.model, args.out, opset=opset, dtype=args.dtype, **common)
+    else:
+        if args.opset is not None:
+            raise ConfigError("--opset applies to --format onnx only")
+        path = export_pt2(args.model, args.out, dtype=args.dtype, device=args.device, portable=args.portable, **common)
+    print(f"wrote {path}")
+    return 0
 
 
 def add_parser(sub) -> None:
     """Register ``featlift export`` on the CLI's subparsers."""
-    sub.add_parser("export", help="(being built)").set_defaults(func=_run)
+    p = sub.add_parser(
+        "export",
+        help="export an upsampler as ONNX or a torch.export program (.pt2)",
+        description=(
+            "Writes MODEL's upsampler as an ONNX model (inputs 'image' [B,3,H,W] normalised for the backbone and "
+            "'features' [B,C,H/p,W/p], output 'upsampled') or a torch.export ExportedProgram, dynamic in batch "
+            "and spatial size. --with-backbone puts the backbone into the graph: then the only input is 'image', "
+            "RGB in [0, 1]. The output is the upsampler's native grid, h * 2**iters by w * 2**iters."
+        ),
+    )
+    p.add_argument("model", help="registered name (dinov2_s14), local model dir, config file or Hub repo id")
+    p.add_argument("--format", choices=sorted(FORMATS), default=None, help="onnx or pt2 (default: from --out's suffix)")
+    p.add_argument("--out", required=True, help="the file to write (.onnx or .pt2)")
+    p.add_argument("--weights", default=None, help="local UPLiFT weights instead of the download")
+    p.add_argument("--backbone-weights", default=None, help="local backbone weights (with --with-backbone)")
+    p.add_argument("--no-pretrained", action="store_true", help="random weights (testing only)")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit of the UPLiFT files")
+    p.add_argument("--iters", type=int, default=None, help="upsampling iterations (default: pixel density)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 18 or newer)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="weights and inputs (onnx: float32 or float16)",
+    )
+    p.add_argument("--with-backbone", action="store_true", help="export backbone + upsampler as one graph")
+    p.add_argument("--device", default=None, help="pt2: where the program's weights live (default cpu)")
+    p.add_argument(
+        "--portable",
+        action="store_true",
+        help="pt2: the attender in standard ops (runs without featlift; default: featlift's custom op)",
+    )
+    p.add_argument(
+        "--example-cells",
+        type=_parse_cells,
+        default=(4, 6),
+        metavar="HxW",
+        help="backbone cells of the example input traced (default 4x6; any size runs afterwards)",
+    )
+    p.set_defaults(func=_run)

@@ -1,0 +1,110 @@
+"""The Local Attender's weighted sum in standard tensor ops, for graphs that leave PyTorch (ONNX).
+
+:func:`portable_local_attend` computes exactly what :func:`featlift.ops.local_attend` computes (see that
+module for the formula), written only with ops every exporter and runtime knows: softmax, an edge
+(replicate) pad, a nearest 2x resize, static slices, multiplies and adds. The only Python loop runs over
+the neighbourhood's offsets, a constant of the architecture; no size of the input is read in Python, so a
+traced graph stays valid for every batch and spatial size.
+
+:class:`ExportAttender` is a :class:`~featlift.modeling.attender.LocalAttender` that uses it (or the
+library's custom op, for ``torch.export``) with a scale fixed in advance; the exporters swap it into a
+copy of the model (:func:`with_export_attenders`), leaving the original alone.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..modeling.attender import LocalAttender
+from ..ops.fused import accumulation_dtype
+from ..ops.local_attend import local_attend
+
+__all__ = ["ExportAttender", "portable_local_attend", "with_export_attenders"]
+
+Offsets = tuple[tuple[int, int], ...]
+
+
+def portable_local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> Tensor:
+    """Softmax over ``logits`` [B, n, s*h, s*w] and weighted sum of the shifted ``values`` [B, C, h, w].
+
+    The values are edge-padded by the neighbourhood's radius r and nearest-upsampled by ``scale`` once;
+    offset (dy, dx) is then a static slice of that map (its start and end counted from either border, so
+    no input size enters the graph). Half-precision inputs accumulate in float32, as the library's paths do.
+
+    Memory: the upsampled padded values (about the output's size) plus the output and one product.
+    """
+    acc = accumulation_dtype(values.dtype)
+    r = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    weights = torch.softmax(logits.to(acc), dim=1)
+    padded = F.pad(values.to(acc), (r, r, r, r), mode="replicate") if r else values.to(acc)
+    if scale != 1:
+        padded = F.interpolate(padded, scale_factor=float(scale), mode="nearest")
+    out = None
+    for k, (dy, dx) in enumerate(offsets):
+        rows = slice((r + dy) * scale, (dy - r) * scale or None)
+        cols = slice((r + dx) * scale, (dx - r) * scale or None)
+        term = weights[:, k : k + 1] * padded[:, :, rows, cols]
+        out = term if out is None else out + term
+    return out.to(values.dtype)
+
+
+class ExportAttender(LocalAttender):
+    """A :class:`LocalAttender` for export: the scale is fixed at construction (the decoder step's factor)
+    instead of divided out of the input shapes, so a tracer with symbolic sizes sees a plain integer.
+
+    ``portable=True`` computes the weighted sum with :func:`portable_local_attend` (standard ops, for
+    ONNX); ``False`` keeps the library's custom op ``featlift::local_attend`` (its fake kernel lets
+    ``torch.export`` trace it), with the implementation :func:`featlift.ops.local_attend` picks for the
+    device the model is on.
+    """
+
+    def __init__(
+        self,
+        guide_channels: int,
+        size: int = 17,
+        residual: bool = True,
+        impl: str = "auto",
+        *,
+        scale: int = 2,
+        portable: bool = True,
+    ) -> None:
+        super().__init__(guide_channels, size, residual, impl)
+        self.scale = int(scale)
+        self.portable = bool(portable)
+
+    @classmethod
+    def like(cls, attender: LocalAttender, scale: int, *, portable: bool) -> ExportAttender:
+        """An export attender with ``attender``'s configuration and (a copy of) its weights."""
+        out = cls(
+            attender.to_logits.in_channels,
+            attender.size,
+            attender.residual,
+            attender.impl,
+            scale=scale,
+            portable=portable,
+        )
+        out.offsets = attender.offsets
+        out.load_state_dict(attender.state_dict())
+        weight = attender.to_logits.weight
+        return out.to(device=weight.device, dtype=weight.dtype).train(attender.training)
+
+    def attend(self, logits: Tensor, values: Tensor, *, channels_last: bool = False) -> Tensor:
+        if self.portable:
+            return portable_local_attend(logits, values, self.offsets, self.scale)
+        return local_attend(logits, values, self.offsets, self.scale, impl=self.impl, channels_last=channels_last)
+
+
+def with_export_attenders(model: nn.Module, *, portable: bool) -> nn.Module:
+    """A deep copy of ``model`` (an :class:`~featlift.UPLiFT`, or a module holding one) whose Local
+    Attenders are :class:`ExportAttender` (``portable`` as there); ``model`` itself is not changed."""
+    from ..modeling.uplift import UPLiFT
+
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        if isinstance(module, UPLiFT):
+            module.attender = ExportAttender.like(module.attender, module.config.decoder.scale, portable=portable)
+    return model

@@ -1,0 +1,274 @@
+"""What gets exported: the modules traced by the ONNX and ``torch.export`` exporters, their example inputs
+and dynamic shapes, and the loading of a model reference for export.
+
+Two graphs:
+
+- :class:`UpsamplerGraph` (default): ``(image, features) -> upsampled``, the network alone, called as
+  :meth:`featlift.UPLiFT.forward` is: ``image`` [B, 3, H, W] normalised as the backbone expects, at the
+  backbone's input size (H = h * patch), ``features`` [B, C, h, w] the backbone's features.
+- :class:`PipelineGraph` (``with_backbone``): ``image -> upsampled``, ``image`` [B, 3, H, W] RGB in
+  [0, 1] with H and W multiples of the patch; the graph normalises it with the backbone's statistics, runs
+  the backbone and the upsampler.
+
+Both return ``upsampled`` [B, C, h * f**iters, w * f**iters] (f = the upsampling factor, 2 for every
+published model): the upsampler's native grid, not resized to the image.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, ConfigError
+from ..modeling.uplift import UPLiFT
+from ..upsampler import Upsampler
+from .attend import with_export_attenders
+
+__all__ = ["ExportTarget", "PipelineGraph", "UpsamplerGraph", "load_target"]
+
+logger = logging.getLogger(__name__)
+
+INPUT_IMAGE = "image"
+INPUT_FEATURES = "features"
+OUTPUT = "upsampled"
+
+
+class UpsamplerGraph(nn.Module):
+    """``(image, features) -> upsampled``: ``iters`` UPLiFT iterations (see the module docstring)."""
+
+    def __init__(self, uplift: UPLiFT, iters: int) -> None:
+        super().__init__()
+        self.uplift = uplift
+        self.iters = iters
+
+    def forward(self, image: Tensor, features: Tensor) -> Tensor:
+        return self.uplift(image, features, iters=self.iters)
+
+
+class PipelineGraph(nn.Module):
+    """``image -> upsampled``: normalise an RGB image in [0, 1] (in float32, as :class:`~featlift.Upsampler`
+    does), run the backbone, then ``iters`` UPLiFT iterations."""
+
+    def __init__(self, backbone: nn.Module, uplift: UPLiFT, iters: int, stats) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.uplift = uplift
+        self.iters = iters
+        mean, std = stats
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: Tensor) -> Tensor:
+        dtype = image.dtype
+        normalised = ((image.float() - self.mean) / self.std).to(dtype)
+        return self.uplift(normalised, self.backbone(normalised), iters=self.iters)
+
+
+@dataclass
+class ExportTarget:
+    """A model ready to be traced: the graph module (a private copy, in eval mode, frozen, on ``device``
+    in ``dtype``), its UPLiFT, and how it is called."""
+
+    graph: nn.Module
+    uplift: UPLiFT
+    iters: int
+    with_backbone: bool
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def patch(self) -> int:
+        return self.uplift.patch
+
+    @property
+    def channels(self) -> int:
+        return self.uplift.channels
+
+    @property
+    def input_names(self) -> list[str]:
+        return [INPUT_IMAGE] if self.with_backbone else [INPUT_IMAGE, INPUT_FEATURES]
+
+    def example_inputs(self, cells: tuple[int, int], batch: int = 2, seed: int = 0) -> tuple[Tensor, ...]:
+        """Random inputs of ``batch`` images of ``cells`` (rows, cols) backbone cells: the image in [0, 1]
+        with the backbone, otherwise a standard-normal normalised image and features."""
+        gen = torch.Generator().manual_seed(seed)
+        h, w = cells
+        p = self.patch
+        if self.with_backbone:
+            image = torch.rand(batch, 3, h * p, w * p, generator=gen)
+            return (image.to(self.device, self.dtype),)
+        image = torch.randn(batch, 3, h * p, w * p, generator=gen)
+        features = torch.randn(batch, self.channels, h, w, generator=gen)
+        return image.to(self.device, self.dtype), features.to(self.device, self.dtype)
+
+    def dynamic_shapes(self) -> dict[str, dict[int, object]]:
+        """``torch.export`` dynamic shapes: batch, and the feature grid's rows and columns (the image's
+        height and width are ``patch`` times those)."""
+        from torch.export import Dim
+
+        batch, h, w = Dim("batch", min=1), Dim("h", min=1), Dim("w", min=1)
+        image = {0: batch, 2: self.patch * h, 3: self.patch * w}
+        if self.with_backbone:
+            return {INPUT_IMAGE: image}
+        return {INPUT_IMAGE: image, INPUT_FEATURES: {0: batch, 2: h, 3: w}}
+
+    def metadata(self) -> dict[str, str]:
+        """What a consumer of the exported file needs to know, as strings (ONNX metadata_props, pt2 extra file)."""
+        from .._version import __version__
+
+        config = self.uplift.config
+        factor = config.up_factor**self.iters
+        image = (
+            "[B, 3, H, W] RGB in [0, 1], H and W multiples of the patch; normalised inside the graph"
+            if self.with_backbone
+            else "[B, 3, H, W] normalised as the backbone expects, H = h * patch, W = w * patch"
+        )
+        meta = {
+            "featlift.version": __version__,
+            "featlift.inputs": ",".join(self.input_names),
+            "featlift.output": OUTPUT,
+            "featlift.image": image,
+            "featlift.upsampled": f"[B, C, h * {factor}, w * {factor}] (h = H / patch, w = W / patch)",
+            "featlift.patch": str(self.patch),
+            "featlift.channels": str(self.channels),
+            "featlift.iters": str(self.iters),
+            "featlift.up_factor": str(config.up_factor),
+            "featlift.with_backbone": str(self.with_backbone).lower(),
+            "featlift.dtype": str(self.dtype).removeprefix("torch."),
+            "featlift.config": json.dumps(config.to_dict(), separators=(",", ":")),
+        }
+        if config.backbone.name:
+            meta["featlift.backbone"] = f"{config.backbone.source}:{config.backbone.name}"
+        return meta
+
+
+def _loaded_uplift(model, *, weights, pretrained: bool, revision, cache_dir) -> UPLiFT:
+    """The UPLiFT network of a model reference, with the weights :func:`featlift.load_upsampler` would
+    give it (without building its backbone)."""
+    from ..builder import build_upsampler
+    from ..lookup import resolve_model
+
+    source = resolve_model(model, revision=revision, cache_dir=cache_dir)
+    if weights is None and pretrained:
+        weights = source.weights_file()
+        if weights is None:
+            raise CheckpointError(
+                f"{source.description} brings no UPLiFT weights; pass weights=PATH (--weights) for trained "
+                "ones, or pretrained=False (--no-pretrained) for random weights"
+            )
+    return build_upsampler(source.config, weights=weights)
+
+
+def check_dtype(dtype: torch.dtype | str, allowed: tuple[str, ...]) -> torch.dtype:
+    """``dtype`` (a torch dtype or its name) if it is one of ``allowed`` (names), else a ConfigError."""
+    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name not in allowed:
+        raise ConfigError(f"dtype must be one of {', '.join(allowed)}, got {dtype!r}")
+    return getattr(torch, name)
+
+
+def load_target(
+    model,
+    *,
+    with_backbone: bool,
+    portable: bool,
+    iters: int | None,
+    dtype: torch.dtype,
+    device: str | torch.device | None,
+    weights: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
+    pretrained: bool = True,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> ExportTarget:
+    """The :class:`ExportTarget` of ``model``: an :class:`~featlift.Upsampler`, an :class:`~featlift.UPLiFT`
+    or a model reference (registered name, model directory, config file or object, Hub repo id) loaded
+    as :func:`featlift.load_upsampler` does (``weights``, ``backbone_weights``, ``pretrained``,
+    ``revision``, ``cache_dir``). The model given is copied, never changed. ``portable`` picks the
+    attender (:class:`~featlift.export.attend.ExportAttender`).
+
+    Raises:
+        ConfigError: ``with_backbone`` for a bare UPLiFT or a config without a backbone, a bad ``iters``,
+            loading options given with a model object.
+        UnknownModelError, CheckpointError, DownloadError: from loading a reference.
+    """
+    if isinstance(model, (Upsampler, UPLiFT)):
+        given = [k for k, v in {"weights": weights, "backbone_weights": backbone_weights}.items() if v is not None]
+        if given or not pretrained:
+            raise ConfigError(
+                f"{', '.join(given) or 'pretrained=False'} applies to a model reference (name, directory, "
+                f"config); this {type(model).__name__} already has its weights"
+            )
+    owned = not isinstance(model, (Upsampler, UPLiFT))  # loaded here: no copy needed to change it
+    if isinstance(model, Upsampler):
+        backbone, uplift, default_iters = model.backbone, model.uplift, model.iters
+    elif isinstance(model, UPLiFT):
+        if with_backbone:
+            raise ConfigError(
+                "with_backbone needs a backbone, and a bare UPLiFT has none: pass a featlift.Upsampler "
+                "(featlift.load_upsampler) or a model reference whose config names its backbone"
+            )
+        backbone, uplift, default_iters = None, model, model.default_iters
+    elif with_backbone:
+        from ..builder import load_upsampler
+
+        if _names_no_backbone(model, revision=revision, cache_dir=cache_dir):
+            raise ConfigError(
+                f"with_backbone: the config of {model!r} names no backbone (backbone.source / backbone.name); "
+                "export the upsampler alone, without --with-backbone"
+            )
+        up = load_upsampler(
+            model,
+            pretrained=pretrained,
+            device="cpu",
+            weights=weights,
+            backbone_weights=backbone_weights,
+            revision=revision,
+            cache_dir=cache_dir,
+        )
+        backbone, uplift, default_iters = up.backbone, up.uplift, up.iters
+    else:
+        if backbone_weights is not None:
+            raise ConfigError("backbone_weights (--backbone-weights) only applies with with_backbone (--with-backbone)")
+        uplift = _loaded_uplift(model, weights=weights, pretrained=pretrained, revision=revision, cache_dir=cache_dir)
+        backbone, default_iters = None, uplift.default_iters
+    iters = default_iters if iters is None else iters
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        raise ConfigError(f"iters must be a positive integer, got {iters!r}")
+    device = torch.device(device) if device is not None else next(uplift.parameters()).device
+
+    uplift = _freeze(with_export_attenders(uplift, portable=portable), device, dtype)
+    uplift.channels_last = False  # exported graphs have no memory layout; the custom op writes NCHW
+    if with_backbone:
+        stats = backbone.normalisation
+        if stats is None:
+            raise ConfigError(
+                f"the backbone ({type(backbone).__name__}) states no normalisation statistics; set "
+                "backbone.mean / backbone.std in the config"
+            )
+        backbone = _freeze(backbone if owned else copy.deepcopy(backbone), device, dtype)
+        graph = PipelineGraph(backbone, uplift, iters, stats)
+    else:
+        graph = UpsamplerGraph(uplift, iters)
+    graph = graph.to(device).eval()
+    return ExportTarget(graph, uplift, iters, with_backbone, dtype, device)
+
+
+def _names_no_backbone(model, *, revision, cache_dir) -> bool:
+    from ..lookup import resolve_model
+
+    backbone = resolve_model(model, revision=revision, cache_dir=cache_dir).config.backbone
+    return backbone.source is None or backbone.name is None
+
+
+def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    module = module.to(device=device, dtype=dtype).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
