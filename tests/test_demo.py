@@ -32,6 +32,9 @@ from featlift.errors import InsufficientMemoryError, MissingDependencyError
 from .configs import tiny_config
 from .conftest import REPO
 
+# gradio 6 with pandas 3 warns inside its queue (not featlift's code).
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
+
 CHANNELS, PATCH = 6, 14
 
 
@@ -206,7 +209,8 @@ def test_examples_are_drawn_deterministically():
 def test_upload_under_the_caps_is_read_as_is(tmp_path):
     photo = random_photo(tmp_path / "p.png", (30, 40))
     upload = read_upload(photo, max_pixels=1200, max_bytes=10**6)
-    expected = torch.from_numpy(np.asarray(Image.open(photo))).permute(2, 0, 1).float() / 255
+    with Image.open(photo) as image:
+        expected = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
     assert upload.note is None and upload.size == (30, 40) and torch.equal(upload.pixels, expected)
 
 
@@ -500,3 +504,25 @@ def test_demo_command_serves_a_local_model_dir_offline(tmp_path):
                 process.wait()
     assert "Traceback" not in "".join(lines)
     assert not list(temp.glob("featlift-demo-*"))  # the app's temporary folder is removed on exit
+
+
+def test_a_client_cannot_make_the_app_read_other_files(server):
+    import gradio as gr
+    import httpx
+
+    from featlift.demo.app import _payload_path
+
+    url, _, folder = server
+    payload = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}, "orig_name": "passwd.png"}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        event = http.post("/gradio_api/call/upsample", json={"data": [payload, "own size", 512]})
+        if event.status_code == 200:
+            stream = http.get(f"/gradio_api/call/upsample/{event.json()['event_id']}").text
+            assert "event: error" in stream and "event: complete" not in stream, stream
+            assert "root:" not in stream
+        else:
+            assert event.status_code >= 400
+    with pytest.raises(gr.Error, match="not an upload of this app"):
+        _payload_path(payload)
+    inside = folder / "featlift-demo-examples" / "garden.png"
+    assert _payload_path({"path": str(inside)}) == inside.resolve()

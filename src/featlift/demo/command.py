@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 
 from ..errors import ConfigError
 
@@ -60,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
     os.environ["GRADIO_TEMP_DIR"] = temp
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = None
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # SIGTERM: clean up, exit 0
     try:
         require_gradio()
         import torch
@@ -93,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if app is not None:
             app.close()
         if own_temp:

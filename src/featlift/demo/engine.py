@@ -123,13 +123,14 @@ def _status_bytes(field: str) -> int:
 
 
 def _unit_half(features: Tensor) -> Tensor:
-    """[C, H, W] -> unit-length float16 copy on the CPU, converted in strips of rows (no full float32 copy)."""
+    """[C, H, W] -> unit-length float16 copy on the CPU, stored channels-last (each pixel's vector in one
+    place, as the similarity maps read it), converted in strips of rows (no full float32 copy)."""
     c, h, w = features.shape
-    out = torch.empty((c, h, w), dtype=torch.float16)
+    out = torch.empty((h, w, c), dtype=torch.float16)
     for top in range(0, h, 64):
-        strip = features[:, top : top + 64].float()
-        out[:, top : top + 64] = (strip / strip.norm(dim=0, keepdim=True).clamp_min(1e-12)).to("cpu", torch.float16)
-    return out
+        strip = features[:, top : top + 64].float().permute(1, 2, 0)
+        out[top : top + 64] = (strip / strip.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to("cpu", torch.float16)
+    return out.permute(2, 0, 1)
 
 
 def output_size_for(choice: str, size: tuple[int, int], max_side: int | float | None) -> Any:

@@ -45,7 +45,8 @@ def _sample_pixels(features: Tensor, count: int, gen: torch.Generator) -> Tensor
     if h * w <= count:
         return features.detach().float().reshape(c, -1).T.cpu()
     index = torch.randperm(h * w, generator=gen)[:count].to(features.device)
-    return features.detach().reshape(c, -1)[:, index].float().T.cpu()
+    # Index rows and columns rather than reshaping: no copy of a (channels-last) map.
+    return features.detach()[:, index // w, index % w].float().T.cpu()
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class PcaBasis:
         strips = []
         for top in range(0, features.shape[1], _ROWS):
             strip = features[:, top : top + _ROWS].float()
-            strips.append((torch.einsum("kc,chw->khw", comps, strip) - offset).cpu())
+            # [rows, W, C] @ [C, k]: a plain matrix product, no copy for channels-last maps
+            strips.append((torch.matmul(strip.permute(1, 2, 0), comps.T).permute(2, 0, 1) - offset).cpu())
         return torch.cat(strips, dim=1)
 
     def to_rgb(self, projection: Tensor) -> np.ndarray:
@@ -106,10 +108,9 @@ def fit_pca(features: Sequence[Tensor], *, max_samples: int = 20000, seed: int =
         raise ValueError("the features contain NaN or infinite values; cannot fit a PCA basis")
     mean = sample.mean(0)
     k = min(3, sample.shape[1])
-    _, _, v = torch.linalg.svd(sample - mean, full_matrices=False)
-    components = v[:k]
-    if components.shape[0] < k:  # fewer samples than components: pad with zero directions
-        components = torch.cat([components, components.new_zeros(k - components.shape[0], components.shape[1])])
+    centred = (sample - mean).double()
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # eigenvalues ascending: the last k are the main ones
+    components = vectors[:, -k:].flip(1).T.float()
     # A component's sign is arbitrary; fix it (largest-magnitude loading positive) so pictures are stable.
     signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))
     components = components * torch.where(signs == 0, torch.ones_like(signs), signs)
@@ -144,17 +145,23 @@ def similarity_map(
         raise ValueError(f"pixel {pixel} is outside the {size[0]}x{size[1]} map")
     dot = torch.zeros(size, dtype=torch.float32)
     norm2 = torch.zeros(size, dtype=torch.float32)
-    query2 = 0.0
-    step = max(1, min(c, 16_000_000 // max(1, size[0] * size[1])))
-    for start in range(0, c, step):
-        part = features[start : start + step].float()
-        if size != (h, w):
-            part = F.interpolate(part[None], size=size, mode="bilinear", align_corners=False)[0]
-        part = part.cpu()
-        query = part[:, y, x].clone()
-        dot += torch.einsum("chw,c->hw", part, query)
-        norm2 += part.square().sum(0)
-        query2 += float(query.square().sum())
+    if size == (h, w):  # strips of rows, each as [rows, W, C] (no copy for channels-last maps)
+        query = features[:, y, x].float().cpu()
+        query2 = float(query.square().sum())
+        for top in range(0, h, _ROWS):
+            strip = features[:, top : top + _ROWS].float().cpu().permute(1, 2, 0)
+            dot[top : top + _ROWS] = strip @ query
+            norm2[top : top + _ROWS] = strip.square().sum(-1)
+    else:  # strips of channels, each upsampled on its own
+        query2 = 0.0
+        step = max(1, min(c, 16_000_000 // max(1, size[0] * size[1])))
+        for start in range(0, c, step):
+            part = features[start : start + step].float()
+            part = F.interpolate(part[None], size=size, mode="bilinear", align_corners=False)[0].cpu()
+            query = part[:, y, x].clone()
+            dot += torch.einsum("chw,c->hw", part, query)
+            norm2 += part.square().sum(0)
+            query2 += float(query.square().sum())
     return (dot / (norm2.sqrt() * query2**0.5).clamp_min(eps)).clamp(-1, 1)
 
 
