@@ -112,7 +112,7 @@ def build_app(
             ) from None
         except (FeatliftError, ValueError, TypeError) as err:
             logger.warning("refused a request: %s", err)
-            raise _error(f"Cannot upsample this file: {err}") from None
+            raise _error(f"Cannot upsample: {err}") from None
         except Exception as err:
             logger.exception("the demo failed on a request")
             raise _error(f"featlift failed on this picture ({type(err).__name__}: {err}).") from None
@@ -132,6 +132,11 @@ def build_app(
         return compute(picture, output, max_side, quiet_when_empty=False)
 
     def upsample_on_change(picture: Any, output: str, max_side: Any):
+        return compute(picture, output, max_side, quiet_when_empty=True)
+
+    def upsample_on_new_side(picture: Any, output: str, max_side: Any):
+        if output != "max side":  # the slider only matters for 'max side': leave the page as it is
+            return tuple(gr.update() for _ in range(7))
         return compute(picture, output, max_side, quiet_when_empty=True)
 
     def click(token: str | None, evt: gr.SelectData):
@@ -210,6 +215,9 @@ def build_app(
         common = {"preprocess": False, "concurrency_limit": 1, "concurrency_id": _CONCURRENCY_ID}
         button.click(upsample, inputs, outputs, api_name="upsample", **common)
         photo.change(upsample_on_change, inputs, outputs, api_name=False, **common)
+        # A new output size recomputes the picture on the page (once the slider is let go).
+        output.change(upsample_on_change, inputs, outputs, api_name=False, trigger_mode="always_last", **common)
+        max_side.release(upsample_on_new_side, inputs, outputs, api_name=False, trigger_mode="always_last", **common)
         for picture in (bilinear_pca, featlift_pca, bilinear_sim, featlift_sim):
             picture.select(
                 click,
