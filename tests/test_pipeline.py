@@ -407,6 +407,23 @@ def test_upsampler_tiles_exactly_with_a_head_and_runs_the_backbone_once(upsample
     assert (tiled - whole).abs().max().item() <= 1e-4 * max(1.0, whole.abs().max().item())
     assert torch.equal(default_tiled, tiled)
     with torch.no_grad():
-        want = F.interpolate(probe(whole), size=(100, 130), mode="bilinear", align_corners=False, antialias=True)
+        # 112x144 native -> 100x130: less than 2x, so plain bilinear (featlift.upsampler.resize_features)
+        want = F.interpolate(probe(whole), size=(100, 130), mode="bilinear", align_corners=False)
     assert labels.shape == (1, 5, 100, 130)
     assert (labels - want).abs().max().item() <= 1e-3
+
+
+def test_output_resize_is_plain_bilinear_up_to_2x_and_antialiased_beyond():
+    from featlift.upsampler import resize_features
+
+    x = torch.randn(1, 6, 64, 48, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
+    mild = resize_features(x, (56, 40))  # 0.875x, 0.83x
+    assert torch.equal(mild, F.interpolate(x, size=(56, 40), mode="bilinear", align_corners=False))
+    assert mild.is_contiguous(memory_format=torch.channels_last)
+    strong = resize_features(x, (64, 20))  # one side shrinks 2.4x: antialiased
+    want = F.interpolate(x, size=(64, 20), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.allclose(strong, want, atol=1e-6)
+    assert not torch.allclose(strong, F.interpolate(x, size=(64, 20), mode="bilinear", align_corners=False))
+    half = resize_features(x.to(torch.bfloat16), (56, 40))
+    assert half.dtype == torch.bfloat16
