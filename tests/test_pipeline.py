@@ -158,10 +158,11 @@ def test_cli_write_is_atomic(tmp_path, monkeypatch):
     import safetensors.torch
     from safetensors.torch import load_file
 
-    from featlift import cli
+    from featlift import extract
 
-    job = cli._Job(tmp_path / "x.png", tmp_path / "out" / "x.png")
-    cli._write_outputs(job, torch.ones(4, 3, 3), "m", pca=False)
+    job = extract.Job(tmp_path / "x.png", tmp_path / "out" / "x.png")
+    job.features.parent.mkdir(parents=True)
+    extract._save(job, torch.ones(4, 3, 3), save_dtype=torch.float32, model="m", pca=False)
     good = job.features.read_bytes()
 
     def crash(tensors, filename, metadata=None):
@@ -170,7 +171,7 @@ def test_cli_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        cli._write_outputs(job, torch.zeros(4, 3, 3), "m", pca=False)
+        extract._save(job, torch.zeros(4, 3, 3), save_dtype=torch.float32, model="m", pca=False)
     assert job.features.read_bytes() == good
     assert torch.equal(load_file(str(job.features))["features"], torch.ones(4, 3, 3))
     assert [p.name for p in job.features.parent.iterdir()] == ["x.png.safetensors"]

@@ -10,58 +10,6 @@ from pathlib import Path
 
 from .errors import FeatliftError
 
-FEATURES_SUFFIX = ".safetensors"
-PCA_SUFFIX = ".pca.png"
-
-
-class _Job:
-    """One input image and where its outputs go."""
-
-    def __init__(self, source: Path, stem: Path) -> None:
-        self.source = source
-        self.features = stem.with_name(stem.name + FEATURES_SUFFIX)
-        self.pca = stem.with_name(stem.name + PCA_SUFFIX)
-
-    def done(self, pca: bool) -> bool:
-        return self.features.is_file() and (not pca or self.pca.is_file())
-
-
-def _plan(inputs: list[str], out_dir: Path) -> list[_Job]:
-    """Input images and their output paths.
-
-    A folder is searched recursively and mirrored under ``out_dir`` (``photos/a/x.png`` given as
-    ``photos`` -> ``out/a/x.png.safetensors``); a file given by name goes to ``out/x.png.safetensors``.
-    The input's extension stays in the name, so ``x.png`` and ``x.jpg`` never share an output. Files
-    inside ``out_dir`` are never inputs. Two inputs that would still share an output are refused.
-    """
-    from featlift.images import list_image_files
-
-    out_resolved = out_dir.resolve()
-    jobs: dict[Path, _Job] = {}
-    seen: set[Path] = set()
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = list_image_files(path)
-            pairs = [(p, p.relative_to(path)) for p in found if not p.resolve().is_relative_to(out_resolved)]
-        elif path.exists():
-            pairs = [(path, Path(path.name))]
-        else:
-            raise FileNotFoundError(f"input {item!r} does not exist; pass image files or folders")
-        for source, relative in pairs:
-            resolved = source.resolve()
-            if resolved in seen:  # the same file named twice (a folder and a file in it)
-                continue
-            seen.add(resolved)
-            job = _Job(source, out_dir / relative)
-            if job.features in jobs:
-                raise ValueError(
-                    f"{jobs[job.features].source} and {source} would both be written to {job.features}; "
-                    "upsample them in separate runs with different --out folders"
-                )
-            jobs[job.features] = job
-    return list(jobs.values())
-
 
 def _parse_size(text: str | None):
     if text is None:
@@ -87,54 +35,32 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # decode now, while the file is open; the pixels stay after it closes
-        return im
-
-
-def _write_outputs(job: _Job, features, model: str, pca: bool) -> None:
-    from PIL import Image
-    from safetensors.torch import save_file
-
-    from featlift.atomic import atomic_write
-    from featlift.viz import pca_rgb
-
-    job.features.parent.mkdir(parents=True, exist_ok=True)
-    tensor = features.float().cpu().contiguous()
-    with atomic_write(job.features) as tmp:
-        save_file({"features": tensor}, str(tmp), metadata={"source": str(job.source), "model": model})
-    if pca:
-        with atomic_write(job.pca) as tmp:
-            Image.fromarray(pca_rgb(tensor)).save(tmp, format="PNG")
-
-
-# Errors that concern one input (unreadable file, bad pixels, too big for memory): report it, go on.
-_PER_IMAGE_ERRORS = (OSError, ValueError, TypeError, MemoryError)
-
-
 def _cmd_upsample(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
     from featlift.builder import load_upsampler
+    from featlift.distributed import init_distributed, process_device
+    from featlift.extract import extract, load_head, plan_jobs
 
     out_dir = Path(args.out)
-    jobs = _plan(args.inputs, out_dir)
+    jobs = plan_jobs(args.inputs, out_dir)  # before the model loads: bad paths fail fast
     if not jobs:
         print("featlift: error: no images found in the given paths", file=sys.stderr)
         return 2
-    todo = jobs if args.overwrite else [job for job in jobs if not job.done(args.pca)]
-    skipped = len(jobs) - len(todo)
-    if not todo:
-        print(f"all {len(jobs)} image(s) already have outputs in {out_dir}; nothing to do (--overwrite redoes them)")
+    d = init_distributed(args.device)
+    nothing = not args.overwrite and all(job.done(args.pca) for job in jobs)
+    d.barrier()  # every process decides before any writes
+    if nothing:
+        if d.main:
+            print(
+                f"all {len(jobs)} image(s) already have outputs in {out_dir}; nothing to do (--overwrite redoes them)"
+            )
         return 0
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     up = load_upsampler(
         args.model,
-        device=args.device,
+        device=process_device(args.device, d),
         dtype=dtype,
         iters=args.iters,
         weights=args.weights,
@@ -142,46 +68,31 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         pretrained=not args.no_pretrained,
         tile=args.tile,
     )
-    written, failed = 0, []
-
-    def fail(job: _Job, err: BaseException) -> None:
-        failed.append(job.source)
-        tqdm.write(f"failed {job.source}: {type(err).__name__}: {err}", file=sys.stderr)
-
-    def run(batch: list[tuple[_Job, object]]) -> int:
-        feats = up([image for _, image in batch], output_size=args.size)
-        feats = list(feats.unbind(0)) if isinstance(feats, torch.Tensor) else [f[0] for f in feats]
-        for (job, _), f in zip(batch, feats, strict=True):
-            _write_outputs(job, f, args.model, args.pca)
-        return len(batch)
-
-    bar = tqdm(total=len(todo), unit="img", desc="upsampling")
-    for start in range(0, len(todo), args.batch_size):
-        batch = []
-        for job in todo[start : start + args.batch_size]:
-            try:
-                batch.append((job, _read_image(job.source)))
-            except _PER_IMAGE_ERRORS as err:
-                fail(job, err)
-        try:
-            written += run(batch) if batch else 0
-        except _PER_IMAGE_ERRORS as err:
-            if len(batch) == 1:
-                fail(batch[0][0], err)
-            else:  # find the image(s) at fault: the others still get their outputs
-                for item in batch:
-                    try:
-                        written += run([item])
-                    except _PER_IMAGE_ERRORS as single:
-                        fail(item[0], single)
-        bar.update(len(todo[start : start + args.batch_size]))
-        bar.set_postfix(written=written, failed=len(failed))
-    bar.close()
-    summary = (
-        f"wrote features for {written} image(s) to {out_dir}; skipped {skipped} already done; failed {len(failed)}"
+    head = load_head(args.head, up.uplift.channels) if args.head else None
+    summary = extract(
+        up,
+        args.inputs,
+        out_dir,
+        output_size=args.size,
+        batch_size=args.batch_size,
+        save_dtype=args.save_dtype,
+        head=head,
+        pca=args.pca,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        model_name=args.model,
+        progress=True,
+        dist=d,
+        on_failure=lambda source, message: tqdm.write(f"failed {source}: {message}", file=sys.stderr),
     )
-    print(summary + (" (listed above)" if failed else ""))
-    return 1 if failed else 0
+    if not d.main:
+        return 1 if summary.failed else 0
+    processes = f" by {summary.processes} processes" if summary.processes > 1 else ""
+    print(
+        f"wrote features for {summary.written} image(s) to {out_dir}{processes}; skipped {summary.skipped} already "
+        f"done; failed {len(summary.failed)}" + (" (listed above)" if summary.failed else "")
+    )
+    return 1 if summary.failed else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -295,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Writes OUT/<path relative to the folder given>.safetensors per image (photos/a/x.png given as "
             "photos -> OUT/a/x.png.safetensors; a file given by name -> OUT/x.png.safetensors), and with "
             "--pca OUT/....pca.png. Files are written atomically; images whose outputs exist are skipped, so "
-            "an interrupted run resumes (--overwrite redoes them). Exit status 1 if any image failed."
+            "an interrupted run resumes (--overwrite redoes them). Under torchrun the images are shared out "
+            "across the processes, each on its own GPU. Exit status 1 if any image failed."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
@@ -304,8 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_parse_size, default=None, help="'native' or HxW (default: each image's size)")
     p.add_argument("--pca", action="store_true", help="also write a PNG of the first three principal components")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument(
+        "--save-dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="stored dtype (float16 halves the files; bfloat16 too, with float32's range)",
+    )
+    p.add_argument(
+        "--head",
+        default=None,
+        metavar="FILE",
+        help="a .safetensors linear map (weight [K, C] or [K, C, 1, 1], optional bias [K]; e.g. a PCA basis or a "
+        "probe) applied per tile: only its K channels are stored",
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="same-size images per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (0: in-process)")
     p.add_argument("--iters", type=int, default=None, help="upsampling iterations (default: pixel density)")
     p.add_argument(
         "--tile",

@@ -154,11 +154,12 @@ def estimate_call(
     if output_size is not None and tuple(output_size) != (
         h * f**iters,
         w * f**iters,
-    ):  # antialiased bilinear resize in float32, one axis after the other
+    ):  # bilinear resize in float32 (resize_features); antialiased (past 2x) it goes one axis at a time
         (oh, ow), (nh, nw) = output_size, (h * f**iters, w * f**iters)
         per = batch * out_channels * 4
         float_copy = out_native * 4 // itemsize if itemsize != 4 else 0
-        resize = out_native + float_copy + per * (max(oh * nw, nh * ow) + oh * ow)
+        one_axis = max(oh * nw, nh * ow) if oh * 2 < nh or ow * 2 < nw else 0
+        resize = out_native + float_copy + per * (one_axis + oh * ow)
     output = batch * out_channels * itemsize * (native if output_size is None else math.prod(output_size))
     total = MARGIN * (held + max(backbone_bytes, uplift_peak, resize))
     return MemoryEstimate(

@@ -1,0 +1,175 @@
+"""Dataset extraction (featlift upsample / featlift.extract): torchrun sharding, same-size batching with
+DataLoader workers, storage dtypes, per-tile heads and output sizes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import featlift
+from featlift.errors import CheckpointError
+from featlift.extract import Job, _batches, load_head, plan_jobs
+
+from .conftest import FIXTURES
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = FIXTURES / "dinov2_s14" / "weights.safetensors"
+
+
+def _photos(folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    shapes = {"a.png": (28, 42), "b.png": (28, 42), "c.jpg": (42, 28), "d/e.png": (28, 42), "d/f.png": (30, 30)}
+    for name, (h, w) in shapes.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / name, quality=95)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return _photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def up(backbone_file):
+    return featlift.load_upsampler("dinov2_s14", weights=WEIGHTS, backbone_weights=backbone_file, device="cpu")
+
+
+def _argv(photos, out, backbone_file, *extra):
+    argv = ["upsample", str(photos), "--out", str(out), "--model", "dinov2_s14", "--weights", str(WEIGHTS)]
+    return [*argv, "--backbone-weights", str(backbone_file), "--device", "cpu", *extra]
+
+
+def _read(out: Path) -> dict[str, torch.Tensor]:
+    return {str(p.relative_to(out)): load_file(str(p))["features"] for p in sorted(out.rglob("*.safetensors"))}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_same_size_images_are_batched_together_in_first_seen_order():
+    sizes = [(2, 3), (4, 4), (2, 3), None, (2, 3), (4, 4), (2, 3)]
+    assert _batches([None] * 7, sizes, 2) == [[0, 2], [4, 6], [1, 5], [3]]
+    assert _batches([None] * 7, sizes, 10) == [[0, 2, 4, 6], [1, 5], [3]]
+
+
+def test_cli_outputs_equal_the_in_memory_call_with_batches_and_workers(photos, tmp_path, backbone_file, up):
+    from featlift.cli import main
+
+    out = tmp_path / "out"
+    assert main(_argv(photos, out, backbone_file, "--batch-size", "3", "--workers", "2")) == 0
+    got = _read(out)
+    assert sorted(got) == ["a.png.safetensors", "b.png.safetensors", "c.jpg.safetensors", "d/e.png.safetensors",
+                           "d/f.png.safetensors"]  # fmt: skip
+    for name, feats in got.items():
+        with Image.open(photos / name.removesuffix(".safetensors")) as im:
+            want = up(im)[0]
+        assert feats.dtype == torch.float32 and feats.shape == want.shape
+        assert (feats - want).abs().max().item() <= 1e-4, name
+
+
+def test_save_dtypes_size_and_a_head(photos, tmp_path, backbone_file, up):
+    from featlift.cli import main
+
+    full = tmp_path / "f32"
+    assert main(_argv(photos, full, backbone_file, "--size", "56x56")) == 0
+    reference = _read(full)
+    assert all(t.shape == (384, 56, 56) for t in reference.values())
+    for dtype, tol in (("float16", 2e-3), ("bfloat16", 2e-2)):
+        out = tmp_path / dtype
+        assert main(_argv(photos, out, backbone_file, "--size", "56x56", "--save-dtype", dtype)) == 0
+        for name, t in _read(out).items():
+            assert t.dtype == getattr(torch, dtype)
+            assert (t.float() - reference[name]).abs().max().item() <= tol * reference[name].abs().max().item()
+        ratio = (out / "a.png.safetensors").stat().st_size / (full / "a.png.safetensors").stat().st_size
+        assert 0.49 < ratio < 0.51
+
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(5, 384, generator=gen) / 20, torch.randn(5, generator=gen)
+    head_file = tmp_path / "pca.safetensors"
+    save_file({"weight": weight[:, :, None, None].contiguous(), "bias": bias}, str(head_file))
+    out = tmp_path / "head"
+    assert main(_argv(photos, out, backbone_file, "--head", str(head_file), "--tile", "2")) == 0
+    for name, t in _read(out).items():
+        with Image.open(photos / name.removesuffix(".safetensors")) as im:
+            feats = up(im)[0]
+        want = torch.einsum("kc,chw->khw", weight, feats) + bias[:, None, None]
+        assert t.shape == want.shape and (t - want).abs().max().item() <= 1e-3 * want.abs().max().item(), name
+
+
+def test_bad_heads_are_refused_with_the_fix(tmp_path):
+    path = tmp_path / "h.safetensors"
+    save_file({"weight": torch.zeros(3, 10)}, str(path))
+    with pytest.raises(CheckpointError, match="maps 10 channels, but this model's features have 384"):
+        load_head(path, 384)
+    save_file({"proj": torch.zeros(3, 384)}, str(path))
+    with pytest.raises(CheckpointError, match=r"no 'weight' tensor \(found \['proj'\]\)"):
+        load_head(path, 384)
+    save_file({"weight": torch.zeros(3, 384), "bias": torch.zeros(4)}, str(path))
+    with pytest.raises(CheckpointError, match=r"'bias' must be \[3\]"):
+        load_head(path, 384)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable .safetensors"):
+        load_head(path, 384)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_head(tmp_path / "missing.safetensors")
+    head = load_head(_saved(tmp_path / "ok.safetensors", weight=torch.eye(2, 3)), 3)
+    x = torch.randn(1, 3, 2, 2)
+    assert torch.equal(head(x), x[:, :2])
+
+
+def _saved(path, **tensors):
+    save_file(tensors, str(path))
+    return path
+
+
+def test_one_bad_file_in_a_batch_loses_only_itself(tmp_path, backbone_file):
+    from featlift.cli import main
+
+    photos = _photos(tmp_path / "photos")
+    (photos / "z.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(_argv(photos, out, backbone_file, "--batch-size", "4")) == 1
+    assert len(_read(out)) == 5 and not list(out.rglob("z.png*"))
+
+
+def test_two_torchrun_processes_write_the_files_of_one(photos, tmp_path, hf_home):
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["upsample", str(photos), "--model", "dinov2_s14", "--device", "cpu", "--batch-size", "2"]
+    common += ["--save-dtype", "float16"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run(
+        [sys.executable, "-m", "featlift.cli", *common, "--out", str(one)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    double = subprocess.run(
+        [*cmd, "-m", "featlift.cli", *common, "--out", str(two)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert "wrote features for 5 image(s)" in double.stdout and "by 2 processes" in double.stdout
+    a, b = _read(one), _read(two)
+    assert sorted(a) == sorted(b) and len(a) == 5
+    for name in a:
+        assert a[name].dtype == b[name].dtype == torch.float16
+        assert (a[name].float() - b[name].float()).abs().max().item() <= 1e-3, name
+
+
+def test_plan_keeps_one_order_for_every_process(photos, tmp_path):
+    jobs = plan_jobs([photos], tmp_path / "out")
+    assert [j.source.name for j in jobs] == [j.source.name for j in plan_jobs([photos], tmp_path / "out")]
+    assert all(isinstance(j, Job) for j in jobs)
