@@ -6,8 +6,6 @@ Imported by the CLI for every command, so it imports neither gradio nor torch at
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import ipaddress
 import logging
 import os
@@ -31,17 +29,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _exact_cpu_peaks() -> None:
-    """On glibc, return freed memory to the system at once (mmap threshold fixed at 128 KiB), so the page's
-    peak-memory figure (the rise of the peak resident set) tracks live memory. Harmless where it fails."""
-    try:
-        name = ctypes.util.find_library("c")
-        if name and sys.platform.startswith("linux"):
-            ctypes.CDLL(name).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        logger.debug("could not set the mmap threshold; peak memory readings may be low")
 
 
 def _terminate(signum, frame) -> None:
@@ -70,7 +57,6 @@ def _run(args: argparse.Namespace) -> int:
         from ..builder import load_upsampler
         from . import build_app
 
-        _exact_cpu_peaks()
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         up = load_upsampler(
             args.model,
@@ -81,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
             pretrained=not args.no_pretrained,
         )
         app = build_app(up, max_pixels=args.max_pixels, max_file_bytes=int(args.max_upload_mb * 1e6))
+        logger.info("uploads and results go to %s (removed on exit: %s)", temp, own_temp)
         _, url, _ = app.launch(
             server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True, show_error=False
         )
