@@ -94,10 +94,22 @@ def standard_domains(model_proto) -> set[str]:
 
 
 def _export_program(target: ExportTarget, cells: tuple[int, int]):
-    """``torch.export`` of the target's graph with dynamic batch and spatial sizes."""
+    """``torch.export`` of the target's graph with dynamic batch and spatial sizes.
+
+    Traced without autograd first, so UPLiFT takes its lean inference path (BatchNorm folded, the deepest
+    guidance map computed only on the subgrids read: about a quarter less work in ONNX Runtime); where
+    that path does not trace with symbolic sizes, the plain path, which computes the same function.
+    """
     args = target.example_inputs(cells)
+    shapes = target.dynamic_shapes()
     with _quiet_exporter():
-        return torch.export.export(target.graph, args, dynamic_shapes=target.dynamic_shapes(), strict=False)
+        try:
+            with torch.no_grad():
+                return torch.export.export(target.graph, args, dynamic_shapes=shapes, strict=False)
+        except Exception as err:  # the plain path below is exact too; if it fails as well, that error is raised
+            reason = " ".join(str(err).split())[:300]
+            logger.info("lean path did not trace (%s: %s); exporting the plain path", type(err).__name__, reason)
+        return torch.export.export(target.graph, args, dynamic_shapes=shapes, strict=False)
 
 
 def _axis_names(program, target: ExportTarget) -> dict[str, str]:

@@ -52,10 +52,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.portable:
             raise ConfigError("--portable applies to --format pt2 only (ONNX graphs are always portable)")
         opset = DEFAULT_OPSET if args.opset is None else args.opset
-        path = export_onnx(args.model, args.out, opset=opset, dtype=args.dtype, **common)
+        path = export_onnx(args.model, args.out, opset=opset, dtype=args.dtype, optimize=not args.no_optimize, **common)
     else:
-        if args.opset is not None:
-            raise ConfigError("--opset applies to --format onnx only")
+        if args.opset is not None or args.no_optimize:
+            raise ConfigError("--opset and --no-optimize apply to --format onnx only")
         path = export_pt2(args.model, args.out, dtype=args.dtype, device=args.device, portable=args.portable, **common)
     print(f"wrote {path}")
     return 0
@@ -87,6 +87,11 @@ def add_parser(sub) -> None:
         default="float32",
         choices=["float32", "float16", "bfloat16"],
         help="weights and inputs (onnx: float32 or float16)",
+    )
+    p.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="onnx: skip onnxscript's graph optimiser (faster export, larger graph; runtimes optimise anyway)",
     )
     p.add_argument("--with-backbone", action="store_true", help="export backbone + upsampler as one graph")
     p.add_argument("--device", default=None, help="pt2: where the program's weights live (default cpu)")
