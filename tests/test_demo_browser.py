@@ -175,7 +175,7 @@ def test_upload_click_and_screenshot(page_url, browser, tmp_path):
         shutil.copy(shot, os.environ["FEATLIFT_DEMO_SCREENSHOT"])
 
 
-def test_a_file_that_is_not_a_picture_gets_a_message_on_the_page(page_url, browser, tmp_path):
+def test_files_that_are_not_pictures_get_a_message_on_the_page_then_an_example_works(page_url, browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.set_window_size(1280, 1400)
@@ -193,9 +193,14 @@ def test_a_file_that_is_not_a_picture_gets_a_message_on_the_page(page_url, brows
     _upload(browser, text)
     message = WebDriverWait(browser, 30).until(lambda d: _toasts(d) or False)
     assert "notes.txt" in message, message
-    # The server keeps serving.
-    photo = tmp_path / "shapes.png"
-    example_images()["shapes"].save(photo)
+    # The server keeps serving: pick an example picture on the page.
+    from selenium.webdriver.common.by import By
+
     _open(browser, page_url)
-    _upload(browser, photo)
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#examples button")
+    names = [b.find_element(By.TAG_NAME, "img").get_attribute("src").rsplit("/", 1)[-1] for b in buttons]
+    assert names == ["garden.png", "table.png", "shapes.png"]
+    buttons[2].click()
     _wait_for_pictures(browser, ["bilinear-pca", "featlift-pca"], {})
+    status = browser.find_element(By.ID, "status").text
+    assert "[1, 6, 320, 480]" in status, status

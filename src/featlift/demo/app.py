@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import FeatliftError, InsufficientMemoryError
+from ..memory import format_bytes
 from ..upsampler import Upsampler
 from .engine import DEFAULT_MAX_SIDE, OUTPUT_CHOICES, DemoEngine, ExpiredResultError
 from .pictures import example_images
@@ -70,8 +71,7 @@ def _write_examples(folder: Path) -> list[str]:
     paths = []
     for name, image in example_images().items():
         path = folder / f"{name}.png"
-        if not path.is_file():
-            image.save(path)
+        image.save(path)  # always (re)written: never serve a file someone else left there
         paths.append(str(path))
     return paths
 
@@ -177,7 +177,7 @@ def build_app(
                 )
                 button = gr.Button("Upsample", variant="primary", elem_id="upsample")
                 gr.Markdown(
-                    f"Uploads up to {max_file_bytes / 1e6:.0f} MB; pictures above {max_pixels / 1e6:.2f} MP are "
+                    f"Uploads up to {format_bytes(max_file_bytes)}; pictures above {max_pixels / 1e6:.2f} MP are "
                     "downscaled to that. One picture is computed at a time; others wait in a queue."
                 )
         if examples:
@@ -186,6 +186,7 @@ def build_app(
                 inputs=[photo],
                 label="Examples (drawn by featlift)",
                 cache_examples=False,
+                elem_id="examples",
             )
         status = gr.Markdown(elem_id="status")
         with gr.Row():
