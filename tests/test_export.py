@@ -106,7 +106,7 @@ def test_cli_onnx_runs_in_onnxruntime_like_pytorch_at_other_sizes(model_dir, tmp
     onnx.checker.check_model(proto)
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"} and not proto.functions
-    assert {n.op_type for n in proto.graph.node} >= {"Softmax", "Pad", "Slice", "MatMul"}  # the attender
+    assert {n.op_type for n in proto.graph.node} >= {"Softmax", "Pad", "Slice", "MatMul", "DepthToSpace"}
     shapes = {v.name: _dims(v) for v in [*proto.graph.input, *proto.graph.output]}
     assert shapes == {
         "image": ["batch", 3, "14*h", "14*w"],

@@ -72,7 +72,6 @@ def _quiet_exporter():
     with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
         warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
         warnings.filterwarnings("ignore", module=r"onnxscript.*")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         try:
             yield
         finally:
@@ -241,7 +240,6 @@ def export_onnx(
         )
     for key, value in target.metadata().items():
         onnx_program.model.metadata_props[key] = value
-    onnx_program.model.producer_name = "featlift"
     weight_bytes = sum(t.numel() * t.element_size() for t in target.graph.state_dict().values())
     if weight_bytes > _EXTERNAL_DATA_BYTES:  # the side file is named after the final path: no temp file
         onnx_program.save(path, external_data=True)
@@ -281,8 +279,9 @@ def export_pt2(
     Triton on CUDA): the loading process must import featlift. ``portable=True`` writes it in standard
     ATen ops instead, so the program runs without featlift installed (slower, more memory).
 
-    The file also holds ``extra/featlift.json`` (:func:`torch.export.load`'s ``extra_files``) with the
-    same ``featlift.*`` metadata as the ONNX export.
+    The file also carries the ``featlift.*`` metadata of the ONNX export as JSON, read with
+    ``torch.export.load(path, extra_files={"featlift.json": ""})`` (the dict is filled in), plus
+    ``featlift.attender``: ``"featlift::local_attend"`` or ``"portable"``.
 
     Args:
         model, iters, with_backbone, weights, backbone_weights, pretrained, revision, cache_dir,
