@@ -14,6 +14,7 @@ the two outputs is printed too, as a sanity check of the export.
 
     python benchmarks/bench_export.py                           # 224 448 px, 2 threads, 4 iterations
     python benchmarks/bench_export.py --sizes 224 --threads 4 --json export.json
+    python benchmarks/bench_export.py --save d.onnx; python benchmarks/bench_export.py --onnx d.onnx --threads 1
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--onnx", default=None, help="time this exported file instead of exporting afresh")
+    parser.add_argument("--onnx", default=None, help="time this file (written by --save) instead of exporting afresh")
+    parser.add_argument("--save", default=None, help="also keep the exported file here")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
@@ -52,9 +54,10 @@ def main() -> None:
     from featlift.export import export_onnx
 
     torch.set_num_threads(args.threads)
-    model = featlift.build_upsampler("dinov2_s14")  # random weights: the time does not depend on them
+    torch.manual_seed(0)  # random weights (the time does not depend on them), the same in every run
+    model = featlift.build_upsampler("dinov2_s14")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.onnx) if args.onnx else Path(tmp) / "dinov2_s14.onnx"
+        path = Path(args.onnx or args.save or Path(tmp) / "dinov2_s14.onnx")
         export_s = float("nan")
         if not args.onnx:
             t0 = time.perf_counter()
