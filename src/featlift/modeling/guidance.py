@@ -169,7 +169,8 @@ class GuidanceMaps:
         if i == len(self._maps) - 1 and self._deferred is not None:
             full = self._maps[-2].shape[-2:]
             if resample.subgrid and full[0] % size[0] == 0 and full[1] % size[1] == 0:
-                return self._subgrid((full[0] // size[0], full[1] // size[1]))
+                # plain ints: under torch.export the sizes are symbolic, and the step keys a cache
+                return self._subgrid((int(full[0] // size[0]), int(full[1] // size[1])))
         return resample(self[i], size)
 
     def _subgrid(self, step: tuple[int, int]) -> Tensor:
