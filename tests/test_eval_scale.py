@@ -207,3 +207,13 @@ def test_probe_training_splits_batches_like_one_process_when_world_is_one():
     b = train_probe(Source(), data, task="seg", outputs=2, config=config, dist=Dist())
     c = train_probe(Source(), data, task="seg", outputs=2, config=ProbeConfig(epochs=2, lr=1e-2, seed=1))
     assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+
+
+def test_a_fresh_run_clears_probes_of_an_earlier_run(voc, tmp_path):
+    from featlift.cli import main
+
+    folder = tmp_path / "run.checkpoints"
+    folder.mkdir()
+    (folder / "nearest.probe.pt").write_bytes(b"an old probe")
+    assert main(_argv(voc, tmp_path / "run.json", "--epochs", "1")) == 0
+    assert sorted(p.name for p in folder.glob("*.probe.pt")) == ["bilinear.probe.pt"]

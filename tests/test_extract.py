@@ -173,3 +173,49 @@ def test_plan_keeps_one_order_for_every_process(photos, tmp_path):
     jobs = plan_jobs([photos], tmp_path / "out")
     assert [j.source.name for j in jobs] == [j.source.name for j in plan_jobs([photos], tmp_path / "out")]
     assert all(isinstance(j, Job) for j in jobs)
+
+
+def test_a_failed_write_loses_only_its_image_and_never_hangs(photos, tmp_path, up, monkeypatch):
+    """A full disk (safetensors raises its own error type) fails that image; the writer keeps draining."""
+    from safetensors import SafetensorError
+
+    from featlift import extract
+
+    saved = extract._save
+
+    def flaky(job, features, **kw):
+        if job.source.name == "b.png":
+            raise SafetensorError("I/O error: No space left on device (os error 28)")
+        saved(job, features, **kw)
+
+    monkeypatch.setattr(extract, "_save", flaky)
+    summary = extract.extract(up, [photos], tmp_path / "out", workers=0)
+    assert summary.written == 4 and [Path(f).name for f, _ in summary.failed] == ["b.png"]
+    assert "No space left" in summary.failed[0][1]
+
+
+def test_a_decompression_bomb_and_a_half_precision_model_with_a_head(tmp_path, backbone_file, monkeypatch):
+    from PIL import Image as PILImage
+
+    from featlift import extract
+
+    photos = _photos(tmp_path / "photos")
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(photos / "huge.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 2000)  # 100x100 is over twice this: PIL refuses it
+    up = featlift.load_upsampler(
+        "dinov2_s14", weights=WEIGHTS, backbone_weights=backbone_file, device="cpu", dtype=torch.bfloat16
+    )
+    head = torch.nn.Conv2d(384, 3, 1)
+    summary = extract.extract(up, [photos], tmp_path / "out", head=head, workers=0)
+    assert summary.written == 5 and [Path(f).name for f, _ in summary.failed] == ["huge.png"]
+    assert "DecompressionBomb" in summary.failed[0][1]
+    assert all(t.shape[0] == 3 for t in _read(tmp_path / "out").values())
+
+
+def test_bad_counts_are_refused_before_the_model_loads(photos, tmp_path, backbone_file, capsys):
+    from featlift.cli import main
+
+    for flag, value in (("--tile", "0"), ("--iters", "-1"), ("--batch-size", "0"), ("--workers", "-1")):
+        with pytest.raises(SystemExit):
+            main(_argv(photos, tmp_path / "out", backbone_file, flag, value))
+        assert flag in capsys.readouterr().err

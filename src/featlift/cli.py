@@ -11,6 +11,26 @@ from pathlib import Path
 from .errors import FeatliftError
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _parse_size(text: str | None):
     if text is None:
         return None
@@ -230,12 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a .safetensors linear map (weight [K, C] or [K, C, 1, 1], optional bias [K]; e.g. a PCA basis or a "
         "probe) applied per tile: only its K channels are stored",
     )
-    p.add_argument("--batch-size", type=int, default=1, help="same-size images per forward pass")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (0: in-process)")
-    p.add_argument("--iters", type=int, default=None, help="upsampling iterations (default: pixel density)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="same-size images per forward pass")
+    p.add_argument(
+        "--workers", type=_non_negative_int, default=2, help="DataLoader processes decoding images (0: in-process)"
+    )
+    p.add_argument("--iters", type=_positive_int, default=None, help="upsampling iterations (default: pixel density)")
     p.add_argument(
         "--tile",
-        type=int,
+        type=_positive_int,
         default=None,
         help="exact tiled upsampling over tiles of this many backbone cells (bounds memory on big images)",
     )

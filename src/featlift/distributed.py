@@ -53,9 +53,12 @@ def init_distributed(device_hint: str | None = None) -> Dist:
     import torch.distributed as dist
 
     use_cuda = torch.cuda.is_available() and (device_hint is None or str(device_hint).startswith("cuda"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:  # NCCL's collectives run on the current device: make it this process's own GPU
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def process_device(requested: str | torch.device | None, d: Dist) -> torch.device:

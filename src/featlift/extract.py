@@ -55,8 +55,24 @@ FEATURES_SUFFIX = ".safetensors"
 PCA_SUFFIX = ".pca.png"
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# Errors that concern one input (unreadable file, bad pixels, too big for memory): report it, go on.
-PER_IMAGE_ERRORS = (OSError, ValueError, TypeError, MemoryError)
+
+def _decompression_bomb() -> type[Exception]:
+    from PIL import Image
+
+    return Image.DecompressionBombError
+
+
+# Errors that concern one input (unreadable file, bad pixels, a picture too big to decode or to fit in
+# memory): report it, go on.
+PER_IMAGE_ERRORS = (OSError, ValueError, TypeError, MemoryError, torch.OutOfMemoryError, _decompression_bomb())
+
+
+def _per_image(err: BaseException) -> bool:
+    """An error that concerns the image at hand, not the run: the errors above, and the CPU allocator's
+    RuntimeError when a batch does not fit."""
+    if isinstance(err, PER_IMAGE_ERRORS):
+        return True
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in str(err) or "out of memory" in str(err))
 
 
 class Job:
@@ -154,7 +170,7 @@ def _image_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             return im.height, im.width
-    except (OSError, ValueError):
+    except PER_IMAGE_ERRORS:
         return None
 
 
@@ -189,6 +205,17 @@ class _Images(torch.utils.data.Dataset):
             return {"index": i, "error": f"{type(err).__name__}: {err}"}
 
 
+class _FloatHead(nn.Module):
+    """A float32 head for a model computing in any dtype: each tile's features enter as float32."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x.float())
+
+
 def _collate(items: list[dict]) -> list[dict]:
     return items
 
@@ -217,7 +244,7 @@ class _Writer:
             job, tensor = item
             try:
                 self.save(job, tensor)
-            except PER_IMAGE_ERRORS as err:
+            except Exception as err:  # a full disk too: that image fails, the thread keeps draining the queue
                 self.on_error(job, err)
 
     def put(self, job: Job, tensor: Tensor) -> None:
@@ -283,7 +310,7 @@ def extract(
     if pca and head is not None:
         raise ConfigError("pca pictures show the features; with a head only its K channels exist (drop one of them)")
     if head is not None:
-        head = head.to(upsampler.device)
+        head = _FloatHead(head.to(upsampler.device).float())
     all_jobs = plan_jobs(inputs, out_dir)
     if not all_jobs:
         raise FileNotFoundError(f"no images found in {[str(i) for i in inputs]}")
@@ -355,7 +382,9 @@ def _compute(upsampler, items: list[dict], output_size, head, todo: list[Job], f
         return []
     try:
         return list(zip(items, _forward(upsampler, items, output_size, head), strict=True))
-    except PER_IMAGE_ERRORS as err:
+    except Exception as err:
+        if not _per_image(err):
+            raise
         if len(items) == 1:
             fail(todo[items[0]["index"]], err)
             return []

@@ -9,8 +9,9 @@ Each entry is keyed on the backbone and the exact image as evaluated:
 
 Entries live at ``DIR/<fingerprint>/<image sha1>.safetensors`` and hold the backbone's output for that
 image exactly as computed (``[C, h, w]``, the backbone's dtype), so a cached run gives the same numbers
-as an uncached one. Every upsampler that shares a backbone (``bilinear``, ``nearest`` and a featlift
-model with the same backbone weights) shares its entries. Entries are written atomically, so a killed
+as an uncached one; a backbone run under bf16 autocast keeps its entries apart. Every upsampler that
+runs a backbone the same way (``bilinear``, ``nearest`` and a featlift model with the same backbone
+weights, on the CPU or with ``amp`` off) shares its entries. Entries are written atomically, so a killed
 run or two processes writing the same entry never leave a truncated file. A DINOv2-S/14 entry at 448 px
 is 32 x 32 x 384 float32 values, 1.5 MB: about 2.2 GB for VOC's 1,464 training images.
 """
@@ -71,11 +72,11 @@ class BackboneCache:
         self.hits = 0
         self.misses = 0
 
-    def _folder(self, backbone: nn.Module) -> Path:
+    def _folder(self, backbone: nn.Module, variant: str) -> Path:
         key = id(backbone)
         if key not in self._fingerprints:
             self._fingerprints[key] = fingerprint(backbone)
-        folder = self.dir / self._fingerprints[key]
+        folder = self.dir / (self._fingerprints[key] + (f"-{variant}" if variant else ""))
         folder.mkdir(exist_ok=True)
         return folder
 
@@ -89,10 +90,12 @@ class BackboneCache:
             return None
 
     @torch.no_grad()
-    def lowres(self, backbone: nn.Module, normalised: Tensor, images: Tensor) -> Tensor:
+    def lowres(self, backbone: nn.Module, normalised: Tensor, images: Tensor, *, variant: str = "") -> Tensor:
+        """``variant`` names a way of running the backbone that changes its output without changing its
+        weights (``"bf16-autocast"``): such entries live apart."""
         if normalised.shape[0] != images.shape[0]:
             raise ValueError(f"{normalised.shape[0]} backbone inputs for {images.shape[0]} images")
-        folder = self._folder(backbone)
+        folder = self._folder(backbone, variant)
         paths = [folder / f"{_image_key(image)}.safetensors" for image in images]
         found = [self._read(path, normalised.device) for path in paths]
         missing = [i for i, item in enumerate(found) if item is None]

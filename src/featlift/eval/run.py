@@ -93,6 +93,8 @@ def _check_protocol(directory: Path, protocol: dict, resume: bool, d: Dist) -> N
             )
     elif d.main:
         directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.probe.pt"):  # a fresh run: no probe of an earlier run may be resumed
+            stale.unlink()
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(protocol, indent=2) + "\n")
     d.barrier()
@@ -153,6 +155,10 @@ def evaluate(
         **asdict(config),
         "image_size": image_size,
         "backbone": source_options.get("backbone"),
+        "backbone_weights": None
+        if source_options.get("backbone_weights") is None
+        else str(source_options["backbone_weights"]),
+        "upsamplers": [spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec)) for spec in upsamplers],
         "train_images": len(train_set),
         "val_images": len(val_set),
         "tile": source_options.get("tile"),

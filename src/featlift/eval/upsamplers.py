@@ -130,7 +130,8 @@ class _BackboneSource(FeatureSource):
             if self.cache is None:
                 lowres = self.backbone(normalised)
             else:
-                lowres = self.cache.lowres(self.backbone, normalised, images)
+                variant = "bf16-autocast" if self.amp else ""
+                lowres = self.cache.lowres(self.backbone, normalised, images, variant=variant)
             out = self.upsample(normalised, lowres, tuple(images.shape[-2:]))
         if not isinstance(out, Tensor) or out.shape[0] != images.shape[0] or out.shape[-2:] != images.shape[-2:]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
