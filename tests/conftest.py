@@ -12,6 +12,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from featlift.backbones.base import Backbone
+
 FIXTURES = Path(__file__).parent / "fixtures" / "uplift_reference"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,3 +124,19 @@ def run_python(code: str, hf_home: Path, timeout: int = 300) -> subprocess.Compl
         timeout=timeout,
         cwd=REPO,
     )
+
+
+class ConvBackbone(Backbone):
+    """A frozen, seeded random strided conv standing in for a ViT: [B, 3, H, W] -> [B, 6, H / 14, W / 14]."""
+
+    channels_out, patch_size = 6, 14
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, self.channels_out, self.patch_size, stride=self.patch_size)
+        self.patch, self.channels = self.patch_size, self.channels_out
+        self.freeze()
+
+    def forward(self, image):
+        return self.conv(image)

@@ -23,33 +23,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 import featlift
-from featlift.backbones.base import Backbone
 from featlift.demo.engine import DemoEngine, ExpiredResultError, output_size_for
 from featlift.demo.pictures import example_images, fit_pca, heatmap, shared_pca, similarity_map
 from featlift.demo.uploads import InvalidUploadError, capped_size, read_upload
 from featlift.errors import InsufficientMemoryError, MissingDependencyError
 
 from .configs import tiny_config
-from .conftest import REPO
+from .conftest import REPO, ConvBackbone
 
 # gradio 6 with pandas 3 warns inside its queue (not featlift's code).
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 CHANNELS, PATCH = 6, 14
-
-
-class ConvBackbone(Backbone):
-    """A frozen random strided conv: [B, 3, H, W] -> [B, 6, H / 14, W / 14]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, CHANNELS, PATCH, stride=PATCH)
-        self.patch, self.channels = PATCH, CHANNELS
-        self.freeze()
-
-    def forward(self, image):
-        return self.conv(image)
 
 
 def tiny_upsampler() -> featlift.Upsampler:

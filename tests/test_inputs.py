@@ -21,31 +21,17 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import featlift
-from featlift.backbones.base import Backbone
 from featlift.config import BackboneConfig
 from featlift.memory import InsufficientMemoryError
 
 from .configs import tiny_config
+from .conftest import ConvBackbone
 
 PACKAGE = Path(featlift.__file__).resolve().parent
 CHANNELS, PATCH = 6, 14
 # The default suite replays a fixed set of examples (stable CI); FEATLIFT_FUZZ_EXAMPLES=N explores N new ones.
 FUZZ_EXAMPLES = int(os.environ.get("FEATLIFT_FUZZ_EXAMPLES", "100"))
 FUZZ_RANDOM = "FEATLIFT_FUZZ_EXAMPLES" in os.environ
-
-
-class ConvBackbone(Backbone):
-    """A frozen strided conv: [B, 3, H, W] -> [B, 6, H / 14, W / 14]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, CHANNELS, PATCH, stride=PATCH)
-        self.patch, self.channels = PATCH, CHANNELS
-        self.freeze()
-
-    def forward(self, image):
-        return self.conv(image)
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MissingDependencyError
+from .dependency import INSTALL_HINT, require_gradio
 
-__all__ = ["build_app", "require_gradio"]
-
-INSTALL_HINT = 'pip install "featlift[demo]"'
-
-
-def require_gradio():
-    """The ``gradio`` module, or :class:`~featlift.errors.MissingDependencyError` with the install command."""
-    try:
-        import gradio
-    except ImportError as err:
-        raise MissingDependencyError(
-            f"the featlift demo needs gradio, which is not installed ({err}); install it with: {INSTALL_HINT}"
-        ) from None
-    return gradio
+__all__ = ["INSTALL_HINT", "build_app", "require_gradio"]
 
 
 def build_app(upsampler, **options: Any):

@@ -36,7 +36,7 @@ def _terminate(signum, frame) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import require_gradio
+    from .dependency import require_gradio
 
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         import torch
 
         from ..builder import load_upsampler
-        from . import build_app
+        from .app import build_app
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         up = load_upsampler(
