@@ -9,9 +9,9 @@ Reported, in one process and round-robin so machine drift hits every variant ali
   (UPLiFT alone, on precomputed backbone features) and the final resize;
 * the resize's numerical trade: the own-size output against the antialiased resize of the native
   output (what featlift returned before; see ``featlift.upsampler.resize_features``);
-* with ``--cli N``: ``featlift upsample`` on N pictures (JPEG files, ``--save-dtype float16``, the whole
-  command including model loading and writing), as images per second against the in-memory ``up()``
-  rate measured in the same run.
+* with ``--cli N``: ``featlift upsample`` (JPEG files, ``--save-dtype float16``) as images per second
+  against the in-memory ``up()`` rate measured in the same run: the dataset rate from runs on N and 2N
+  pictures (fixed start-up costs cancel), and the whole command on N pictures.
 
 Ratios are the figures to compare; absolute times mean something only on a quiet machine or a GPU.
 
@@ -147,8 +147,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cli:
         c = report["cli"]
         print(
-            f"  featlift upsample, {c['images']} images, float16 files: {c['cli_rate']:.3f} img/s vs up() "
-            f"{c['memory_rate']:.3f} img/s in memory = {c['ratio']:.3f}x  (target >= 0.85)"
+            f"  featlift upsample, float16 files, dataset rate (2N - N images, N = {c['images']}): "
+            f"{c['cli_rate']:.3f} img/s vs up() {c['memory_rate']:.3f} img/s in memory = {c['ratio']:.3f}x "
+            "(target >= 0.85)"
+        )
+        print(
+            f"  featlift upsample, whole command on {c['images']} images (model loading included): "
+            f"{c['whole_command_rate']:.3f} img/s = {c['whole_command_ratio']:.3f}x; {c['file_bytes'] / 1e6:.1f} MB a file"
         )
     if device.type == "cuda":
         print("  seconds: " + ", ".join(f"{name} {value:.4f}" for name, value in median.items()))
@@ -159,7 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _cli_rate(args, picture, up) -> dict:
-    """``featlift upsample`` on ``args.cli`` JPEG copies of the picture vs ``up()`` on it in memory."""
+    """``featlift upsample`` on JPEG copies of the picture vs ``up()`` on it in memory.
+
+    The command runs twice, on N and on 2N pictures; the dataset rate is N over the difference of the two
+    times, which cancels what a run pays once (model loading, the first call's warm-up, worker start-up).
+    The whole-command rate of the N-picture run is reported too.
+    """
     import shutil
     import tempfile
     from pathlib import Path
@@ -170,27 +180,32 @@ def _cli_rate(args, picture, up) -> dict:
 
     folder = Path(tempfile.mkdtemp(prefix="featlift-bench-"))
     try:
-        (folder / "in").mkdir()
-        for i in range(args.cli):
-            picture.save(folder / "in" / f"{i:04d}.jpg", quality=95)
-        argv = ["upsample", str(folder / "in"), "--out", str(folder / "out"), "--model", args.model]
-        argv += ["--no-pretrained", "--device", args.device, "--dtype", args.dtype, "--save-dtype", "float16"]
-        argv += ["--workers", str(args.workers)]
-        start = time.perf_counter()
-        if cli(argv) != 0:
-            raise RuntimeError("featlift upsample failed")
-        cli_seconds = time.perf_counter() - start
+        seconds = {}
+        for n in (args.cli, 2 * args.cli):
+            (folder / f"in{n}").mkdir()
+            for i in range(n):
+                picture.save(folder / f"in{n}" / f"{i:04d}.jpg", quality=95)
+            argv = ["upsample", str(folder / f"in{n}"), "--out", str(folder / f"out{n}"), "--model", args.model]
+            argv += ["--no-pretrained", "--device", args.device, "--dtype", args.dtype, "--save-dtype", "float16"]
+            argv += ["--workers", str(args.workers)]
+            start = time.perf_counter()
+            if cli(argv) != 0:
+                raise RuntimeError("featlift upsample failed")
+            seconds[n] = time.perf_counter() - start
         with torch.inference_mode():
             start = time.perf_counter()
             for _ in range(args.cli):
                 up(picture)
             memory_seconds = time.perf_counter() - start
-        files = sorted((folder / "out").glob("*.safetensors"))
+        files = sorted((folder / f"out{args.cli}").glob("*.safetensors"))
+        dataset_seconds = seconds[2 * args.cli] - seconds[args.cli]
         return {
             "images": args.cli,
-            "cli_rate": args.cli / cli_seconds,
+            "cli_rate": args.cli / dataset_seconds,
+            "whole_command_rate": args.cli / seconds[args.cli],
             "memory_rate": args.cli / memory_seconds,
-            "ratio": memory_seconds / cli_seconds,
+            "ratio": memory_seconds / dataset_seconds,
+            "whole_command_ratio": memory_seconds / seconds[args.cli],
             "file_bytes": files[0].stat().st_size,
         }
     finally:

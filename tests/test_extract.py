@@ -181,14 +181,14 @@ def test_a_failed_write_loses_only_its_image_and_never_hangs(photos, tmp_path, u
 
     from featlift import extract
 
-    saved = extract._save
+    saved = extract._write
 
-    def flaky(job, features, **kw):
+    def flaky(job, stored, picture, **kw):
         if job.source.name == "b.png":
             raise SafetensorError("I/O error: No space left on device (os error 28)")
-        saved(job, features, **kw)
+        saved(job, stored, picture, **kw)
 
-    monkeypatch.setattr(extract, "_save", flaky)
+    monkeypatch.setattr(extract, "_write", flaky)
     summary = extract.extract(up, [photos], tmp_path / "out", workers=0)
     assert summary.written == 4 and [Path(f).name for f, _ in summary.failed] == ["b.png"]
     assert "No space left" in summary.failed[0][1]
