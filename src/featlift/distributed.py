@@ -34,6 +34,16 @@ class Dist:
         """More than one process: collectives are needed."""
         return self.world > 1
 
+    def gather(self, obj):
+        """Every process's ``obj`` (picklable), in rank order; ``[obj]`` for a single process."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, obj)
+        return parts
+
     def barrier(self) -> None:
         if self.active:
             import torch.distributed as dist

@@ -442,10 +442,7 @@ def _forward(upsampler, items: list[dict], output_size, head) -> list[Tensor]:
 def _gathered(summary: ExtractionSummary, d: Dist) -> ExtractionSummary:
     if not d.active:
         return summary
-    import torch.distributed as dist
-
-    parts: list = [None] * d.world
-    dist.all_gather_object(parts, (summary.written, summary.skipped, summary.failed))
+    parts = d.gather((summary.written, summary.skipped, summary.failed))
     return ExtractionSummary(
         written=sum(p[0] for p in parts),
         skipped=sum(p[1] for p in parts),

@@ -68,17 +68,6 @@ def _processes(options: dict, cache_dir) -> Dist:
     return d
 
 
-def _gather(items: list, d: Dist) -> list:
-    """Every process's ``items``, concatenated in rank order (the single-process order for shards)."""
-    if not d.active:
-        return items
-    import torch.distributed as dist
-
-    parts: list = [None] * d.world
-    dist.all_gather_object(parts, items)
-    return [item for part in parts for item in part]
-
-
 def _check_protocol(directory: Path, protocol: dict, resume: bool, d: Dist) -> None:
     """Tie a checkpoint folder to one protocol: a resume under other settings is refused."""
     path = directory / "protocol.json"
@@ -267,7 +256,7 @@ def evaluate_video(
             preds = propagate(feats, first, topk=topk, context=context, radius=radius, temperature=temperature)
             preds = [F.interpolate(p[None, None].float(), size=(h, w), mode="nearest")[0, 0].long() for p in preds]
             scores.append(j_and_f(preds, seq["masks"], seq["num_objects"]))
-        scores = _gather(scores, d)
+        scores = [s for part in d.gather(scores) for s in part]  # rank order: the single-process order
         results[source.name] = {
             "jf_mean": sum(s["jf_mean"] for s in scores) / len(scores),
             "j_mean": sum(s["j_mean"] for s in scores) / len(scores),
