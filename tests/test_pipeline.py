@@ -343,7 +343,7 @@ def test_missing_diffusers_gives_the_install_hint(monkeypatch):
     from featlift.backbones.sd_vae import DiffusersVAE
 
     monkeypatch.setitem(sys.modules, "diffusers", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'featlift\[vae\]'"):
+    with pytest.raises(MissingDependencyError, match=r'pip install "featlift\[vae\]"'):
         DiffusersVAE("stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._tensors import freeze, to_dtype
 from .atomic import atomic_write
 from .distributed import Dist, init_distributed, shard
 from .errors import CheckpointError, ConfigError
@@ -41,7 +42,6 @@ from .images import list_image_files, resize_to_patch_multiple, to_image_tensor
 __all__ = [
     "FEATURES_SUFFIX",
     "PCA_SUFFIX",
-    "SAVE_DTYPES",
     "ExtractionSummary",
     "Job",
     "extract",
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 FEATURES_SUFFIX = ".safetensors"
 PCA_SUFFIX = ".pca.png"
-SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _decompression_bomb() -> type[Exception]:
@@ -160,7 +159,7 @@ def load_head(path: str | os.PathLike, channels: int | None = None) -> nn.Conv2d
         head.weight.copy_(weight.float()[:, :, None, None])
         if bias is not None:
             head.bias.copy_(bias.float())
-    return head.eval().requires_grad_(False)
+    return freeze(head)
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -331,9 +330,7 @@ def extract(
     """
     d = dist if dist is not None else init_distributed(str(upsampler.device))
     if isinstance(save_dtype, str):
-        if save_dtype not in SAVE_DTYPES:
-            raise ConfigError(f"save_dtype must be one of {sorted(SAVE_DTYPES)}, got {save_dtype!r}")
-        save_dtype = SAVE_DTYPES[save_dtype]
+        save_dtype = to_dtype(save_dtype, what="save_dtype")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if pca and head is not None:

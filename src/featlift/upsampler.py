@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._tensors import freeze
 from .backbones.base import Backbone
 from .backbones.normalisation import agreed_normalisation
+from .errors import InsufficientMemoryError
 from .images import PendingImage, image_batch, patch_multiple, resize_to_patch_multiple
-from .memory import InsufficientMemoryError, available_bytes, estimate_call, format_bytes
+from .memory import available_bytes, estimate_call, format_bytes
 from .modeling.uplift import UPLiFT
 
 __all__ = ["Upsampler", "resize_features"]
@@ -111,9 +113,7 @@ class Upsampler(nn.Module):
         backbone.normalisation = agreed_normalisation(
             backbone.normalisation, uplift.config.backbone, what=f"the backbone ({type(backbone).__name__})"
         )
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
+        freeze(self)
 
     @property
     def patch(self) -> int:

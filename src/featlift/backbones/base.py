@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._tensors import freeze
 from ..config import BackboneConfig
 from .normalisation import IDENTITY, Stats
 
@@ -62,10 +63,8 @@ class Backbone(nn.Module):
         raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
 
     def freeze(self) -> Backbone:
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self
+        """This backbone in eval mode with gradients off (in place)."""
+        return freeze(self)
 
     def normalise(self, images: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] -> ``(images - mean) / std`` with :attr:`normalisation` (none when

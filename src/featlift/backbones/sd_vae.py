@@ -8,17 +8,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, FeatliftError, MissingDependencyError
+from ..errors import CheckpointError, FeatliftError, require
 from .base import Backbone
 from .normalisation import IDENTITY, Stats
 
 
 def _autoencoder_kl():
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as err:
-        raise MissingDependencyError("the SD VAE backbone needs diffusers: pip install 'featlift[vae]'") from err
-    return AutoencoderKL
+    return require("diffusers", feature="the SD VAE backbone", extra="vae").AutoencoderKL
 
 
 def _load_vae(autoencoder_kl, folder: Path):

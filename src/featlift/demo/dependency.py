@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import MissingDependencyError
+from ..errors import require
 
 __all__ = ["INSTALL_HINT", "require_gradio"]
 
@@ -11,10 +11,4 @@ INSTALL_HINT = 'pip install "featlift[demo]"'
 
 def require_gradio():
     """The ``gradio`` module, or :class:`~featlift.errors.MissingDependencyError` with the install command."""
-    try:
-        import gradio
-    except ImportError as err:
-        raise MissingDependencyError(
-            f"the featlift demo needs gradio, which is not installed ({err}); install it with: {INSTALL_HINT}"
-        ) from None
-    return gradio
+    return require("gradio", feature="the featlift demo", extra="demo")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ExpiredResultError
 from ..memory import format_bytes
 from ..upsampler import Upsampler
 from .pictures import fit_pca, heatmap, resize_picture, similarity_map
@@ -31,10 +32,6 @@ OUTPUT_CHOICES = ("own size", "native", "max side")
 DEFAULT_MAX_SIDE = 512
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 DEFAULT_CACHE_ENTRIES = 8
-
-
-class ExpiredResultError(LookupError):
-    """A click on a result whose features were dropped (evicted from the cache, or never computed)."""
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from ..errors import FeatliftError
+from ..errors import InvalidUploadError
 from ..images import to_image_tensor
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "InvalidUploadError", "Upload", "read_upload"]
@@ -23,10 +23,6 @@ DEFAULT_MAX_BYTES = 20_000_000
 # Pictures with more pixels than this are refused outright instead of decoded (a decompression bomb: a
 # small file that expands to gigabytes). PIL's own warning threshold.
 DECODE_LIMIT = Image.MAX_IMAGE_PIXELS or 89_478_485
-
-
-class InvalidUploadError(FeatliftError, ValueError):
-    """An upload the demo will not process: not an image, too many bytes, or too many pixels to decode."""
 
 
 @dataclass

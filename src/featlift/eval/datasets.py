@@ -24,7 +24,13 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from featlift.errors import ConfigError, FeatliftError, MissingDependencyError
+from featlift.errors import (
+    ConfigError,
+    DatasetError,
+    DatasetFormatError,
+    MissingDependencyError,
+    require,
+)
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -54,17 +60,6 @@ DEPTH_DATASETS = ("nyuv2",)
 VIDEO_DATASETS = ("davis",)
 DATASETS = SEGMENTATION_DATASETS + DEPTH_DATASETS + VIDEO_DATASETS
 SPLITS = ("train", "val")
-
-
-class DatasetError(FeatliftError, FileNotFoundError):
-    """A dataset folder or file that is not where the standard layout puts it. The message shows the
-    expected layout, the missing path and the fix."""
-
-
-class DatasetFormatError(FeatliftError, ValueError):
-    """A dataset file that exists but does not hold what its layout promises (an RGB label map where a
-    palette/grey one is expected, label values beyond the table, mismatched counts). The message starts
-    with the file's path."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -613,17 +608,10 @@ def _cocostuff(
 
 _NYU_MAT = "nyu_depth_v2_labeled.mat"
 _NYU_SPLITS = "splits.mat"
-_H5PY_FIX = "pip install 'featlift[eval]'"
 
 
 def _import_h5py() -> Any:
-    try:
-        import h5py
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"nyuv2: reading {_NYU_MAT} (MATLAB v7.3 / HDF5) needs h5py; install it with {_H5PY_FIX}"
-        ) from exc
-    return h5py
+    return require("h5py", feature=f"nyuv2: reading {_NYU_MAT} (MATLAB v7.3 / HDF5)", extra="eval")
 
 
 def _read_nyu_split(path: Path, split: str) -> list[int]:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from featlift.errors import MissingDependencyError
+from featlift.errors import require
 
 __all__ = ["DELTA1_THRESHOLD", "MIN_DEPTH", "DepthMetric", "SegmentationMetric"]
 
@@ -41,14 +41,7 @@ DELTA1_THRESHOLD = 1.25
 
 
 def _torchmetrics() -> Any:
-    try:
-        import torchmetrics
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "featlift's evaluation metrics need torchmetrics, which is not installed. "
-            "Install it with: pip install 'featlift[eval]'"
-        ) from exc
-    return torchmetrics
+    return require("torchmetrics", feature="featlift's evaluation metrics", extra="eval")
 
 
 def _check_same_shape(pred: Tensor, target: Tensor, what: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import logging
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import torch
 
+from .._tensors import to_dtype
 from ..atomic import atomic_write
-from ..errors import ConfigError, MissingDependencyError
-from .graph import OUTPUT, ExportTarget, check_dtype, load_target
+from ..errors import ConfigError, require
+from .graph import OUTPUT, ExportTarget, load_target
 
 __all__ = ["DEFAULT_OPSET", "ONNX_DTYPES", "PT2_DTYPES", "export_onnx", "export_pt2", "standard_domains"]
 
@@ -26,23 +26,8 @@ MIN_OPSET = 18  # torch's ONNX exporter (torch.export based) targets opset 18 an
 ONNX_DTYPES = ("float32", "float16")
 PT2_DTYPES = ("float32", "float16", "bfloat16")
 EXAMPLE_CELLS = (4, 6)  # backbone cells (rows, cols) of the example inputs traced; any size then runs
-INSTALL_HINT = 'pip install "featlift[export]"'
 # Above this many bytes of weights the ONNX file keeps them in a side file (protobuf's 2 GiB limit).
 _EXTERNAL_DATA_BYTES = 1_800_000_000
-
-
-def _require(*modules: str) -> None:
-    missing = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise MissingDependencyError(
-            f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed; "
-            f"install the export extra: {INSTALL_HINT}"
-        )
 
 
 def _output_path(path: str | os.PathLike) -> Path:
@@ -201,9 +186,10 @@ def export_onnx(
         UnknownModelError, CheckpointError, DownloadError: loading ``model``.
         RuntimeError: the exporter failed, or wrote an op outside the standard ONNX domain.
     """
-    _require("onnx", "onnxscript")
+    for module in ("onnx", "onnxscript"):
+        require(module, feature="ONNX export", extra="export")
     opset = _opset(opset)
-    dtype = check_dtype(dtype, ONNX_DTYPES)
+    dtype = to_dtype(dtype, ONNX_DTYPES)
     cells = _check_cells(example_cells)
     path = _output_path(path)
     target = load_target(
@@ -298,7 +284,7 @@ def export_pt2(
     Raises:
         ConfigError, UnknownModelError, CheckpointError, DownloadError: as :func:`export_onnx`.
     """
-    dtype = check_dtype(dtype, PT2_DTYPES)
+    dtype = to_dtype(dtype, PT2_DTYPES)
     cells = _check_cells(example_cells)
     path = _output_path(path)
     target = load_target(

@@ -23,10 +23,9 @@ from torch import Tensor, nn
 from ..modeling.attender import LocalAttender
 from ..ops.fused import accumulation_dtype
 from ..ops.local_attend import local_attend
+from ..ops.neighbourhood import Offsets
 
 __all__ = ["ExportAttender", "portable_local_attend", "with_export_attenders"]
-
-Offsets = tuple[tuple[int, int], ...]
 
 
 def portable_local_attend(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) -> Tensor:

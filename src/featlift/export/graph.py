@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._tensors import freeze
 from ..errors import CheckpointError, ConfigError
 from ..modeling.uplift import UPLiFT
 from ..upsampler import Upsampler
@@ -165,14 +166,6 @@ def _loaded_uplift(model, *, weights, pretrained: bool, revision, cache_dir) -> 
     return build_upsampler(source.config, weights=weights)
 
 
-def check_dtype(dtype: torch.dtype | str, allowed: tuple[str, ...]) -> torch.dtype:
-    """``dtype`` (a torch dtype or its name) if it is one of ``allowed`` (names), else a ConfigError."""
-    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-    if name not in allowed:
-        raise ConfigError(f"dtype must be one of {', '.join(allowed)}, got {dtype!r}")
-    return getattr(torch, name)
-
-
 def load_target(
     model,
     *,
@@ -268,7 +261,4 @@ def _names_no_backbone(model, *, revision, cache_dir) -> bool:
 
 
 def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    module = module.to(device=device, dtype=dtype).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
+    return freeze(module.to(device=device, dtype=dtype))

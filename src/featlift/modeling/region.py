@@ -21,11 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import UntileableError
+
 __all__ = ["Region", "UntileableError", "corner_aligned_upsample"]
-
-
-class UntileableError(ValueError):
-    """A layer that is not translation-equivariant, so a crop cannot reproduce the full image exactly."""
 
 
 @dataclass(frozen=True)

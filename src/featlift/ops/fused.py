@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from .neighbourhood import Offsets
+
 __all__ = ["fused_backward", "fused_forward"]
 
-Offsets = tuple[tuple[int, int], ...]
 
 # Scratch budget per band, in bytes: small enough to stay in a CPU core's L2/L3 working set.
 _CPU_BAND_BYTES = 4 << 20

@@ -20,6 +20,8 @@ import os
 import torch
 from torch import Tensor
 
+from .neighbourhood import Offsets
+
 try:  # Triton ships with PyTorch's CUDA wheels on Linux; it is optional everywhere else.
     import triton
     import triton.language as tl
@@ -29,7 +31,6 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 __all__ = ["interpreting", "triton_available", "triton_forward"]
 
-Offsets = tuple[tuple[int, int], ...]
 
 BLOCK_P = 64
 BLOCK_C = 64

@@ -16,15 +16,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from ..images import IMAGE_EXTENSIONS, list_image_files, to_image_tensor
 
 __all__ = ["DataError", "ImageDataset", "IndexedImages", "list_images"]
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """The training data cannot be used (missing, empty, no images)."""
 
 
 def list_images(source: str | Path) -> list[Path]:
