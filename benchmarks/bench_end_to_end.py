@@ -8,7 +8,7 @@ Reported, in one process and round-robin so machine drift hits every variant ali
 * the phases of the own-size call: pre-processing (picture -> normalised tensor), backbone, upsampler
   (UPLiFT alone, on precomputed backbone features) and the final resize;
 * the resize's numerical trade: the own-size output against the antialiased resize of the native
-  output (what featlift returned before; see ``featlift.upsampler.resize_features``);
+  output (what featlift returned before; see ``featlift._upsampler.resize_features``);
 * with ``--cli N``: ``featlift upsample`` (JPEG files, ``--save-dtype float16``) as images per second
   against the in-memory ``up()`` rate measured in the same run: the dataset rate from runs on N and 2N
   pictures (fixed start-up costs cancel), and the whole command on N pictures.
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     import featlift
-    from featlift.images import resize_to_patch_multiple, to_image_tensor
-    from featlift.upsampler import resize_features
+    from featlift._images import resize_to_patch_multiple, to_image_tensor
+    from featlift._upsampler import resize_features
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,9 +13,9 @@ import logging
 import pytest
 import torch
 
-import featlift.ops.triton_kernel as triton_kernel
+import featlift.ops._triton as triton_kernel
 from featlift.ops import local_attend, neighbourhood_offsets, resolve_impl
-from featlift.ops.fused import fused_forward
+from featlift.ops._fused import fused_forward
 
 # ``featlift.ops.local_attend`` the attribute is the function; the module is in sys.modules.
 la = importlib.import_module("featlift.ops.local_attend")

@@ -1,4 +1,4 @@
-"""featlift.authors: the UPLiFT authors' YAML schema (defaults, refused keys, errors) and checkpoint layout."""
+"""featlift._authors: the UPLiFT authors' YAML schema (defaults, refused keys, errors) and checkpoint layout."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from featlift import authors
-from featlift.authors import DEFAULTS, convert_state_dict, from_authors_dict, is_authors_layout, read_yaml
-from featlift.backbones.normalisation import image_normalisation
+from featlift._authors import DEFAULTS, convert_state_dict, from_authors_dict, is_authors_layout, read_yaml
+from featlift._registry import get_variant
+from featlift.backbones._normalisation import image_normalisation
 from featlift.config import (
     BlockGroupConfig,
     DecoderConfig,
@@ -21,7 +22,6 @@ from featlift.config import (
     UpliftConfig,
 )
 from featlift.errors import ConfigError
-from featlift.registry import get_variant
 
 from .conftest import FIXTURES
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import featlift
+from featlift._registry import get_variant
 from featlift.backbones import BACKBONE_CLASSES, Backbone, DiffusersVAE, TimmViT, load_backbone
 from featlift.config import BACKBONE_SOURCES, BackboneConfig
-from featlift.registry import get_variant
 
 from .configs import tiny_config
 from .conftest import TIMM_NAME, tiny_autoencoder

@@ -11,7 +11,9 @@ import json
 import pytest
 
 import featlift
-from featlift.authors import read_yaml
+from featlift._authors import read_yaml
+from featlift._neighbourhood import NEIGHBOURHOOD_SIZES
+from featlift._registry import get_variant
 from featlift.config import (
     BackboneConfig,
     BlockGroupConfig,
@@ -24,8 +26,6 @@ from featlift.config import (
     UpliftConfig,
 )
 from featlift.errors import ConfigError, UnknownModelError
-from featlift.ops.neighbourhood import NEIGHBOURHOOD_SIZES
-from featlift.registry import get_variant
 from featlift.weights import read_config_json
 
 from .configs import tiny_config

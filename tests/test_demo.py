@@ -277,7 +277,7 @@ def test_engine_keeps_a_bounded_number_of_results(up, tmp_path):
 
 
 def test_engine_passes_the_memory_guards_refusal_on(up, tmp_path, monkeypatch):
-    monkeypatch.setattr("featlift.upsampler.available_bytes", lambda device: 1000)
+    monkeypatch.setattr("featlift._upsampler.available_bytes", lambda device: 1000)
     with pytest.raises(InsufficientMemoryError, match="not enough memory"):
         DemoEngine(up).upsample(random_photo(tmp_path / "p.png", (28, 28)))
 
@@ -372,7 +372,7 @@ def test_api_errors_are_clear_and_the_server_keeps_serving(server, client, tmp_p
     text.write_text("these are not pixels")
     with pytest.raises(AppError, match="'notes.txt' is not a picture"):
         _upsample(client, text)
-    monkeypatch.setattr("featlift.upsampler.available_bytes", lambda device: 1000)
+    monkeypatch.setattr("featlift._upsampler.available_bytes", lambda device: 1000)
     with pytest.raises(AppError, match="Not enough memory.*'max side'.*needs about"):
         _upsample(client, smooth_photo(tmp_path / "p.png", (56, 56)))
     monkeypatch.undo()

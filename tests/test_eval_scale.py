@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featlift.distributed import Dist, shard
+from featlift._distributed import Dist, shard
 from featlift.eval.cache import BackboneCache, fingerprint
 from featlift.eval.probe import ProbeConfig, _share, epoch_batches, train_probe
 

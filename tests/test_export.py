@@ -204,7 +204,7 @@ def test_pt2_loads_and_runs_in_a_fresh_process_that_never_imports_onnx(model_dir
         for i in range(2):
             outputs[f"portable{{i}}"] = portable(inputs[f"image{{i}}"], inputs[f"features{{i}}"])
         assert "featlift" not in sys.modules
-        import featlift  # registers featlift::local_attend, which the default program calls
+        import featlift.ops  # registers featlift::local_attend, which the default program calls
         extra = {{"featlift.json": ""}}
         program = torch.export.load(r"{op_file}", extra_files=extra).module()
         for i in range(2):
@@ -234,24 +234,33 @@ def test_pt2_loads_and_runs_in_a_fresh_process_that_never_imports_onnx(model_dir
 # -- errors --------------------------------------------------------------------------------------------------
 
 
-def test_cli_refuses_an_unknown_format(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--format", "tflite", "--out", "x.tflite"], "invalid choice: 'tflite'"),
+        (["--out", "x.onnx", "--iters", "0"], "--iters: must be at least 1, got 0"),
+        (["--out", "x.onnx", "--opset", "12"], "--opset: must be at least 18, got 12"),
+        (["--out", "x.onnx", "--example-cells", "1x4"], "--example-cells must be at least 2x2"),
+    ],
+)
+def test_cli_refuses_bad_flag_values_while_parsing(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as info:
-        cli.main(["export", "dinov2_s14", "--format", "tflite", "--out", str(tmp_path / "x.tflite")])
+        cli.main(["export", "dinov2_s14", *extra])
     assert info.value.code == 2
-    assert "invalid choice: 'tflite'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--out", "{tmp}/x.bin"], "--format is missing"),
-        (["--out", "{tmp}/x.onnx", "--opset", "12"], "opset must be an integer from 18"),
+        (["--out", "{tmp}/x.onnx", "--opset", "999"], "opset must be an integer from 18"),
         (["--out", "{tmp}/x.onnx", "--dtype", "bfloat16"], "dtype must be one of float32, float16"),
         (["--out", "{tmp}/x.pt2", "--opset", "18"], "--opset and --no-optimize apply to --format onnx only"),
-        (["--out", "{tmp}/x.onnx", "--iters", "0"], "iters must be a positive integer"),
         (["--out", "{tmp}/x.onnx", "--with-backbone"], "names no backbone"),
         (["--out", "{tmp}/x.onnx", "--weights", "{tmp}/missing.safetensors"], "missing.safetensors"),
         (["--out", "{tmp}", "--format", "onnx"], "is a directory"),
+        (["--out", "{tmp}/x.onnx/"], "names a folder (it ends in a slash)"),
     ],
 )
 def test_cli_reports_bad_flags_and_files(model_dir, tmp_path, capsys, extra, message):
@@ -281,8 +290,10 @@ def test_api_refuses_what_a_model_object_cannot_do(tmp_path):
     with pytest.raises(ConfigError, match="bare UPLiFT has none"):
         export_pt2(model, tmp_path / "x.pt2", with_backbone=True)
     with pytest.raises(ConfigError, match="already has its weights"):
-        export_pt2(model, tmp_path / "x.pt2", weights=tmp_path / "w.safetensors")
+        export_pt2(model, tmp_path / "x.pt2", options=featlift.LoadOptions(weights=tmp_path / "w.safetensors"))
     with pytest.raises(ConfigError, match="at least 2x2"):
         export_pt2(model, tmp_path / "x.pt2", example_cells=(1, 4))
     with pytest.raises(ConfigError, match="dtype must be one of"):
         export_pt2(model, tmp_path / "x.pt2", dtype=torch.int8)
+    with pytest.raises(ConfigError, match="iters must be a positive integer"):
+        export_pt2(model, tmp_path / "x.pt2", iters=0)

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import featlift
+from featlift._memory import InsufficientMemoryError
 from featlift.config import BackboneConfig
-from featlift.memory import InsufficientMemoryError
 
 from .configs import tiny_config
 from .conftest import ConvBackbone
@@ -158,7 +158,7 @@ def test_normalisation_follows_timm_for_timm_configs_and_the_config_when_stated(
 
 
 def test_memory_guard_names_the_estimate_and_a_tile_that_fits(up, monkeypatch):
-    import featlift.upsampler as module
+    import featlift._upsampler as module
 
     side = 840  # 60 cells: tiles of 8 with their halo of 8 are much smaller than the image
     image = np.zeros((side, side, 3), np.uint8)
@@ -257,7 +257,7 @@ tiles = st.one_of(st.none(), st.integers(-1, 5), st.tuples(st.integers(0, 4), st
 
 
 def _expected_sizes(images_arg, output_size) -> list[tuple[int, int]]:
-    from featlift.images import image_batch
+    from featlift._images import image_batch
 
     sizes_in = [item.size for item in image_batch(images_arg)]
     if output_size == "native":
@@ -292,7 +292,7 @@ def test_fuzz_public_call(up, images_arg, output_size, tile):
 
 
 def test_list_image_files_finds_the_formats_people_use_recursively(tmp_path):
-    from featlift.images import list_image_files
+    from featlift._images import list_image_files
 
     names = ["a.jpg", "b.JPEG", "c.png", "d.bmp", "e.gif", "f.webp", "g.tif", "h.TIFF", "i.ppm", "j.pgm"]
     for i, name in enumerate(names):

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import featlift.ops.triton_kernel as triton_kernel
+import featlift.ops._triton as triton_kernel
 from featlift.ops import local_attend, local_attend_reference, neighbourhood_offsets, resolve_impl
 
 SIZES = [5, 9, 13, 17, 25]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import featlift
+from featlift._registry import get_variant
 from featlift.config import (
     BlockGroupConfig,
     DownConfig,
@@ -17,7 +18,6 @@ from featlift.config import (
     RefinerConfig,
 )
 from featlift.modeling.guidance import RESAMPLES
-from featlift.registry import get_variant
 
 from .configs import random_inputs, tiny_config
 
@@ -268,7 +268,7 @@ def _assert_close(a, b, tol=1e-4):
 
 
 def test_blocks_take_the_path_they_are_told_not_the_grad_mode():
-    """The lean path is chosen once per call (featlift.modeling.inference.plan) and passed down: a block
+    """The lean path is chosen once per call (featlift.modeling._inference.plan) and passed down: a block
     called directly runs the plain path under no_grad, and the lean path (BatchNorm folded, so the norm
     module never runs) when asked, with autograd on or off."""
     model = featlift.UPLiFT(get_variant("dinov2_s14").config).eval()

@@ -227,7 +227,7 @@ def test_one_preprocessing_path_for_pil_arrays_and_tensors(upsampler, size):
 def test_memory_guard_refuses_an_output_bigger_than_the_machine(upsampler):
     import psutil
 
-    from featlift.memory import InsufficientMemoryError
+    from featlift._memory import InsufficientMemoryError
 
     calls = []
     hook = upsampler.backbone.register_forward_hook(lambda m, i, o: calls.append(1))
@@ -408,14 +408,14 @@ def test_upsampler_tiles_exactly_with_a_head_and_runs_the_backbone_once(upsample
     assert (tiled - whole).abs().max().item() <= 1e-4 * max(1.0, whole.abs().max().item())
     assert torch.equal(default_tiled, tiled)
     with torch.no_grad():
-        # 112x144 native -> 100x130: less than 2x, so plain bilinear (featlift.upsampler.resize_features)
+        # 112x144 native -> 100x130: less than 2x, so plain bilinear (featlift._upsampler.resize_features)
         want = F.interpolate(probe(whole), size=(100, 130), mode="bilinear", align_corners=False)
     assert labels.shape == (1, 5, 100, 130)
     assert (labels - want).abs().max().item() <= 1e-3
 
 
 def test_output_resize_is_plain_bilinear_up_to_2x_and_antialiased_beyond():
-    from featlift.upsampler import resize_features
+    from featlift._upsampler import resize_features
 
     x = torch.randn(1, 6, 64, 48, generator=torch.Generator().manual_seed(0))
     x = x.contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import featlift
+from featlift._registry import get_variant
 from featlift.config import (
     BlockGroupConfig,
     DecoderStageConfig,
@@ -20,9 +21,8 @@ from featlift.config import (
     UpliftConfig,
 )
 from featlift.modeling import tiling
+from featlift.modeling._region import Region, UntileableError, corner_aligned_upsample
 from featlift.modeling.blocks import ConvBlock
-from featlift.modeling.region import Region, UntileableError, corner_aligned_upsample
-from featlift.registry import get_variant
 
 from .configs import random_inputs, tiny_config
 

@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
 import featlift
+from featlift._registry import get_variant
 from featlift.config import BackboneConfig
-from featlift.registry import get_variant
 from featlift.training import DataError, TrainConfig, depth_targets, list_images, multi_depth_loss, train
 from featlift.training.trainer import _Dist, _StreamSampler
 
@@ -392,7 +392,7 @@ def test_a_bad_checkpoint_names_the_file_and_the_fix(workdir, tmp_path):
 def test_the_trainer_records_the_one_normalisation_rule(workdir, tmp_path):
     import timm
 
-    from featlift.backbones.normalisation import image_normalisation
+    from featlift.backbones._normalisation import image_normalisation
     from featlift.training.trainer import _build
 
     name = "vit_base_patch16_clip_224.openai"

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 import featlift
-from featlift.authors import convert_state_dict, read_yaml
+from featlift._authors import convert_state_dict, read_yaml
+from featlift._registry import get_variant
 from featlift.config import UpliftConfig
 from featlift.errors import CheckpointError, UnknownModelError
-from featlift.registry import get_variant
 from featlift.weights import read_state_dict
 
 

@@ -9,12 +9,12 @@ This module is the schema only. Its one serialisation is featlift's own lossless
 :meth:`UpliftConfig.to_dict` / :meth:`UpliftConfig.from_dict`, and :meth:`UpliftConfig.to_json` /
 :meth:`UpliftConfig.from_json` for the ``config.json`` written next to ``model.safetensors`` (every JSON
 parse, string or file, goes through :meth:`UpliftConfig.from_json`). The UPLiFT authors' YAML schema and
-checkpoint layout are read by :mod:`featlift.authors`.
+checkpoint layout are read by :mod:`featlift._authors`.
 
 Defaults
 --------
 The authors' schema lets some keys be omitted; their values then come from
-:data:`featlift.authors.DEFAULTS`. A schema field either has no default (it is required) or its default is
+:data:`featlift._authors.DEFAULTS`. A schema field either has no default (it is required) or its default is
 the authors' default for the same key, so a config built here and the same config read from an authors'
 file never differ silently. Where the authors' default is not what a featlift user should get (they are
 not what the published models use), the field is required and every caller states it:
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._neighbourhood import NEIGHBOURHOOD_SIZES
 from .errors import ConfigError
-from .ops.neighbourhood import NEIGHBOURHOOD_SIZES
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ class BackboneConfig:
     patch: int = 14  # pixels per feature cell (the ViT patch, or 8 for the SD VAE)
     name: str | None = None  # timm model name or diffusers pipeline id, e.g. "vit_small_patch14_dinov2.lvd142m"
     source: str | None = None  # "timm" | "diffusers" | None (features supplied by the user)
-    # Per-channel image normalisation. None: unstated, resolved by featlift.backbones.normalisation (timm's
+    # Per-channel image normalisation. None: unstated, resolved by featlift.backbones._normalisation (timm's
     # pretrained config for timm backbones, else images stay in [0, 1]).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._atomic import atomic_write
+from ._distributed import Dist, init_distributed, shard
+from ._images import list_image_files, resize_to_patch_multiple, to_image_tensor
 from ._tensors import freeze, to_dtype
-from .atomic import atomic_write
-from .distributed import Dist, init_distributed, shard
 from .errors import CheckpointError, ConfigError
-from .images import list_image_files, resize_to_patch_multiple, to_image_tensor
 
 __all__ = [
     "FEATURES_SUFFIX",

@@ -18,7 +18,7 @@ from pathlib import Path
 from ._version import __version__
 from .errors import DownloadError, UploadError
 
-__all__ = ["download", "download_diffusers_vae", "is_repo_id"]
+__all__ = ["download", "download_diffusers_vae", "is_repo_id", "push_pretrained_dir"]
 
 logger = logging.getLogger(__name__)
 

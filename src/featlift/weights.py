@@ -3,13 +3,13 @@
 What goes through this module:
 
 * :func:`read_state_dict` reads the weight files of models: the UPLiFT upsampler's (featlift's
-  ``model.safetensors`` or the authors' published files, via :func:`featlift.builder.build_upsampler`) and
+  ``model.safetensors`` or the authors' published files, via :func:`featlift._builder.build_upsampler`) and
   a timm backbone's (:class:`featlift.backbones.timm_vit.TimmViT`, which hands the state dict to timm). It
   reads ``.safetensors``, or ``.pth`` / ``.pt`` / ``.pth.tar`` with ``torch.load(weights_only=True)``, and
   turns unreadable files into a :class:`CheckpointError`: no file is unpickled with arbitrary globals.
 * :func:`load_into` loads an upsampler's state dict strictly (every tensor used, none missing). A state
-  dict in the UPLiFT authors' key layout is renamed first by :func:`featlift.authors.convert_state_dict`
-  (that layout is described in :mod:`featlift.authors`, not here).
+  dict in the UPLiFT authors' key layout is renamed first by :func:`featlift._authors.convert_state_dict`
+  (that layout is described in :mod:`featlift._authors`, not here).
 * :func:`save_pretrained` / :func:`read_pretrained_dir` handle featlift's own format, a directory with
   ``config.json`` and ``model.safetensors``; :func:`read_config_json` reads such a ``config.json`` (the
   parsing itself is :meth:`featlift.config.UpliftConfig.from_json`).
@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ._atomic import atomic_write
+from ._authors import convert_state_dict, is_authors_layout
 from ._version import __version__
-from .atomic import atomic_write
-from .authors import convert_state_dict, is_authors_layout
 from .config import UpliftConfig
 from .errors import CheckpointError
 

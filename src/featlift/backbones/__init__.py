@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 
 from ..config import BackboneConfig
+from ._normalisation import image_normalisation
+from ._sources import BACKBONE_CLASSES, backbone_class
 from .base import Backbone
-from .normalisation import image_normalisation
 from .sd_vae import DiffusersVAE
-from .sources import BACKBONE_CLASSES, backbone_class
 from .timm_vit import TimmViT
 
 __all__ = ["BACKBONE_CLASSES", "Backbone", "DiffusersVAE", "TimmViT", "load_backbone"]
@@ -36,7 +36,7 @@ def load_backbone(
         cache_dir: Hugging Face cache directory (default: the standard cache).
 
     The result's :attr:`Backbone.normalisation` is
-    :func:`~featlift.backbones.normalisation.image_normalisation` of ``config``.
+    :func:`~featlift.backbones._normalisation.image_normalisation` of ``config``.
 
     Raises:
         ValueError: ``config`` names no backbone, or an unknown source.

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._tensors import freeze
 from ..config import BackboneConfig
-from .normalisation import IDENTITY, Stats
+from ._normalisation import IDENTITY, Stats
 
 
 class Backbone(nn.Module):
@@ -25,7 +25,7 @@ class Backbone(nn.Module):
     set by :func:`featlift.backbones.load_backbone` from the config, by the built-in classes from what
     they know (timm's pretrained config; [0, 1] for the VAE), None (unstated) for a subclass that does not
     set it. An :class:`~featlift.Upsampler` checks it against its UPLiFT config (see
-    :func:`featlift.backbones.normalisation.agreed_normalisation`) and fills it in when unstated.
+    :func:`featlift.backbones._normalisation.agreed_normalisation`) and fills it in when unstated.
 
     Subclasses that featlift can build from a :class:`~featlift.config.BackboneConfig` set :attr:`source`
     and implement :meth:`from_config`.

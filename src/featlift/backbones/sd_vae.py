@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, FeatliftError, require
+from ._normalisation import IDENTITY, Stats
 from .base import Backbone
-from .normalisation import IDENTITY, Stats
 
 
 def _autoencoder_kl():

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from ..errors import CheckpointError, FeatliftError, UnknownModelError
 from ..weights import read_state_dict
+from ._normalisation import Stats, timm_normalisation
 from .base import Backbone
-from .normalisation import Stats, timm_normalisation
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import gradio as gr
 
+from .._memory import format_bytes
+from .._upsampler import Upsampler
 from ..errors import FeatliftError, InsufficientMemoryError
-from ..memory import format_bytes
-from ..upsampler import Upsampler
 from .engine import DEFAULT_MAX_SIDE, OUTPUT_CHOICES, DemoEngine, ExpiredResultError
 from .pictures import example_images
 from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         require_gradio()
         import torch
 
-        from ..builder import load_upsampler
+        from .._builder import load_upsampler
         from .app import build_app
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._memory import format_bytes
+from .._upsampler import Upsampler
 from ..errors import ExpiredResultError
-from ..memory import format_bytes
-from ..upsampler import Upsampler
 from .pictures import fit_pca, heatmap, resize_picture, similarity_map
 from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Upload, read_upload
 

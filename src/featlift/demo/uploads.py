@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .._images import to_image_tensor
 from ..errors import InvalidUploadError
-from ..images import to_image_tensor
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "InvalidUploadError", "Upload", "read_upload"]
 

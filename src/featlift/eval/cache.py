@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..atomic import atomic_write
+from .._atomic import atomic_write
 
 __all__ = ["BackboneCache", "fingerprint"]
 

@@ -30,8 +30,8 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset, default_collate
 
-from ..atomic import atomic_write
-from ..distributed import Dist, shard
+from .._atomic import atomic_write
+from .._distributed import Dist, shard
 from ..errors import CheckpointError
 from .upsamplers import FeatureSource
 
@@ -149,7 +149,7 @@ def train_probe(
     ``"depth"`` [S, S] (``task="depth"``). The data order and the probe's initialisation derive from
     ``config.seed`` alone, so every upsampler compared sees the same batches. ``checkpoint`` saves the
     training state after every epoch (by the main process); ``resume`` continues from it when it exists.
-    ``dist`` (:func:`featlift.distributed.init_distributed`) splits every batch across processes.
+    ``dist`` (:func:`featlift._distributed.init_distributed`) splits every batch across processes.
     """
     _check_task(task)
     d = dist or Dist()

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import atomic_write
-from ..distributed import Dist, init_distributed, process_device, shard
+from .._atomic import atomic_write
+from .._distributed import Dist, init_distributed, process_device, shard
 from ..errors import ConfigError
 from .cache import BackboneCache
 from .probe import ProbeConfig, evaluate_probe, slug, train_probe

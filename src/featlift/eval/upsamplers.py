@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._images import resize_to_patch_multiple
 from ..backbones import Backbone, load_backbone
 from ..config import BackboneConfig
-from ..images import resize_to_patch_multiple
 from .cache import BackboneCache
 
 __all__ = ["INTERPOLATIONS", "FeatureSource", "make_source"]
@@ -212,7 +212,7 @@ def make_source(
     elif spec.startswith("hub:"):
         upsample = _hub_model(spec, device)
     else:
-        from ..builder import load_upsampler
+        from .._builder import load_upsampler
 
         dtype = torch.bfloat16 if half else None
         up = load_upsampler(spec, pretrained=pretrained, device=device, dtype=dtype, backbone_weights=backbone_weights)

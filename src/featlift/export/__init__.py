@@ -14,8 +14,8 @@ into the same graph. The command line is ``featlift export`` (:mod:`featlift.exp
 
 from __future__ import annotations
 
-from .api import DEFAULT_OPSET, ONNX_DTYPES, PT2_DTYPES, export_onnx, export_pt2
-from .attend import ExportAttender, portable_local_attend
+from ._api import DEFAULT_OPSET, ONNX_DTYPES, PT2_DTYPES, export_onnx, export_pt2
+from ._attend import ExportAttender, portable_local_attend
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .._neighbourhood import neighbourhood_offsets
 from ..ops.local_attend import check_impl, local_attend
-from ..ops.neighbourhood import neighbourhood_offsets
 from .blocks import add_residual
 
 __all__ = ["LocalAttender"]

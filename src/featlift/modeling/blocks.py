@@ -3,12 +3,12 @@
 Config strings are turned into classes here, once, at construction, through the tables :data:`NORMS`,
 :data:`BLOCK_CONVS`, :data:`DOWN_OPS` and :data:`UP_OPS`; ``forward`` never looks at a string.
 
-Every block's ``forward`` takes ``lean`` (see :mod:`featlift.modeling.inference`): False (the default)
+Every block's ``forward`` takes ``lean`` (see :mod:`featlift.modeling._inference`): False (the default)
 runs the plain autograd path, True the lean inference path, which computes the same function. Every
 block also reports its :meth:`reach`: how far, in cells of its input grid, a difference at the border of
 its input can travel inward through it. Tiled inference composes its halo from these
-(:mod:`featlift.modeling.tiling`); a block that is not translation-equivariant raises
-:class:`~featlift.modeling.region.UntileableError` instead.
+(:mod:`featlift.modeling._tiling`); a block that is not translation-equivariant raises
+:class:`~featlift.modeling._region.UntileableError` instead.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import BlockGroupConfig, DownConfig, UpConfig
-from .inference import FoldedConv
-from .region import Region, UntileableError, corner_aligned_upsample
+from ._inference import FoldedConv
+from ._region import Region, UntileableError, corner_aligned_upsample
 
 __all__ = [
     "BLOCK_CONVS",

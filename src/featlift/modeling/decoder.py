@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import DecoderConfig
+from ._noise import Noise
+from ._region import Region
 from .blocks import BlockGroup, UpBlock
 from .guidance import GuidanceMaps, GuidanceReader, GuidedStage
-from .noise import Noise
-from .region import Region
 
 __all__ = ["DecoderStep"]
 

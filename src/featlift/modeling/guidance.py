@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._noise import Noise
+from ._region import Region
 from .blocks import ConvBlock
-from .noise import Noise
-from .region import Region
 
 __all__ = [
     "RESAMPLES",
@@ -210,10 +210,10 @@ class GuidedStage(nn.Module):
 
     ``forward(x, guidance, noise=None, region=None, *, lean=False)``: ``guidance`` is a
     :class:`GuidanceMaps` or a list of full-resolution maps, ``noise`` feeds the noise channels (a
-    :class:`~featlift.modeling.noise.Noise`, or a ``torch.Generator`` to draw from; default the global
+    :class:`~featlift.modeling._noise.Noise`, or a ``torch.Generator`` to draw from; default the global
     generator), ``region`` places the crop ``x`` in its full grid
     (tiled inference; ``None`` for whole images) and ``lean`` picks the inference path
-    (:mod:`featlift.modeling.inference`). Subclasses implement :meth:`run` with the arguments resolved.
+    (:mod:`featlift.modeling._inference`). Subclasses implement :meth:`run` with the arguments resolved.
     """
 
     def forward(

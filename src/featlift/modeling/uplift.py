@@ -10,15 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from ..config import UpliftConfig
+from ._inference import AUTOGRAD, Plan, plan
+from ._noise import Noise
+from ._region import Region
+from ._tiling import apply_head, check_tile, halo, tiled_forward
 from .attender import LocalAttender
 from .decoder import DecoderStep
 from .encoder import GuidanceEncoder
 from .guidance import GuidanceInputs, GuidanceMaps, guidance_image
-from .inference import AUTOGRAD, Plan, plan
-from .noise import Noise
 from .refiner import Refiner
-from .region import Region
-from .tiling import apply_head, check_tile, halo, tiled_forward
 
 __all__ = ["UPLiFT"]
 
@@ -52,7 +52,7 @@ class UPLiFT(nn.Module):
         self.channels = config.channels  # feature channels C (the backbone's)
         self.patch = config.patch  # backbone pixels per feature cell
         self.default_iters = config.default_iters  # iterations that reach pixel density
-        # Memory layout override for the inference path: None lets featlift.modeling.inference.plan decide.
+        # Memory layout override for the inference path: None lets featlift.modeling._inference.plan decide.
         self.channels_last: bool | None = None
 
     # -- inspection --------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ class UPLiFT(nn.Module):
 
         ``noise`` feeds the noise channels (VAE layout): a :class:`Noise`, or a ``torch.Generator`` to draw
         from (default the global generator); ``plan`` is how to run
-        (:mod:`featlift.modeling.inference`; default the autograd path); ``release_guidance`` frees the
+        (:mod:`featlift.modeling._inference`; default the autograd path); ``release_guidance`` frees the
         guidance maps as soon as this step has read them (lower peak memory on the last iteration);
         ``region`` places a crop in the full grid (tiled inference).
         """
@@ -180,7 +180,7 @@ class UPLiFT(nn.Module):
             return_steps: return the list of every iteration's output instead of the last one.
             tile: run over tiles of ``tile`` (or ``(rows, cols)``) coarse feature cells, each with a halo of
                 :meth:`tile_halo` cells, so peak memory follows the tile, not the image. The result equals
-                the untiled one up to float rounding (see :mod:`featlift.modeling.tiling`).
+                the untiled one up to float rounding (see :mod:`featlift.modeling._tiling`).
             head: optional per-pixel callable (linear probe, PCA projection, ...) mapping [B, C, H', W']
                 to [B, K, H', W']; applied to each tile's features (or to the whole output when untiled),
                 so only its K channels are ever held at full resolution.
@@ -188,7 +188,7 @@ class UPLiFT(nn.Module):
         Returns:
             [B, C, h * f**iters, w * f**iters] with f = ``config.up_factor`` (K channels with ``head``), in
             the model's dtype. In eval mode without autograd the lean inference path runs
-            (:mod:`featlift.modeling.inference`); on the CPU its tensors are laid out channels_last in
+            (:mod:`featlift.modeling._inference`); on the CPU its tensors are laid out channels_last in
             memory (call ``.contiguous()`` if you need plain NCHW strides; ``model.channels_last = False``
             opts out, ``True`` opts in elsewhere).
         """
@@ -215,11 +215,11 @@ class UPLiFT(nn.Module):
     # -- tiled inference ---------------------------------------------------------------------------
 
     def tile_halo(self, iters: int | None = None) -> int:
-        """Halo, in coarse feature cells, that makes tiled inference exact (:func:`featlift.modeling.tiling.halo`)."""
+        """Halo, in coarse feature cells, that makes tiled inference exact (:func:`featlift.modeling._tiling.halo`)."""
         return halo(self, self.default_iters if iters is None else iters)
 
     def check_tile(self, tile: int | tuple[int, int] | None) -> tuple[int, int] | None:
-        """``tile`` as a ``(rows, cols)`` pair (:func:`featlift.modeling.tiling.check_tile`)."""
+        """``tile`` as a ``(rows, cols)`` pair (:func:`featlift.modeling._tiling.check_tile`)."""
         return check_tile(self, tile)
 
     def _check_inputs(self, image: Tensor, features: Tensor, iters: int) -> tuple[Tensor, Tensor]:

@@ -1,10 +1,18 @@
-"""Low-level tensor operations: the Local Attender's core op and its implementations."""
+"""Low-level tensor operations: the Local Attender's core op (:func:`local_attend`) behind one seam, its
+implementations, and the neighbourhoods it reads.
 
-from .local_attend import IMPLS, local_attend, local_attend_reference, neighbourhood_offsets, resolve_impl
-from .triton_kernel import triton_available
+Importing this package registers the custom op ``featlift::local_attend`` with torch (a ``.pt2`` exported
+with featlift's attender needs it: ``import featlift.ops`` before ``torch.export.load``).
+"""
+
+from .._neighbourhood import NEIGHBOURHOOD_SIZES, Offsets, neighbourhood_offsets
+from ._triton import triton_available
+from .local_attend import IMPLS, local_attend, local_attend_reference, resolve_impl
 
 __all__ = [
     "IMPLS",
+    "NEIGHBOURHOOD_SIZES",
+    "Offsets",
     "local_attend",
     "local_attend_reference",
     "neighbourhood_offsets",

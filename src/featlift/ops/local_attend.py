@@ -12,8 +12,8 @@ Every output vector is therefore a convex combination of input feature vectors.
 :func:`local_attend` is the one entry point the model uses; it picks an implementation by device and
 dtype (:func:`resolve_impl`):
 
-- ``"fused"`` (:mod:`featlift.ops.fused`): banded PyTorch, cache-sized scratch, any device. CPU default.
-- ``"triton"`` (:mod:`featlift.ops.triton_kernel`): one fused kernel launch. CUDA default.
+- ``"fused"`` (:mod:`featlift.ops._fused`): banded PyTorch, cache-sized scratch, any device. CPU default.
+- ``"triton"`` (:mod:`featlift.ops._triton`): one fused kernel launch. CUDA default.
 - ``"reference"``: :func:`local_attend_reference`, the plain, obviously correct formulation (it stacks
   all shifted copies); the oracle the other two are tested against.
 
@@ -36,9 +36,9 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from .fused import accumulation_dtype, fused_backward, fused_forward
-from .neighbourhood import Offsets, neighbourhood_offsets
-from .triton_kernel import triton_available, triton_forward
+from .._neighbourhood import Offsets, neighbourhood_offsets
+from ._fused import accumulation_dtype, fused_backward, fused_forward
+from ._triton import triton_available, triton_forward
 
 __all__ = [
     "ENV_VAR",

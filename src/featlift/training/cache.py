@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..atomic import atomic_write
+from .._atomic import atomic_write
 from .objective import depth_targets
 
 __all__ = ["FeatureCache"]

@@ -1,7 +1,7 @@
 """Training images: a folder (recursive) or a file list, decoded, resized and centre-cropped.
 
-Folders are listed by :func:`featlift.images.list_image_files` and pixels converted by
-:func:`featlift.images.to_image_tensor`, as everywhere else in featlift.
+Folders are listed by :func:`featlift._images.list_image_files` and pixels converted by
+:func:`featlift._images.to_image_tensor`, as everywhere else in featlift.
 
 Unreadable files are skipped with one warning each: the next readable image takes their place, so every
 batch keeps its size and every process sees the same sequence.
@@ -16,8 +16,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .._images import IMAGE_EXTENSIONS, list_image_files, to_image_tensor
 from ..errors import DataError
-from ..images import IMAGE_EXTENSIONS, list_image_files, to_image_tensor
 
 __all__ = ["DataError", "ImageDataset", "IndexedImages", "list_images"]
 

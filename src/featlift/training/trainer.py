@@ -27,7 +27,7 @@ channels that equality is statistical, not bitwise: each process draws the chann
 
 SIGINT and SIGTERM (Ctrl-C, a cluster's pre-emption notice) stop the run at the end of the current step:
 every process agrees on the step, rank 0 writes ``checkpoint.pt``, and :func:`train` returns with
-``metrics["interrupted"]``. Every file is written atomically (:func:`featlift.atomic.atomic_write`), so
+``metrics["interrupted"]``. Every file is written atomically (:func:`featlift._atomic.atomic_write`), so
 a crash mid-write leaves the previous checkpoint intact.
 """
 
@@ -50,17 +50,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from ..atomic import atomic_write
+from .._atomic import atomic_write
+from .._distributed import Dist as _Dist
+from .._distributed import init_distributed as _init_distributed
+from .._distributed import process_device
+from .._lookup import resolve_model
+from .._registry import list_upsamplers
 from ..backbones import Backbone, load_backbone
-from ..backbones.normalisation import agreed_normalisation
+from ..backbones._normalisation import agreed_normalisation
 from ..config import BackboneConfig, UpliftConfig
-from ..distributed import Dist as _Dist
-from ..distributed import init_distributed as _init_distributed
-from ..distributed import process_device
 from ..errors import CheckpointError
-from ..lookup import resolve_model
 from ..modeling.uplift import UPLiFT
-from ..registry import list_upsamplers
 from .cache import FeatureCache
 from .data import DataError, ImageDataset, IndexedImages, list_images
 from .objective import LOSSES, depth_targets, downsample, feature_distance, multi_depth_loss
@@ -87,7 +87,7 @@ class TrainConfig:
     epochs: float | None = None
     lr: float = 1e-3
     seed: int = 0
-    # architecture: anything featlift.lookup.resolve_model takes (registered name, authors' YAML, featlift
+    # architecture: anything featlift._lookup.resolve_model takes (registered name, authors' YAML, featlift
     # JSON, model directory, Hub repo id, UpliftConfig)
     base: str | UpliftConfig = "dinov2_s14"
     backbone_weights: str | None = None
@@ -383,7 +383,7 @@ def evaluate(
 
     ``backbone`` is a featlift :class:`~featlift.backbones.Backbone`; it normalises the images
     (:meth:`~featlift.backbones.Backbone.normalise`) with statistics that must agree with ``config``'s
-    (:func:`~featlift.backbones.normalisation.agreed_normalisation`; a backbone stating none takes the
+    (:func:`~featlift.backbones._normalisation.agreed_normalisation`; a backbone stating none takes the
     config's)."""
     backbone.normalisation = agreed_normalisation(backbone.normalisation, config.backbone)
     was_training = model.training

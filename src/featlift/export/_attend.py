@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._neighbourhood import Offsets
 from ..modeling.attender import LocalAttender
-from ..ops.fused import accumulation_dtype
+from ..ops._fused import accumulation_dtype
 from ..ops.local_attend import local_attend
-from ..ops.neighbourhood import Offsets
 
 __all__ = ["ExportAttender", "portable_local_attend", "with_export_attenders"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .region import Region
+from ._region import Region
 
 __all__ = ["Noise"]
 

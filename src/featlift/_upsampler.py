@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._images import PendingImage, image_batch, patch_multiple, resize_to_patch_multiple
+from ._memory import available_bytes, estimate_call, format_bytes
 from ._tensors import freeze
+from .backbones._normalisation import agreed_normalisation
 from .backbones.base import Backbone
-from .backbones.normalisation import agreed_normalisation
 from .errors import InsufficientMemoryError
-from .images import PendingImage, image_batch, patch_multiple, resize_to_patch_multiple
-from .memory import available_bytes, estimate_call, format_bytes
 from .modeling.uplift import UPLiFT
 
 __all__ = ["Upsampler", "resize_features"]
@@ -83,7 +83,7 @@ class Upsampler(nn.Module):
     follows the tile size.
 
     Images are normalised by the backbone (:meth:`Backbone.normalise`). Its statistics must agree with
-    those the UPLiFT config implies (:func:`~featlift.backbones.normalisation.image_normalisation`) when
+    those the UPLiFT config implies (:func:`~featlift.backbones._normalisation.image_normalisation`) when
     both state them, else ``ValueError``; a backbone that states none (a user's subclass) takes the
     config's, and a config that names no backbone and states no mean/std takes the backbone's.
     """
@@ -146,7 +146,7 @@ class Upsampler(nn.Module):
     def prepare(self, images: Any) -> list[tuple[Tensor, tuple[int, int]]]:
         """Each image as (float32 [1, 3, H', W'] in [0, 1] resized to patch multiples, original (H, W)).
 
-        Every input kind goes through :mod:`featlift.images` (one conversion rule per kind) and then
+        Every input kind goes through :mod:`featlift._images` (one conversion rule per kind) and then
         the same antialiased bilinear resize, so equal pixels give equal tensors however they arrive.
         """
         return [(self._load(item), item.size) for item in image_batch(images)]
@@ -250,7 +250,7 @@ class Upsampler(nn.Module):
         tile: int | tuple[int, int] | None = None,
         head: Callable[[Tensor], Tensor] | None = None,
     ):
-        """Estimated peak bytes (:class:`featlift.memory.MemoryEstimate`) of a call on ``batch`` images of
+        """Estimated peak bytes (:class:`featlift._memory.MemoryEstimate`) of a call on ``batch`` images of
         ``size`` (H, W) pixels, from the shapes alone; the keywords mean what they mean in :meth:`forward`."""
         output_size = _check_output_size(output_size)
         tile = self.uplift.check_tile(tile)
@@ -270,7 +270,7 @@ class Upsampler(nn.Module):
         )
 
     def check_memory(self, batch: int, size: tuple[int, int], **options: Any) -> None:
-        """Raise :class:`~featlift.memory.InsufficientMemoryError` if the call would not fit in memory.
+        """Raise :class:`~featlift._memory.InsufficientMemoryError` if the call would not fit in memory.
 
         Runs before the backbone on every call while ``self.memory_guard`` is True (the default);
         ``options`` are :meth:`estimate_memory`'s keywords.

@@ -20,7 +20,7 @@ import os
 import torch
 from torch import Tensor
 
-from .neighbourhood import Offsets
+from .._neighbourhood import Offsets
 
 try:  # Triton ships with PyTorch's CUDA wheels on Linux; it is optional everywhere else.
     import triton

@@ -19,17 +19,17 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .._builder import LoadOptions, load_uplift, load_upsampler
 from .._tensors import freeze
-from ..errors import CheckpointError, ConfigError
+from .._upsampler import Upsampler
+from ..errors import ConfigError
 from ..modeling.uplift import UPLiFT
-from ..upsampler import Upsampler
-from .attend import with_export_attenders
+from ._attend import with_export_attenders
 
 __all__ = ["ExportTarget", "PipelineGraph", "UpsamplerGraph", "load_target"]
 
@@ -149,23 +149,6 @@ class ExportTarget:
         return meta
 
 
-def _loaded_uplift(model, *, weights, pretrained: bool, revision, cache_dir) -> UPLiFT:
-    """The UPLiFT network of a model reference, with the weights :func:`featlift.load_upsampler` would
-    give it (without building its backbone)."""
-    from ..builder import build_upsampler
-    from ..lookup import resolve_model
-
-    source = resolve_model(model, revision=revision, cache_dir=cache_dir)
-    if weights is None and pretrained:
-        weights = source.weights_file()
-        if weights is None:
-            raise CheckpointError(
-                f"{source.description} brings no UPLiFT weights; pass weights=PATH (--weights) for trained "
-                "ones, or pretrained=False (--no-pretrained) for random weights"
-            )
-    return build_upsampler(source.config, weights=weights)
-
-
 def load_target(
     model,
     *,
@@ -174,30 +157,25 @@ def load_target(
     iters: int | None,
     dtype: torch.dtype,
     device: str | torch.device | None,
-    weights: str | os.PathLike | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    pretrained: bool = True,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    options: LoadOptions | None = None,
 ) -> ExportTarget:
     """The :class:`ExportTarget` of ``model``: an :class:`~featlift.Upsampler`, an :class:`~featlift.UPLiFT`
     or a model reference (registered name, model directory, config file or object, Hub repo id) loaded
-    as :func:`featlift.load_upsampler` does (``weights``, ``backbone_weights``, ``pretrained``,
-    ``revision``, ``cache_dir``). The model given is copied, never changed. ``portable`` picks the
-    attender (:class:`~featlift.export.attend.ExportAttender`).
+    as :func:`featlift.load_upsampler` does with ``options``. The model given is copied, never changed. ``portable`` picks the
+    attender (:class:`~featlift.export._attend.ExportAttender`).
 
     Raises:
         ConfigError: ``with_backbone`` for a bare UPLiFT or a config without a backbone, a bad ``iters``,
             loading options given with a model object.
         UnknownModelError, CheckpointError, DownloadError: from loading a reference.
     """
-    if isinstance(model, (Upsampler, UPLiFT)):
-        given = [k for k, v in {"weights": weights, "backbone_weights": backbone_weights}.items() if v is not None]
-        if given or not pretrained:
-            raise ConfigError(
-                f"{', '.join(given) or 'pretrained=False'} applies to a model reference (name, directory, "
-                f"config); this {type(model).__name__} already has its weights"
-            )
+    if options is None:
+        options = LoadOptions()
+    elif isinstance(model, (Upsampler, UPLiFT)) and options != LoadOptions():
+        raise ConfigError(
+            f"loading options ({options}) apply to a model reference (name, directory, config); this "
+            f"{type(model).__name__} already has its weights"
+        )
     owned = not isinstance(model, (Upsampler, UPLiFT))  # loaded here: no copy needed to change it
     if isinstance(model, Upsampler):
         backbone, uplift, default_iters = model.backbone, model.uplift, model.iters
@@ -209,27 +187,18 @@ def load_target(
             )
         backbone, uplift, default_iters = None, model, model.default_iters
     elif with_backbone:
-        from ..builder import load_upsampler
-
-        if _names_no_backbone(model, revision=revision, cache_dir=cache_dir):
+        backbone_config = options.resolve(model).config.backbone
+        if backbone_config.source is None or backbone_config.name is None:
             raise ConfigError(
                 f"with_backbone: the config of {model!r} names no backbone (backbone.source / backbone.name); "
                 "export the upsampler alone, without --with-backbone"
             )
-        up = load_upsampler(
-            model,
-            pretrained=pretrained,
-            device="cpu",
-            weights=weights,
-            backbone_weights=backbone_weights,
-            revision=revision,
-            cache_dir=cache_dir,
-        )
+        up = load_upsampler(model, device="cpu", options=options)
         backbone, uplift, default_iters = up.backbone, up.uplift, up.iters
     else:
-        if backbone_weights is not None:
+        if options.backbone_weights is not None:
             raise ConfigError("backbone_weights (--backbone-weights) only applies with with_backbone (--with-backbone)")
-        uplift = _loaded_uplift(model, weights=weights, pretrained=pretrained, revision=revision, cache_dir=cache_dir)
+        uplift = load_uplift(model, options)
         backbone, default_iters = None, uplift.default_iters
     iters = default_iters if iters is None else iters
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
@@ -251,13 +220,6 @@ def load_target(
         graph = UpsamplerGraph(uplift, iters)
     graph = graph.to(device).eval()
     return ExportTarget(graph, uplift, iters, with_backbone, dtype, device)
-
-
-def _names_no_backbone(model, *, revision, cache_dir) -> bool:
-    from ..lookup import resolve_model
-
-    backbone = resolve_model(model, revision=revision, cache_dir=cache_dir).config.backbone
-    return backbone.source is None or backbone.name is None
 
 
 def _freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Literal
 
 from . import hub
-from .authors import read_yaml
+from ._authors import read_yaml
+from ._registry import get_variant, list_upsamplers
 from .config import UpliftConfig
 from .errors import UnknownModelError
-from .registry import get_variant, list_upsamplers
 from .weights import CONFIG_NAME, WEIGHTS_NAME, read_config_json, read_pretrained_dir
 
 __all__ = ["CONFIG_SUFFIXES", "HubFile", "ModelLike", "ModelSource", "resolve_model"]

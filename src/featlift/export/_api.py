@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
+from .._atomic import atomic_write
+from .._builder import LoadOptions
 from .._tensors import to_dtype
-from ..atomic import atomic_write
 from ..errors import ConfigError, require
-from .graph import OUTPUT, ExportTarget, load_target
+from ._graph import OUTPUT, ExportTarget, load_target
 
 __all__ = ["DEFAULT_OPSET", "ONNX_DTYPES", "PT2_DTYPES", "export_onnx", "export_pt2", "standard_domains"]
 
@@ -31,7 +32,13 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 def _output_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):  # Path() would drop the slash and write a file of the folder's name
+        raise ConfigError(
+            f"{text} names a folder (it ends in a slash); pass the path of the file to write, such as "
+            f"{os.path.join(text, 'model.onnx')}"
+        )
+    path = Path(text)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; pass the path of the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,17 +141,13 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dtype: torch.dtype | str = torch.float32,
     with_backbone: bool = False,
-    weights: str | os.PathLike | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    pretrained: bool = True,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    options: LoadOptions | None = None,
     example_cells: tuple[int, int] = EXAMPLE_CELLS,
     optimize: bool = True,
 ) -> Path:
     """Write an upsampler as an ONNX model that ONNX Runtime, TensorRT & co. run at any size.
 
-    The graph (see :mod:`featlift.export.graph`):
+    The graph (see :mod:`featlift.export._graph`):
 
     - default: inputs ``image`` [B, 3, H, W] (normalised as the backbone expects, H = h * patch,
       W = w * patch) and ``features`` [B, C, h, w] (the backbone's features);
@@ -154,7 +157,7 @@ def export_onnx(
       published models' default 4 iterations).
 
     Batch, H and W are dynamic (symbols ``batch``, ``h``, ``w``). The Local Attender is written in
-    standard ONNX ops (:func:`featlift.export.attend.portable_local_attend`): no custom op, so any
+    standard ONNX ops (:func:`featlift.export._attend.portable_local_attend`): no custom op, so any
     runtime runs it. ``metadata_props`` record the conventions (``featlift.*`` keys: patch, channels,
     iters, input ranges, the UPLiFT config as JSON).
 
@@ -170,8 +173,8 @@ def export_onnx(
         dtype: ``torch.float32`` (default) or ``torch.float16`` (also as strings). In float16 the
             attender's softmax and sums still run in float32, inside the graph.
         with_backbone: export backbone + upsampler as one graph from ``image`` (timm ViTs export).
-        weights, backbone_weights, pretrained, revision, cache_dir: for a model reference, as in
-            :func:`featlift.load_upsampler` (``pretrained=False``: random weights, for tests).
+        options: where a model reference's weights come from (:class:`featlift.LoadOptions`, as in
+            :func:`featlift.load_upsampler`; ``LoadOptions(pretrained=False)``: random weights, for tests).
         example_cells: (rows, cols) of backbone cells of the example input traced (any size runs later;
             at least 2x2).
         optimize: let torch's exporter fold constants and simplify the graph (onnxscript's optimiser).
@@ -199,11 +202,7 @@ def export_onnx(
         iters=iters,
         dtype=dtype,
         device="cpu",
-        weights=weights,
-        backbone_weights=backbone_weights,
-        pretrained=pretrained,
-        revision=revision,
-        cache_dir=cache_dir,
+        options=options,
     )
     program = _export_program(target, cells)
     with _quiet_exporter():
@@ -245,17 +244,13 @@ def export_pt2(
     with_backbone: bool = False,
     device: str | torch.device | None = None,
     portable: bool = False,
-    weights: str | os.PathLike | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    pretrained: bool = True,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    options: LoadOptions | None = None,
     example_cells: tuple[int, int] = EXAMPLE_CELLS,
 ) -> Path:
     """Write an upsampler as a ``torch.export`` ExportedProgram (``torch.export.save``), dynamic in batch
     and spatial size. Load and run it with::
 
-        import featlift  # registers the featlift::local_attend op the program calls
+        import featlift.ops  # registers the featlift::local_attend op the program calls
         program = torch.export.load("uplift.pt2")
         upsampled = program.module()(image, features)
 
@@ -270,8 +265,7 @@ def export_pt2(
     ``featlift.attender``: ``"featlift::local_attend"`` or ``"portable"``.
 
     Args:
-        model, iters, with_backbone, weights, backbone_weights, pretrained, revision, cache_dir,
-            example_cells: as in :func:`export_onnx`.
+        model, iters, with_backbone, options, example_cells: as in :func:`export_onnx`.
         path: the ``.pt2`` file to write (parent folders are created; written atomically).
         dtype: ``torch.float32`` (default), ``torch.float16`` or ``torch.bfloat16`` (also as strings).
         device: where the program's weights live and it runs (default: the model's device; a model
@@ -294,11 +288,7 @@ def export_pt2(
         iters=iters,
         dtype=dtype,
         device=device,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        pretrained=pretrained,
-        revision=revision,
-        cache_dir=cache_dir,
+        options=options,
     )
     program = _export_program(target, cells)
     meta = {**target.metadata(), "featlift.attender": "portable" if portable else "featlift::local_attend"}

@@ -6,7 +6,7 @@ same interior as the full image. Three things are not, and consult a :class:`Reg
 - the bilinear residual of the transposed conv uses ``align_corners=True``, whose sample positions
   depend on the full grid's size (:func:`corner_aligned_upsample`);
 - the noise channels (VAE variant) are drawn for the full grid, in the untiled order, and sliced
-  (:class:`~featlift.modeling.noise.Noise`);
+  (:class:`~featlift.modeling._noise.Noise`);
 - nearest resampling of guidance maps is equivariant only for crops aligned to the ratio, which tiles on
   the coarse grid always are (bilinear resampling is equivariant up to its one-cell reach).
 

@@ -8,7 +8,7 @@ tile's interior equal to the untiled result up to float rounding.
 That distance is composed here from what each module reports about itself (``reach()`` on blocks, the
 encoder, the decoder step, the attender and the refiner; see :mod:`featlift.modeling.blocks`), never from
 config strings: paths that run side by side take the maximum, layers in sequence add up. A layer that is
-not translation-equivariant raises :class:`~featlift.modeling.region.UntileableError`, and the config is
+not translation-equivariant raises :class:`~featlift.modeling._region.UntileableError`, and the config is
 refused for tiling with a message.
 
 :func:`tiled_forward` is the one function the model calls; :func:`halo` and :func:`check_tile` are public
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ._inference import Plan
+from ._noise import Noise
+from ._region import Region, UntileableError
 from .guidance import GuidanceInputs
-from .inference import Plan
-from .noise import Noise
-from .region import Region, UntileableError
 
 if TYPE_CHECKING:
     from .uplift import UPLiFT

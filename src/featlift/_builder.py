@@ -1,6 +1,6 @@
 """``build_upsampler`` (an UPLiFT network) and ``load_upsampler`` (backbone + UPLiFT, ready to call).
 
-Both take any model reference :func:`featlift.lookup.resolve_model` accepts: a registered name, a model
+Both take any model reference :func:`featlift._lookup.resolve_model` accepts: a registered name, a model
 directory, an authors' YAML, a featlift JSON, an :class:`UpliftConfig` or a Hugging Face Hub repo id.
 """
 
@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ._lookup import HubFile, ModelLike, ModelSource, resolve_model
+from ._upsampler import Upsampler
 from .backbones import load_backbone
 from .errors import CheckpointError
-from .lookup import HubFile, ModelLike, ModelSource, resolve_model
 from .modeling.uplift import UPLiFT
-from .upsampler import Upsampler
 from .weights import CONFIG_NAME, WEIGHTS_NAME, load_into, read_state_dict
 
-__all__ = ["ConfigLike", "build_upsampler", "load_upsampler"]
+__all__ = ["ConfigLike", "LoadOptions", "build_upsampler", "load_uplift", "load_upsampler"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def build_upsampler(
         config: a registered name (``"dinov2_s14"``), a path to an authors'-schema YAML file or a
             featlift ``config.json``, an :class:`UpliftConfig`, a directory holding ``config.json`` and
             ``model.safetensors``, or a Hugging Face Hub repo id holding the same two files (see
-            :func:`featlift.lookup.resolve_model`).
+            :func:`featlift._lookup.resolve_model`).
         weights: a ``.safetensors`` file, or a ``.pth`` / ``.pt`` file (read with ``weights_only=True``),
             in the authors' key layout or featlift's. Defaults to the directory's ``model.safetensors``
             when ``config`` is a directory (random weights if it has none), or the repo's when ``config``
@@ -88,24 +89,81 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _uplift_weights(source: ModelSource, *, pretrained: bool) -> Path | None:
-    """The UPLiFT weights file ``load_upsampler`` loads when no ``weights=`` is given."""
-    if not pretrained:
+@dataclass(frozen=True)
+class LoadOptions:
+    """Where a model reference's weights come from: one value that every loading path takes
+    (:func:`load_upsampler`, :func:`load_uplift`, :func:`featlift.export.export_onnx` and
+    :func:`~featlift.export.export_pt2`, the command line's model arguments).
+
+    ``LoadOptions()`` is the default: the published weights, downloaded or found in the standard Hugging
+    Face cache. Its fields are :func:`load_upsampler`'s keywords of the same names.
+    """
+
+    # True: the published (or the directory's / repo's) weights. False: random weights for everything
+    # not passed explicitly below (tests, timing); a directory's model.safetensors need not exist.
+    pretrained: bool = True
+    # A local UPLiFT weights file (.safetensors, or .pth/.pt read with weights_only) instead of the
+    # download or the directory's file; the authors' key layout or featlift's.
+    weights: str | os.PathLike | None = None
+    # Local backbone weights: a timm .safetensors/.pth file, or for the VAE a diffusers folder.
+    backbone_weights: str | os.PathLike | None = None
+    # Hugging Face Hub branch, tag or commit pinning a repo id's UPLiFT files.
+    revision: str | None = None
+    # The Hugging Face cache directory (default: the standard one, HF_HOME / HF_HUB_CACHE).
+    cache_dir: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pretrained, bool):
+            raise TypeError(f"pretrained must be True or False, got {self.pretrained!r}")
+        for name in ("weights", "backbone_weights", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a path (str or os.PathLike) or None, got {type(value).__name__}")
+        if self.revision is not None and not isinstance(self.revision, str):
+            raise TypeError(f"revision must be a branch, tag or commit name (str) or None, got {self.revision!r}")
+
+    def resolve(self, reference: ModelLike) -> ModelSource:
+        """``reference`` resolved with these options' Hub revision and cache (see :func:`resolve_model`)."""
+        return resolve_model(reference, revision=self.revision, cache_dir=self.cache_dir)
+
+
+def _uplift_weights(source: ModelSource, options: LoadOptions) -> str | os.PathLike | Path | None:
+    """The UPLiFT weights file to load for ``source``: ``options.weights`` when given, else the source's
+    own file when ``options.pretrained``, else None (random weights)."""
+    if options.weights is not None:
+        return options.weights
+    if not options.pretrained:
         if source.weights is not None and not isinstance(source.weights, HubFile):
             logger.info("pretrained=False: %s is not loaded, UPLiFT keeps its random initialisation", source.weights)
         return None
     if source.kind == "directory" and source.weights is None:
         raise CheckpointError(
             f"{source.directory / WEIGHTS_NAME} is missing: the directory has a {CONFIG_NAME} but no weights. "
-            "Pass pretrained=False for random UPLiFT weights, or weights=PATH for a weights file elsewhere."
+            "Pass pretrained=False (--no-pretrained) for random UPLiFT weights, or weights=PATH (--weights) "
+            "for a weights file elsewhere."
         )
     if source.weights is None:
         raise CheckpointError(
             f"{source.description} holds an architecture but no UPLiFT weights, and pretrained=True asks for "
-            "trained ones. Pass weights=PATH (the checkpoint trained with this config), or pretrained=False "
-            "for random weights."
+            "trained ones. Pass weights=PATH (--weights; the checkpoint trained with this config), or "
+            "pretrained=False (--no-pretrained) for random weights."
         )
     return source.weights_file()
+
+
+def load_uplift(reference: ModelLike | ModelSource, options: LoadOptions | None = None) -> UPLiFT:
+    """The :class:`UPLiFT` network of a model reference (no backbone), in eval mode on the CPU, with the
+    weights ``options`` name: the one place a reference's UPLiFT weights are chosen and loaded
+    (:func:`load_upsampler` and the exporters use it).
+
+    Raises:
+        UnknownModelError, ConfigError, DownloadError: resolving ``reference``.
+        CheckpointError: the weights are unreadable or do not match, or ``pretrained=True`` for a
+            reference that brings no weights and no ``weights=`` was given.
+    """
+    options = LoadOptions() if options is None else options
+    source = reference if isinstance(reference, ModelSource) else options.resolve(reference)
+    return _build(source, _uplift_weights(source, options))
 
 
 def load_upsampler(
@@ -120,6 +178,7 @@ def load_upsampler(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     tile: int | tuple[int, int] | None = None,
+    options: LoadOptions | None = None,
 ) -> Upsampler:
     """A ready-to-use, frozen :class:`Upsampler`: backbone + UPLiFT with pre- and post-processing.
 
@@ -127,7 +186,7 @@ def load_upsampler(
         name: a registered name (see :func:`list_upsamplers`), a local directory or a Hugging Face Hub
             repo id holding featlift's ``config.json`` and ``model.safetensors``, an authors'-schema YAML
             file, a featlift ``config.json`` or an :class:`UpliftConfig` (see
-            :func:`featlift.lookup.resolve_model`). A config file or object brings no UPLiFT weights:
+            :func:`featlift._lookup.resolve_model`). A config file or object brings no UPLiFT weights:
             pass ``weights=``, or ``pretrained=False``.
         pretrained: True (default) loads the published weights: for a registered name the UPLiFT and
             backbone files from the Hub, for a directory or repo id its ``model.safetensors`` and the
@@ -147,6 +206,8 @@ def load_upsampler(
         cache_dir: Hugging Face cache directory (default: the standard HF cache).
         tile: default tile size, in backbone cells, for exact tiled upsampling of large images
             (``None``: whole images); see :class:`Upsampler`.
+        options: ``pretrained``, ``weights``, ``backbone_weights``, ``revision`` and ``cache_dir`` as one
+            :class:`LoadOptions` value, instead of those keywords (not together with them).
 
     Raises:
         UnknownModelError: ``name`` is none of the kinds above.
@@ -158,12 +219,24 @@ def load_upsampler(
         ValueError: the config names no backbone (use :func:`build_upsampler` with your own features).
     """
     _check_dtype(dtype)
-    source = resolve_model(name, revision=revision, cache_dir=cache_dir)
-    if weights is None:
-        weights = _uplift_weights(source, pretrained=pretrained)
-    uplift = _build(source, weights)
+    given = LoadOptions(
+        pretrained=pretrained,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        revision=revision,
+        cache_dir=cache_dir,
+    )
+    if options is None:
+        options = given
+    elif given != LoadOptions():
+        raise TypeError("pass the loading keywords (pretrained, weights, ...) or options=LoadOptions(...), not both")
+    source = options.resolve(name)
+    uplift = load_uplift(source, options)
     backbone = load_backbone(
-        source.config.backbone, pretrained=pretrained, weights=backbone_weights, cache_dir=cache_dir
+        source.config.backbone,
+        pretrained=options.pretrained,
+        weights=options.backbone_weights,
+        cache_dir=options.cache_dir,
     )
     label = name if isinstance(name, str) else (os.fspath(name) if isinstance(name, os.PathLike) else None)
     up = Upsampler(backbone, uplift, iters=iters, name=label, tile=tile)

@@ -64,7 +64,7 @@ def image_normalisation(backbone: BackboneConfig) -> Stats:
         return backbone.mean, backbone.std
     if backbone.source is None:
         return IDENTITY
-    from .sources import backbone_class  # it imports the backbone classes, which import this module
+    from ._sources import backbone_class  # it imports the backbone classes, which import this module
 
     stats = backbone_class(backbone.source).published_normalisation(backbone.name)
     if stats is None:

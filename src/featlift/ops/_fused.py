@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from .neighbourhood import Offsets
+from .._neighbourhood import Offsets
 
 __all__ = ["fused_backward", "fused_forward"]
 
@@ -64,7 +64,7 @@ def fused_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int, 
     """Banded softmax + weighted sum; inputs are assumed validated. Returns values.dtype.
 
     ``channels_last`` picks the output layout (the caller decides: the model's plan, see
-    :mod:`featlift.modeling.inference`). Inputs of any layout are read correctly; the channels_last path
+    :mod:`featlift.modeling._inference`). Inputs of any layout are read correctly; the channels_last path
     is fastest for channels_last values (what the model's convs produce on CPU), the other for NCHW values.
     """
     if channels_last:

@@ -1,0 +1,5 @@
+"""``python -m featlift.cli``: the ``featlift`` command."""
+
+from featlift.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""The command line's shared arguments: each flag defined and validated once, used by every command
+that takes it. Nothing here imports torch, so parsing and ``--help`` stay fast."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from .._tensors import DTYPE_NAMES
+
+__all__ = [
+    "add_iters",
+    "add_model",
+    "add_runtime",
+    "add_tile",
+    "grid",
+    "int_at_least",
+    "load_options",
+    "non_negative_int",
+    "number_above",
+    "positive_int",
+    "torch_dtype",
+]
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def number_above(low: float) -> Callable[[str], float]:
+    """An argparse type: a number greater than ``low``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > low:
+            raise argparse.ArgumentTypeError(f"must be greater than {low:g}, got {text}")
+        return value
+
+    return parse
+
+
+def grid(what: str, *, minimum: int = 1, also: tuple[str, ...] = ()) -> Callable[[str], object]:
+    """An argparse type for ``HxW`` (two whole numbers of at least ``minimum``, e.g. ``448x448``), or one
+    of the words in ``also``; ``what`` names the value in the error (``"--size"``)."""
+    words = "".join(f"'{word}' or " for word in also)
+
+    def parse(text: str):
+        if text in also:
+            return text
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be {words}HxW such as 4x6, got {text!r}") from None
+        if h < minimum or w < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}x{minimum}, got {text!r}")
+        return (h, w)
+
+    return parse
+
+
+def add_model(parser: argparse.ArgumentParser, *, positional: bool = False, default: str | None = "dinov2_s14") -> None:
+    """The model reference and where its weights come from (read back with :func:`load_options`)."""
+    what = "registered name (see 'featlift models'), local model dir, config file or Hub repo id"
+    if positional:
+        parser.add_argument("model", help=what)
+    else:
+        parser.add_argument("--model", default=default, help=f"{what} (default {default})")
+    group = parser.add_argument_group("model weights")
+    group.add_argument("--weights", default=None, metavar="FILE", help="local UPLiFT weights instead of the download")
+    group.add_argument(
+        "--backbone-weights", default=None, metavar="PATH", help="local backbone weights instead of the download"
+    )
+    group.add_argument("--no-pretrained", action="store_true", help="random weights (testing only)")
+    group.add_argument("--revision", default=None, help="Hub branch, tag or commit of the UPLiFT files")
+    group.add_argument(
+        "--cache-dir", default=None, metavar="DIR", help="Hugging Face cache folder (default: the standard one)"
+    )
+
+
+def load_options(args: argparse.Namespace):
+    """The :class:`featlift.LoadOptions` the :func:`add_model` arguments give."""
+    from .._builder import LoadOptions
+
+    return LoadOptions(
+        pretrained=not args.no_pretrained,
+        weights=args.weights,
+        backbone_weights=args.backbone_weights,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+    )
+
+
+def add_runtime(parser: argparse.ArgumentParser, *, dtypes: tuple[str, ...] | None = DTYPE_NAMES) -> None:
+    """``--device`` and (unless ``dtypes`` is None) ``--dtype``, the compute dtype, from the one table."""
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    if dtypes is not None:
+        parser.add_argument("--dtype", default="float32", choices=dtypes, help="compute dtype (default float32)")
+
+
+def torch_dtype(args: argparse.Namespace):
+    """The ``torch.dtype`` that ``--dtype`` names."""
+    from .._tensors import to_dtype
+
+    return to_dtype(args.dtype)
+
+
+def add_iters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--iters", type=positive_int, default=None, help="upsampling iterations (default: pixel density)"
+    )
+
+
+def add_tile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tile",
+        type=positive_int,
+        default=None,
+        metavar="CELLS",
+        help="exact tiled upsampling over tiles of this many backbone cells (bounds memory on big images)",
+    )
