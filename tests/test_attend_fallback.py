@@ -1,8 +1,8 @@
 """The CUDA path cannot strand anyone: ``impl="auto"`` trusts the Triton kernel only after a self-test
 against the fused path, once per device, and falls back with one warning when it fails.
 
-No GPU here: the "is this device a Triton candidate" check is patched to say yes for the CPU, and the
-kernel runs in Triton's CPU interpreter (``TRITON_INTERPRET=1``) or is replaced by a broken one.
+No GPU here: an injected :class:`AttendPolicy` counts the CPU as a Triton candidate, and the kernel runs
+in Triton's CPU interpreter (``TRITON_INTERPRET=1``) or is replaced by a broken one.
 """
 
 from __future__ import annotations
@@ -26,26 +26,31 @@ LOGGER = "featlift.ops.local_attend"
 OFFSETS = neighbourhood_offsets(9)
 
 
+def _cpu_policy(environ=None, **options):
+    """A policy under which the CPU counts as a Triton device (kernel in the interpreter), with no verdicts
+    yet, forced by ``environ``'s FEATLIFT_ATTEND_IMPL where given."""
+    return la.AttendPolicy.from_environment(environ or {}, candidate=lambda device: True, **options)
+
+
 @pytest.fixture
 def cpu_is_candidate(monkeypatch):
-    """The CPU counts as a Triton device, with the kernel in the interpreter and a fresh self-test cache."""
+    """:func:`_cpu_policy` in force for the test."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv(la.ENV_VAR, raising=False)
-    monkeypatch.setattr(la, "_triton_candidate", lambda device: True)
-    monkeypatch.setattr(la, "_DEVICE_CHECKS", {})
+    with la.use_attend_policy(_cpu_policy()) as policy:
+        yield policy
 
 
 @pytest.fixture
-def kernel_calls(monkeypatch):
+def kernel_calls(cpu_is_candidate):
     """Counts calls of the real kernel (self-test and op alike)."""
     calls = []
-    real = la.triton_forward
+    real = cpu_is_candidate.kernel
 
     def counted(*args, **kwargs):
         calls.append(args[1].dtype)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(la, "triton_forward", counted)
+    cpu_is_candidate.kernel = counted
     return calls
 
 
@@ -60,14 +65,14 @@ def _warnings(caplog):
     return [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
 
 
-def _check_fallback(monkeypatch, caplog, broken, reason):
+def _check_fallback(policy, caplog, broken, reason):
     calls = []
 
     def kernel(*args, **kwargs):
         calls.append(1)
         return broken(*args, **kwargs)
 
-    monkeypatch.setattr(la, "triton_forward", kernel)
+    policy.kernel = kernel
     logits, values = _inputs()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert resolve_impl("auto", values) == "fused"
@@ -80,29 +85,30 @@ def _check_fallback(monkeypatch, caplog, broken, reason):
     message = warnings[0].getMessage()
     assert "self-test" in message and "cpu" in message and reason in message
     assert len(calls) == 1, "the self-test runs once per device, and the failed kernel is never used again"
+    assert policy.verdict("cpu") is False
 
 
-def test_kernel_that_raises_falls_back_to_fused_with_one_warning(cpu_is_candidate, monkeypatch, caplog):
+def test_kernel_that_raises_falls_back_to_fused_with_one_warning(cpu_is_candidate, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("PTX assembly failed\nlong compiler log")
 
-    _check_fallback(monkeypatch, caplog, broken, "RuntimeError: PTX assembly failed")
+    _check_fallback(cpu_is_candidate, caplog, broken, "RuntimeError: PTX assembly failed")
 
 
-def test_kernel_with_wrong_values_falls_back_to_fused_with_one_warning(cpu_is_candidate, monkeypatch, caplog):
+def test_kernel_with_wrong_values_falls_back_to_fused_with_one_warning(cpu_is_candidate, caplog):
     def wrong(logits, values, offsets, scale):
         return fused_forward(logits, values, offsets, scale, channels_last=False) + 0.01
 
-    _check_fallback(monkeypatch, caplog, wrong, "differs from the fused path by up to 0.01")
+    _check_fallback(cpu_is_candidate, caplog, wrong, "differs from the fused path by up to 0.01")
 
 
-def test_kernel_returning_nan_is_refused(cpu_is_candidate, monkeypatch, caplog):
+def test_kernel_returning_nan_is_refused(cpu_is_candidate, caplog):
     def nan(logits, values, offsets, scale):
         out = fused_forward(logits, values, offsets, scale, channels_last=False)
         out[0, 0, 0, 0] = float("nan")
         return out
 
-    monkeypatch.setattr(la, "triton_forward", nan)
+    cpu_is_candidate.kernel = nan
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert resolve_impl("auto", _inputs()[1]) == "fused"
     assert len(_warnings(caplog)) == 1
@@ -136,15 +142,15 @@ def test_auto_under_torch_compile_runs_the_self_test_outside_the_graph(cpu_is_ca
     assert (out - 2.0 * fused_forward(logits, values, OFFSETS, 2, channels_last=False)).abs().max().item() <= 1e-5
 
 
-def test_self_test_never_records_autograd(cpu_is_candidate, monkeypatch):
+def test_self_test_never_records_autograd(cpu_is_candidate):
     seen = []
-    real = la.triton_forward
+    real = cpu_is_candidate.kernel
 
     def spy(logits, values, offsets, scale):
         seen.append(torch.is_grad_enabled())
         return real(logits, values, offsets, scale)
 
-    monkeypatch.setattr(la, "triton_forward", spy)
+    cpu_is_candidate.kernel = spy
     values = _inputs()[1].requires_grad_()
     assert resolve_impl("auto", values) == "triton"
     assert seen == [False]
@@ -161,20 +167,21 @@ def test_self_test_never_records_autograd(cpu_is_candidate, monkeypatch):
         ("fused", "reference", "reference"),
     ],
 )
-def test_env_var_and_impl_force_the_choice_without_a_self_test(cpu_is_candidate, monkeypatch, env, impl, expected):
+def test_env_var_and_impl_force_the_choice_without_a_self_test(monkeypatch, env, impl, expected):
     """An explicit impl wins over the variable; the variable wins over auto; forcing skips the self-test
     (the kernel here is off by one, so a self-test would refuse it)."""
-    monkeypatch.setenv(la.ENV_VAR, env)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     calls = []
 
     def off_by_one(logits, values, offsets, scale):
         calls.append(1)
         return fused_forward(logits, values, offsets, scale, channels_last=False) + 1.0
 
-    monkeypatch.setattr(la, "triton_forward", off_by_one)
     logits, values = _inputs()
-    assert resolve_impl(impl, values) == expected
-    out = local_attend(logits, values, OFFSETS, 2, impl=impl)
+    with la.use_attend_policy(_cpu_policy({la.ENV_VAR: env}, kernel=off_by_one)) as policy:
+        assert resolve_impl(impl, values) == expected
+        out = local_attend(logits, values, OFFSETS, 2, impl=impl)
+    assert policy.verdict("cpu") is None, "no self-test ran"
     fused = fused_forward(logits, values, OFFSETS, 2, channels_last=False)
     if expected == "triton":
         assert calls == [1], "forced Triton runs the kernel, with no self-test first"
@@ -185,36 +192,50 @@ def test_env_var_and_impl_force_the_choice_without_a_self_test(cpu_is_candidate,
 
 
 @pytest.mark.parametrize("env", ["auto", " AUTO ", ""])
-def test_env_var_set_to_auto_keeps_the_self_test(cpu_is_candidate, monkeypatch, caplog, env):
-    monkeypatch.setenv(la.ENV_VAR, env)
-    monkeypatch.setattr(la, "triton_forward", lambda *args: fused_forward(*args, channels_last=False) + 1.0)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+def test_env_var_set_to_auto_keeps_the_self_test(monkeypatch, caplog, env):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    wrong = _cpu_policy({la.ENV_VAR: env}, kernel=lambda *args: fused_forward(*args, channels_last=False) + 1.0)
+    with la.use_attend_policy(wrong), caplog.at_level(logging.WARNING, logger=LOGGER):
         assert resolve_impl("auto", _inputs()[1]) == "fused"
     assert len(_warnings(caplog)) == 1
 
 
-def test_invalid_env_value_names_the_variable_and_the_choices(monkeypatch):
-    monkeypatch.setenv(la.ENV_VAR, "cuda")
+def test_invalid_env_value_names_the_variable_and_the_choices():
     logits, values = _inputs()
-    with pytest.raises(ValueError, match=r"FEATLIFT_ATTEND_IMPL='cuda'.*auto, reference, fused, triton"):
-        local_attend(logits, values, OFFSETS, 2)
-    with pytest.raises(ValueError, match="FEATLIFT_ATTEND_IMPL"):
-        resolve_impl("auto", values)
-    assert resolve_impl("fused", values) == "fused", "an explicit impl does not read the variable"
+    with la.use_attend_policy(la.AttendPolicy.from_environment({la.ENV_VAR: "cuda"})):
+        with pytest.raises(ValueError, match=r"FEATLIFT_ATTEND_IMPL='cuda'.*auto, reference, fused, triton"):
+            local_attend(logits, values, OFFSETS, 2)
+        with pytest.raises(ValueError, match="FEATLIFT_ATTEND_IMPL"):
+            resolve_impl("auto", values)
+        assert resolve_impl("fused", values) == "fused", "an explicit impl does not read the variable"
 
 
 def test_forced_triton_that_cannot_run_says_who_forced_it(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setenv(la.ENV_VAR, "triton")
     logits, values = _inputs()
-    with pytest.raises(RuntimeError, match=r"cannot run on cpu \(FEATLIFT_ATTEND_IMPL=triton\).*needs a CUDA device"):
-        local_attend(logits, values, OFFSETS, 2)
+    with la.use_attend_policy(la.AttendPolicy.from_environment({la.ENV_VAR: "triton"})):
+        with pytest.raises(
+            RuntimeError, match=r"cannot run on cpu \(FEATLIFT_ATTEND_IMPL=triton\).*needs a CUDA device"
+        ):
+            local_attend(logits, values, OFFSETS, 2)
 
 
 def test_cpu_is_no_candidate_by_default(monkeypatch):
-    """Without the patch the CPU never self-tests: auto is plain fused there, even under the interpreter."""
+    """Under the default candidate rule the CPU never self-tests: auto is plain fused there, even under
+    the interpreter."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv(la.ENV_VAR, raising=False)
-    monkeypatch.setattr(la, "_DEVICE_CHECKS", {})
-    assert resolve_impl("auto", _inputs()[1]) == "fused"
-    assert la._DEVICE_CHECKS == {}
+    with la.use_attend_policy(la.AttendPolicy()) as policy:
+        assert resolve_impl("auto", _inputs()[1]) == "fused"
+    assert policy.verdict("cpu") is None
+
+
+def test_the_environment_is_read_once_per_policy(monkeypatch):
+    """The process's policy reads FEATLIFT_ATTEND_IMPL when it is built; later changes do not reach it."""
+    environ = {la.ENV_VAR: "reference"}
+    policy = la.AttendPolicy.from_environment(environ)
+    environ[la.ENV_VAR] = "fused"
+    with la.use_attend_policy(policy):
+        assert resolve_impl("auto", _inputs()[1]) == "reference"
+        assert la.attend_policy() is policy
+    assert la.attend_policy() is not policy, "the previous policy is back after the block"
+    assert la.attend_policy() is la.attend_policy(), "one process policy, built once"

@@ -20,7 +20,7 @@ from featlift.config import (
     UpConfig,
     UpliftConfig,
 )
-from featlift.modeling import tiling
+from featlift.modeling import _tiling as tiling
 from featlift.modeling._region import Region, UntileableError, corner_aligned_upsample
 from featlift.modeling.blocks import ConvBlock
 

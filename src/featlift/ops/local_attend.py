@@ -22,15 +22,19 @@ A kernel that compiles but misbehaves on some GPU, driver or Triton release must
 on a small random input and is compared with the fused path (in float32 and in the dtype being used).
 Any exception or mismatch logs one warning and sends that device to the fused path for the rest of the
 process. ``impl=`` other than ``"auto"``, or the environment variable ``FEATLIFT_ATTEND_IMPL``
-(``auto``, ``fused``, ``triton`` or ``reference``), force a choice and skip the self-test.
+(``auto``, ``fused``, ``triton`` or ``reference``), force a choice and skip the self-test. The variable is
+read once, and the verdicts kept, by one :class:`AttendPolicy` (:func:`attend_policy`); tests and
+embedders install their own with :func:`use_attend_policy`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from einops import rearrange, repeat
@@ -43,11 +47,14 @@ from ._triton import triton_available, triton_forward
 __all__ = [
     "ENV_VAR",
     "IMPLS",
+    "AttendPolicy",
+    "attend_policy",
     "check_impl",
     "local_attend",
     "local_attend_reference",
     "neighbourhood_offsets",
     "resolve_impl",
+    "use_attend_policy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,25 +97,7 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-def _requested_impl(impl: str) -> tuple[str, str]:
-    """The implementation asked for, and who asked: ``impl=`` unless it is ``"auto"``, then the
-    environment variable :data:`ENV_VAR` when it is set to something other than ``"auto"``."""
-    if check_impl(impl) != "auto":
-        return impl, f"impl={impl!r}"
-    raw = os.environ.get(ENV_VAR, "")
-    env = raw.strip().lower()
-    if env in ("", "auto"):
-        return "auto", "impl='auto'"
-    if env not in IMPLS:
-        raise ValueError(
-            f"environment variable {ENV_VAR}={raw!r} is not a local-attend implementation; "
-            f"set it to one of {', '.join(IMPLS)}, or unset it"
-        )
-    return env, f"{ENV_VAR}={env}"
-
-
-def _triton_candidate(device: torch.device) -> bool:
-    """Whether ``"auto"`` considers the Triton kernel on ``device`` (then subject to the self-test)."""
+def _cuda_with_triton(device: torch.device) -> bool:
     return device.type == "cuda" and triton_available(device)
 
 
@@ -118,90 +107,182 @@ class _DeviceCheck:
     tested: set[torch.dtype] = dataclasses.field(default_factory=set)
 
 
-# str(device) -> the self-test's verdict on that device; guarded by _CHECK_LOCK.
-_DEVICE_CHECKS: dict[str, _DeviceCheck] = {}
-_CHECK_LOCK = threading.Lock()
+class AttendPolicy:
+    """What ``impl="auto"`` means in this process, and the Triton self-test's verdicts.
 
+    Args:
+        forced: an implementation that ``"auto"`` stands for without a self-test (``"auto"``: decide by
+            device and self-test). :meth:`from_environment` takes it from ``FEATLIFT_ATTEND_IMPL``.
+        source: who forced it, for error messages.
+        candidate: whether ``"auto"`` considers the Triton kernel on a device (default: CUDA with Triton).
+        kernel: the Triton forward, ``kernel(logits, values, offsets, scale) -> [B, C, H, W]``, used by the
+            self-test and by the op.
 
-def _self_test_problem(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Run the Triton kernel once on a small input on ``device`` and compare it with the fused path.
-
-    The input has an odd channel count spanning two channel blocks, a non-square map whose pixel count
-    is not a multiple of the pixel block, scale 2 and the 17-offset neighbourhood. Returns None when
-    the two agree, otherwise why not.
+    One policy serves the process (:func:`attend_policy`, built from the environment on first use); tests
+    and embedders inject their own with :func:`use_attend_policy`. Verdicts are kept per device; the first
+    failure logs one warning and sends that device to the fused path for the policy's lifetime.
     """
-    gen = torch.Generator().manual_seed(0)
-    values = torch.randn(2, 67, 5, 7, generator=gen).to(device=device, dtype=dtype)
-    logits = (4 * torch.randn(2, 17, 10, 14, generator=gen)).to(device=device, dtype=dtype)
-    offsets = neighbourhood_offsets(17)
+
+    def __init__(
+        self,
+        forced: str = "auto",
+        *,
+        source: str | None = None,
+        candidate: Callable[[torch.device], bool] = _cuda_with_triton,
+        kernel: Callable[..., Tensor] = triton_forward,
+    ) -> None:
+        self.forced = check_impl(forced)
+        self.source = source or f"forced={forced!r}"
+        self.candidate = candidate
+        self.kernel = kernel
+        self._invalid: str | None = None
+        self._checks: dict[str, _DeviceCheck] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ, **options) -> AttendPolicy:
+        """A policy forced by the environment variable :data:`ENV_VAR` when it is set to something other
+        than ``auto`` (read here, once). A value naming no implementation raises a ValueError when
+        ``"auto"`` is resolved."""
+        raw = environ.get(ENV_VAR, "")
+        env = raw.strip().lower() or "auto"
+        policy = cls(env if env in IMPLS else "auto", source=f"{ENV_VAR}={env}", **options)
+        if env not in IMPLS:  # raised when "auto" is resolved: an explicit impl= never reads the variable
+            policy._invalid = (
+                f"environment variable {ENV_VAR}={raw!r} is not a local-attend implementation; "
+                f"set it to one of {', '.join(IMPLS)}, or unset it"
+            )
+        return policy
+
+    def requested(self, impl: str) -> tuple[str, str]:
+        """The implementation asked for and who asked: ``impl`` unless it is ``"auto"``, then the policy's.
+
+        Raises:
+            ValueError: an unknown ``impl``, or ``"auto"`` under an environment variable naming none.
+        """
+        if check_impl(impl) != "auto":
+            return impl, f"impl={impl!r}"
+        if self._invalid is not None:
+            raise ValueError(self._invalid)
+        return self.forced, (self.source if self.forced != "auto" else "impl='auto'")
+
+    def verdict(self, device: torch.device | str) -> bool | None:
+        """Whether the kernel passed its self-test on ``device``: None when it never ran there."""
+        check = self._checks.get(str(device))
+        return None if check is None else check.usable
+
+    def _self_test_problem(self, device: torch.device, dtype: torch.dtype) -> str | None:
+        """Run the kernel once on a small input on ``device`` and compare it with the fused path.
+
+        The input has an odd channel count spanning two channel blocks, a non-square map whose pixel count
+        is not a multiple of the pixel block, scale 2 and the 17-offset neighbourhood. Returns None when
+        the two agree, otherwise why not.
+        """
+        gen = torch.Generator().manual_seed(0)
+        values = torch.randn(2, 67, 5, 7, generator=gen).to(device=device, dtype=dtype)
+        logits = (4 * torch.randn(2, 17, 10, 14, generator=gen)).to(device=device, dtype=dtype)
+        offsets = neighbourhood_offsets(17)
+        try:
+            got = self.kernel(logits, values, offsets, 2)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # surface asynchronous launch errors here, not later
+        except Exception as err:  # compilation, launch or driver failures: all mean "do not use it"
+            message = str(err).strip().splitlines()
+            return f"{type(err).__name__}: {message[0] if message else 'no details'}"
+        want = fused_forward(logits, values, offsets, 2, channels_last=False)
+        if not isinstance(got, Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+            shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+            return f"it returned {shape} {getattr(got, 'dtype', '')}, expected {tuple(want.shape)} {want.dtype}"
+        tol = 2 * torch.finfo(dtype).eps if dtype in (torch.float16, torch.bfloat16) else 1e-4
+        err = (got.double() - want.double()).abs()
+        bound = tol * (1 + want.double().abs())
+        if not bool(torch.isfinite(got).all()) or bool((err > bound).any()):
+            return (
+                f"its {dtype} output differs from the fused path by up to {err.max().item():.3g} (tolerance {tol:.3g})"
+            )
+        return None
+
+    @torch.compiler.disable
+    def auto(self, device: torch.device, dtype: torch.dtype) -> str:
+        """``"triton"`` if the kernel passed its self-test on ``device`` (float32 and ``dtype``), else
+        ``"fused"``. Tests run once per device and dtype, never under autograd."""
+        with self._lock, torch.no_grad():
+            check = self._checks.setdefault(str(device), _DeviceCheck())
+            for wanted in dict.fromkeys((torch.float32, dtype)):
+                if not check.usable or wanted in check.tested:
+                    continue
+                check.tested.add(wanted)
+                problem = self._self_test_problem(device, wanted)
+                if problem is not None:
+                    check.usable = False
+                    logger.warning(
+                        "the Triton local-attend kernel failed its self-test on %s (%s); using the fused "
+                        "PyTorch path on this device from now on. Set %s=fused to skip the test, or %s=triton "
+                        "to force the kernel.",
+                        device,
+                        problem,
+                        ENV_VAR,
+                        ENV_VAR,
+                    )
+            return "triton" if check.usable else "fused"
+
+    def resolve(self, impl: str, values: Tensor) -> str:
+        """The implementation ``impl`` stands for on ``values``' device and dtype (see :func:`resolve_impl`)."""
+        choice, source = self.requested(impl)
+        if choice == "auto":
+            return self.auto(values.device, values.dtype) if self.candidate(values.device) else "fused"
+        if choice == "triton" and not triton_available(values.device):
+            raise RuntimeError(
+                f"the Triton local-attend kernel cannot run on {values.device} ({source}): it needs a CUDA "
+                "device and the triton package (or TRITON_INTERPRET=1 for the CPU interpreter); use "
+                f"impl='fused' or 'auto', or unset {ENV_VAR}"
+            )
+        return choice
+
+
+_POLICY: AttendPolicy | None = None
+_POLICY_LOCK = threading.Lock()
+
+
+def attend_policy() -> AttendPolicy:
+    """The policy in force: the one :func:`use_attend_policy` installed, else the process's own, built
+    from the environment the first time it is needed."""
+    global _POLICY
+    if _POLICY is None:
+        with _POLICY_LOCK:
+            if _POLICY is None:
+                _POLICY = AttendPolicy.from_environment()
+    return _POLICY
+
+
+@contextlib.contextmanager
+def use_attend_policy(policy: AttendPolicy) -> Iterator[AttendPolicy]:
+    """Make ``policy`` the one in force inside the ``with`` block (the previous one comes back after)."""
+    global _POLICY
+    with _POLICY_LOCK:
+        previous, _POLICY = _POLICY, policy
     try:
-        got = triton_forward(logits, values, offsets, 2)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # surface asynchronous launch errors here, not later
-    except Exception as err:  # compilation, launch or driver failures: all mean "do not use it"
-        message = str(err).strip().splitlines()
-        return f"{type(err).__name__}: {message[0] if message else 'no details'}"
-    want = fused_forward(logits, values, offsets, 2, channels_last=False)
-    if not isinstance(got, Tensor) or got.shape != want.shape or got.dtype != want.dtype:
-        shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
-        return f"it returned {shape} {getattr(got, 'dtype', '')}, expected {tuple(want.shape)} {want.dtype}"
-    tol = 2 * torch.finfo(dtype).eps if dtype in (torch.float16, torch.bfloat16) else 1e-4
-    err = (got.double() - want.double()).abs()
-    bound = tol * (1 + want.double().abs())
-    if not bool(torch.isfinite(got).all()) or bool((err > bound).any()):
-        return f"its {dtype} output differs from the fused path by up to {err.max().item():.3g} (tolerance {tol:.3g})"
-    return None
-
-
-@torch.compiler.disable
-def _auto_impl(device: torch.device, dtype: torch.dtype) -> str:
-    """``"triton"`` if the kernel passed its self-test on ``device`` (float32 and ``dtype``), else
-    ``"fused"``. Tests run once per device and dtype; the first failure logs one warning and sends the
-    device to the fused path for good."""
-    with _CHECK_LOCK, torch.no_grad():
-        check = _DEVICE_CHECKS.setdefault(str(device), _DeviceCheck())
-        for wanted in dict.fromkeys((torch.float32, dtype)):
-            if not check.usable or wanted in check.tested:
-                continue
-            check.tested.add(wanted)
-            problem = _self_test_problem(device, wanted)
-            if problem is not None:
-                check.usable = False
-                logger.warning(
-                    "the Triton local-attend kernel failed its self-test on %s (%s); using the fused PyTorch "
-                    "path on this device from now on. Set %s=fused to skip the test, or %s=triton to force "
-                    "the kernel.",
-                    device,
-                    problem,
-                    ENV_VAR,
-                    ENV_VAR,
-                )
-        return "triton" if check.usable else "fused"
+        yield policy
+    finally:
+        with _POLICY_LOCK:
+            _POLICY = previous
 
 
 def resolve_impl(impl: str, values: Tensor) -> str:
-    """The implementation ``impl`` stands for on ``values``' device and dtype.
+    """The implementation ``impl`` stands for on ``values``' device and dtype, under :func:`attend_policy`.
 
     An explicit ``impl`` other than ``"auto"`` is used as given. For ``"auto"``, the environment variable
-    ``FEATLIFT_ATTEND_IMPL`` (``auto``, ``fused``, ``triton`` or ``reference``) decides when set to
-    something other than ``auto``; otherwise ``"auto"`` picks the Triton kernel on CUDA when Triton is
-    installed and the kernel passes its self-test on that device (see the module docstring), and the
-    fused PyTorch path everywhere else (CPU, MPS, CUDA without Triton, a failed self-test).
+    ``FEATLIFT_ATTEND_IMPL`` (``auto``, ``fused``, ``triton`` or ``reference``; read once per process)
+    decides when set to something other than ``auto``; otherwise ``"auto"`` picks the Triton kernel on
+    CUDA when Triton is installed and the kernel passes its self-test on that device (see the module
+    docstring), and the fused PyTorch path everywhere else (CPU, MPS, CUDA without Triton, a failed
+    self-test).
 
     Raises:
         ValueError: an unknown ``impl`` or value of ``FEATLIFT_ATTEND_IMPL``.
         RuntimeError: Triton is forced but cannot run on this device.
     """
-    choice, source = _requested_impl(impl)
-    if choice == "auto":
-        return _auto_impl(values.device, values.dtype) if _triton_candidate(values.device) else "fused"
-    if choice == "triton" and not triton_available(values.device):
-        raise RuntimeError(
-            f"the Triton local-attend kernel cannot run on {values.device} ({source}): it needs a CUDA device "
-            "and the triton package (or TRITON_INTERPRET=1 for the CPU interpreter); use impl='fused' or "
-            f"'auto', or unset {ENV_VAR}"
-        )
-    return choice
+    return attend_policy().resolve(impl, values)
 
 
 def local_attend(
@@ -229,13 +310,14 @@ def local_attend(
     (``torch.ops.featlift.local_attend``).
     """
     _check_inputs(logits, values, offsets, scale)
-    choice, _ = _requested_impl(impl)
-    if choice == "auto" and _triton_candidate(values.device):
+    policy = attend_policy()
+    choice, _ = policy.requested(impl)
+    if choice == "auto" and policy.candidate(values.device):
         # Decided inside the op, at run time: the self-test then never runs under a compiler's tracing;
         # either outcome writes the layout asked for.
         impl = "auto"
     else:
-        impl = resolve_impl(impl, values)
+        impl = policy.resolve(impl, values)
     if impl == "reference":
         out = local_attend_reference(logits, values, offsets, scale)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
@@ -253,10 +335,11 @@ def _pairs(flat: list[int]) -> Offsets:
 def _local_attend_op(
     logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str, channels_last: bool
 ) -> Tensor:
+    policy = attend_policy()
     if impl == "auto":
-        impl = _auto_impl(values.device, values.dtype)
+        impl = policy.auto(values.device, values.dtype)
     if impl == "triton":
-        out = triton_forward(logits, values, _pairs(offsets), scale)  # always NCHW
+        out = policy.kernel(logits, values, _pairs(offsets), scale)  # always NCHW
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
     return fused_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
 
