@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 import featlift
 from featlift.errors import CheckpointError
-from featlift.extract import Job, _batches, load_head, plan_jobs
+from featlift.extract import Job, extract, load_head, plan_jobs
+from featlift.extract._plan import batches
 
 from .conftest import FIXTURES
 
@@ -61,8 +62,8 @@ def _free_port() -> int:
 
 def test_same_size_images_are_batched_together_in_first_seen_order():
     sizes = [(2, 3), (4, 4), (2, 3), None, (2, 3), (4, 4), (2, 3)]
-    assert _batches([None] * 7, sizes, 2) == [[0, 2], [4, 6], [1, 5], [3]]
-    assert _batches([None] * 7, sizes, 10) == [[0, 2, 4, 6], [1, 5], [3]]
+    assert batches([None] * 7, sizes, 2) == [[0, 2], [4, 6], [1, 5], [3]]
+    assert batches([None] * 7, sizes, 10) == [[0, 2, 4, 6], [1, 5], [3]]
 
 
 def test_cli_outputs_equal_the_in_memory_call_with_batches_and_workers(photos, tmp_path, backbone_file, up):
@@ -177,27 +178,24 @@ def test_plan_keeps_one_order_for_every_process(photos, tmp_path):
 
 def test_a_failed_write_loses_only_its_image_and_never_hangs(photos, tmp_path, up, monkeypatch):
     """A full disk (safetensors raises its own error type) fails that image; the writer keeps draining."""
+    import safetensors.torch
     from safetensors import SafetensorError
 
-    from featlift import extract
+    saved = safetensors.torch.save_file
 
-    saved = extract._write
-
-    def flaky(job, stored, picture, **kw):
-        if job.source.name == "b.png":
+    def flaky(tensors, filename, metadata=None):
+        if Path(metadata["source"]).name == "b.png":
             raise SafetensorError("I/O error: No space left on device (os error 28)")
-        saved(job, stored, picture, **kw)
+        saved(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(extract, "_write", flaky)
-    summary = extract.extract(up, [photos], tmp_path / "out", workers=0)
+    monkeypatch.setattr(safetensors.torch, "save_file", flaky)
+    summary = extract(up, [photos], tmp_path / "out", workers=0)
     assert summary.written == 4 and [Path(f).name for f, _ in summary.failed] == ["b.png"]
     assert "No space left" in summary.failed[0][1]
 
 
 def test_a_decompression_bomb_and_a_half_precision_model_with_a_head(tmp_path, backbone_file, monkeypatch):
     from PIL import Image as PILImage
-
-    from featlift import extract
 
     photos = _photos(tmp_path / "photos")
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(photos / "huge.png")
@@ -206,7 +204,7 @@ def test_a_decompression_bomb_and_a_half_precision_model_with_a_head(tmp_path, b
         "dinov2_s14", weights=WEIGHTS, backbone_weights=backbone_file, device="cpu", dtype=torch.bfloat16
     )
     head = torch.nn.Conv2d(384, 3, 1)
-    summary = extract.extract(up, [photos], tmp_path / "out", head=head, workers=0)
+    summary = extract(up, [photos], tmp_path / "out", head=head, workers=0)
     assert summary.written == 5 and [Path(f).name for f, _ in summary.failed] == ["huge.png"]
     assert "DecompressionBomb" in summary.failed[0][1]
     assert all(t.shape[0] == 3 for t in _read(tmp_path / "out").values())
