@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +193,39 @@ def test_a_failed_write_loses_only_its_image_and_never_hangs(photos, tmp_path, u
     summary = extract(up, [photos], tmp_path / "out", workers=0)
     assert summary.written == 4 and [Path(f).name for f, _ in summary.failed] == ["b.png"]
     assert "No space left" in summary.failed[0][1]
+
+
+class _OutOfMemoryOnBatches:
+    """A stand-in upsampler that runs out of memory on any batch of two or more images while holding that
+    batch's activations, and records whether they are still alive when each one-image retry starts."""
+
+    patch = 14
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.activations: weakref.ref | None = None
+        self.alive_at_retry: list[bool] = []
+
+    def __call__(self, pixels, output_size, head):
+        if pixels.shape[0] > 1:
+            activations = torch.zeros(pixels.shape[0], 8, *pixels.shape[-2:])
+            self.activations = weakref.ref(activations)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.alive_at_retry.append(self.activations is not None and self.activations() is not None)
+        return torch.zeros(1, 4, *output_size)
+
+
+def test_an_out_of_memory_batch_is_retried_image_by_image_after_its_tensors_are_released(tmp_path):
+    """The one-image retries start only once the failed batch's tensors are gone (the error's traceback no
+    longer holds them), so on a GPU the retry does not run out of memory again for the same reason."""
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / name)
+    up = _OutOfMemoryOnBatches()
+    summary = extract(up, [tmp_path], tmp_path / "out", batch_size=2, workers=0)
+    assert up.activations is not None  # the batch of two was tried and failed
+    assert up.alive_at_retry == [False, False]
+    assert summary.written == 2 and summary.failed == []
+    assert sorted(_read(tmp_path / "out")) == ["a.png.safetensors", "b.png.safetensors"]
 
 
 def test_a_decompression_bomb_and_a_half_precision_model_with_a_head(tmp_path, backbone_file, monkeypatch):

@@ -146,7 +146,9 @@ class Extraction:
             if len(items) == 1:
                 self.fail(self.jobs[items[0]["index"]], err)
                 return []
-            return [pair for item in items for pair in self._compute([item])]
+        # The retry starts only once the except block has ended: until then the error's traceback keeps the
+        # failed call's frames, and with them the batch's tensors (on a GPU, the memory that ran out), alive.
+        return [pair for item in items for pair in self._compute([item])]
 
     def _forward(self, items: list[dict]) -> list[Tensor]:
         pixels = torch.stack([item["pixels"] for item in items])
