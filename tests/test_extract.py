@@ -251,3 +251,37 @@ def test_bad_counts_are_refused_before_the_model_loads(photos, tmp_path, backbon
         with pytest.raises(SystemExit):
             main(_argv(photos, tmp_path / "out", backbone_file, flag, value))
         assert flag in capsys.readouterr().err
+
+
+def test_the_writer_raises_what_stops_a_save_at_close_and_never_blocks_the_computing_thread(tmp_path):
+    """An error that is not one image's failure (a BaseException) comes back from close(); the puts after
+    it, more than the queue holds, still return."""
+    import threading
+
+    from featlift.extract._storage import Writer
+
+    failed, saved = [], []
+
+    def save(job, tensor, picture):
+        if not saved:
+            saved.append(job)
+            raise KeyboardInterrupt
+        saved.append(job)
+
+    jobs = [Job(tmp_path / f"{i}.png", tmp_path / "out" / f"{i}.png") for i in range(6)]
+    outcome = []
+
+    def compute():
+        writer = Writer(save, lambda job, err: failed.append(err))
+        for job in jobs:
+            writer.put(job, (torch.zeros(1, 1, 1), None))
+        try:
+            writer.close()
+        except KeyboardInterrupt:
+            outcome.append("raised")
+
+    thread = threading.Thread(target=compute, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and outcome == ["raised"]
+    assert saved == jobs[:1] and failed == []
