@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 import featlift
 from featlift.errors import CheckpointError
-from featlift.extract import Job, _batches, load_head, plan_jobs
+from featlift.extract import Job, extract, load_head, plan_jobs
+from featlift.extract._plan import batches
 
 from .conftest import FIXTURES
 
@@ -61,8 +63,8 @@ def _free_port() -> int:
 
 def test_same_size_images_are_batched_together_in_first_seen_order():
     sizes = [(2, 3), (4, 4), (2, 3), None, (2, 3), (4, 4), (2, 3)]
-    assert _batches([None] * 7, sizes, 2) == [[0, 2], [4, 6], [1, 5], [3]]
-    assert _batches([None] * 7, sizes, 10) == [[0, 2, 4, 6], [1, 5], [3]]
+    assert batches([None] * 7, sizes, 2) == [[0, 2], [4, 6], [1, 5], [3]]
+    assert batches([None] * 7, sizes, 10) == [[0, 2, 4, 6], [1, 5], [3]]
 
 
 def test_cli_outputs_equal_the_in_memory_call_with_batches_and_workers(photos, tmp_path, backbone_file, up):
@@ -177,27 +179,57 @@ def test_plan_keeps_one_order_for_every_process(photos, tmp_path):
 
 def test_a_failed_write_loses_only_its_image_and_never_hangs(photos, tmp_path, up, monkeypatch):
     """A full disk (safetensors raises its own error type) fails that image; the writer keeps draining."""
+    import safetensors.torch
     from safetensors import SafetensorError
 
-    from featlift import extract
+    saved = safetensors.torch.save_file
 
-    saved = extract._write
-
-    def flaky(job, stored, picture, **kw):
-        if job.source.name == "b.png":
+    def flaky(tensors, filename, metadata=None):
+        if Path(metadata["source"]).name == "b.png":
             raise SafetensorError("I/O error: No space left on device (os error 28)")
-        saved(job, stored, picture, **kw)
+        saved(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(extract, "_write", flaky)
-    summary = extract.extract(up, [photos], tmp_path / "out", workers=0)
+    monkeypatch.setattr(safetensors.torch, "save_file", flaky)
+    summary = extract(up, [photos], tmp_path / "out", workers=0)
     assert summary.written == 4 and [Path(f).name for f, _ in summary.failed] == ["b.png"]
     assert "No space left" in summary.failed[0][1]
 
 
+class _OutOfMemoryOnBatches:
+    """A stand-in upsampler that runs out of memory on any batch of two or more images while holding that
+    batch's activations, and records whether they are still alive when each one-image retry starts."""
+
+    patch = 14
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.activations: weakref.ref | None = None
+        self.alive_at_retry: list[bool] = []
+
+    def __call__(self, pixels, output_size, head):
+        if pixels.shape[0] > 1:
+            activations = torch.zeros(pixels.shape[0], 8, *pixels.shape[-2:])
+            self.activations = weakref.ref(activations)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.alive_at_retry.append(self.activations is not None and self.activations() is not None)
+        return torch.zeros(1, 4, *output_size)
+
+
+def test_an_out_of_memory_batch_is_retried_image_by_image_after_its_tensors_are_released(tmp_path):
+    """The one-image retries start only once the failed batch's tensors are gone (the error's traceback no
+    longer holds them), so on a GPU the retry does not run out of memory again for the same reason."""
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / name)
+    up = _OutOfMemoryOnBatches()
+    summary = extract(up, [tmp_path], tmp_path / "out", batch_size=2, workers=0)
+    assert up.activations is not None  # the batch of two was tried and failed
+    assert up.alive_at_retry == [False, False]
+    assert summary.written == 2 and summary.failed == []
+    assert sorted(_read(tmp_path / "out")) == ["a.png.safetensors", "b.png.safetensors"]
+
+
 def test_a_decompression_bomb_and_a_half_precision_model_with_a_head(tmp_path, backbone_file, monkeypatch):
     from PIL import Image as PILImage
-
-    from featlift import extract
 
     photos = _photos(tmp_path / "photos")
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(photos / "huge.png")
@@ -206,7 +238,7 @@ def test_a_decompression_bomb_and_a_half_precision_model_with_a_head(tmp_path, b
         "dinov2_s14", weights=WEIGHTS, backbone_weights=backbone_file, device="cpu", dtype=torch.bfloat16
     )
     head = torch.nn.Conv2d(384, 3, 1)
-    summary = extract.extract(up, [photos], tmp_path / "out", head=head, workers=0)
+    summary = extract(up, [photos], tmp_path / "out", head=head, workers=0)
     assert summary.written == 5 and [Path(f).name for f, _ in summary.failed] == ["huge.png"]
     assert "DecompressionBomb" in summary.failed[0][1]
     assert all(t.shape[0] == 3 for t in _read(tmp_path / "out").values())
@@ -219,3 +251,37 @@ def test_bad_counts_are_refused_before_the_model_loads(photos, tmp_path, backbon
         with pytest.raises(SystemExit):
             main(_argv(photos, tmp_path / "out", backbone_file, flag, value))
         assert flag in capsys.readouterr().err
+
+
+def test_the_writer_raises_what_stops_a_save_at_close_and_never_blocks_the_computing_thread(tmp_path):
+    """An error that is not one image's failure (a BaseException) comes back from close(); the puts after
+    it, more than the queue holds, still return."""
+    import threading
+
+    from featlift.extract._storage import Writer
+
+    failed, saved = [], []
+
+    def save(job, tensor, picture):
+        if not saved:
+            saved.append(job)
+            raise KeyboardInterrupt
+        saved.append(job)
+
+    jobs = [Job(tmp_path / f"{i}.png", tmp_path / "out" / f"{i}.png") for i in range(6)]
+    outcome = []
+
+    def compute():
+        writer = Writer(save, lambda job, err: failed.append(err))
+        for job in jobs:
+            writer.put(job, (torch.zeros(1, 1, 1), None))
+        try:
+            writer.close()
+        except KeyboardInterrupt:
+            outcome.append("raised")
+
+    thread = threading.Thread(target=compute, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and outcome == ["raised"]
+    assert saved == jobs[:1] and failed == []

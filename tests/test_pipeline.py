@@ -158,11 +158,22 @@ def test_cli_write_is_atomic(tmp_path, monkeypatch):
     import safetensors.torch
     from safetensors.torch import load_file
 
-    from featlift import extract
+    from featlift.extract import Job
+    from featlift.extract._storage import Writer, prepare, write
 
-    job = extract.Job(tmp_path / "x.png", tmp_path / "out" / "x.png")
+    failed = []
+
+    def save(features):
+        """One image the way a run stores it: converted here, written by the writer thread."""
+        writer = Writer(
+            lambda j, tensor, picture: write(j, tensor, picture, model="m"), lambda j, err: failed.append(err)
+        )
+        writer.put(job, prepare(features, save_dtype=torch.float32, pca=False))
+        writer.close()
+
+    job = Job(tmp_path / "x.png", tmp_path / "out" / "x.png")
     job.features.parent.mkdir(parents=True)
-    extract._save(job, torch.ones(4, 3, 3), save_dtype=torch.float32, model="m", pca=False)
+    save(torch.ones(4, 3, 3))
     good = job.features.read_bytes()
 
     def crash(tensors, filename, metadata=None):
@@ -171,10 +182,11 @@ def test_cli_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        extract._save(job, torch.zeros(4, 3, 3), save_dtype=torch.float32, model="m", pca=False)
+        save(torch.zeros(4, 3, 3))
     assert job.features.read_bytes() == good
     assert torch.equal(load_file(str(job.features))["features"], torch.ones(4, 3, 3))
     assert [p.name for p in job.features.parent.iterdir()] == ["x.png.safetensors"]
+    assert failed == []  # the kill is not one image's failure: close() raised it
 
 
 # -- in-process: local weights, no Hub access ---------------------------------------------------------
