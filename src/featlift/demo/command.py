@@ -1,4 +1,5 @@
-"""The ``featlift demo`` subcommand: serve the demo page for an upsampler.
+"""The ``featlift demo`` subcommand: parse the options, load the model, serve the page
+(:func:`featlift.demo.serve`).
 
 Imported by the CLI for every command, so it imports neither gradio nor torch at module level.
 """
@@ -6,89 +7,43 @@ Imported by the CLI for every command, so it imports neither gradio nor torch at
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import logging
-import os
-import shutil
-import signal
-import sys
-import tempfile
-import threading
 
+from .._tensors import DTYPE_NAMES
 from ..errors import ConfigError
-
-logger = logging.getLogger(__name__)
-
-_LOOPBACK_NAMES = {"localhost"}
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .dependency import require_gradio
+    from . import _require_gradio, serve
 
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    # The app's own temporary folder (uploads, results, examples); only files in it are served.
-    own_temp = not os.environ.get("GRADIO_TEMP_DIR")
-    temp = tempfile.mkdtemp(prefix="featlift-demo-") if own_temp else os.environ["GRADIO_TEMP_DIR"]
-    os.environ["GRADIO_TEMP_DIR"] = temp
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    app = None
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None  # SIGTERM: clean up, exit 0
-    try:
-        require_gradio()
-        import torch
+    _require_gradio()  # before the model is loaded (or downloaded)
+    from .._tensors import to_dtype
+    from ..builder import load_upsampler
 
-        from ..builder import load_upsampler
-        from .app import build_app
+    up = load_upsampler(
+        args.model,
+        device=args.device,
+        dtype=to_dtype(args.dtype),
+        weights=args.weights,
+        backbone_weights=args.backbone_weights,
+        pretrained=not args.no_pretrained,
+    )
 
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-        up = load_upsampler(
-            args.model,
-            device=args.device,
-            dtype=dtype,
-            weights=args.weights,
-            backbone_weights=args.backbone_weights,
-            pretrained=not args.no_pretrained,
-        )
-        app = build_app(up, max_pixels=args.max_pixels, max_file_bytes=int(args.max_upload_mb * 1e6))
-        logger.info("uploads and results go to %s (removed on exit: %s)", temp, own_temp)
-        _, url, _ = app.launch(
-            server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True, show_error=False
-        )
+    def ready(url: str) -> None:
         print(f"featlift demo of {args.model} on {up.device}: {url}  (Ctrl+C to stop)", flush=True)
-        if not _is_loopback(args.host):
-            print(
-                f"featlift demo: listening on {args.host}, reachable from other machines; there is no login",
-                file=sys.stderr,
-                flush=True,
-            )
-        app.block_thread()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-        if app is not None:
-            app.close()
-        if own_temp:
-            shutil.rmtree(temp, ignore_errors=True)
-            os.environ.pop("GRADIO_TEMP_DIR", None)
+
+    serve(
+        up,
+        host=args.host,
+        port=args.port,
+        folder=args.folder,
+        max_pixels=args.max_pixels,
+        max_file_bytes=int(args.max_upload_mb * 1e6),
+        on_ready=ready,
+    )
     return 0
 
 
@@ -111,7 +66,7 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -119,4 +74,10 @@ def add_parser(sub) -> None:
         help="pictures with more pixels are downscaled to this (default 1048576 = 1024x1024)",
     )
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MB (default 20)")
+    p.add_argument(
+        "--folder",
+        default=None,
+        help="where uploads and results go; only its files are served (default: a new temporary folder, "
+        "removed on exit)",
+    )
     p.set_defaults(func=_run)
