@@ -47,14 +47,12 @@ def main() -> None:
     args = parser.parse_args()
 
     temp = tempfile.mkdtemp(prefix="featlift-bench-demo-")
-    os.environ["GRADIO_TEMP_DIR"] = temp
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
     import torch
 
     import featlift
-    from featlift.demo.engine import DemoEngine
-    from featlift.demo.pictures import example_images
+    from featlift.demo import DemoEngine
+    from featlift.demo._pictures import example_images
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,7 +100,7 @@ def main() -> None:
 
         from featlift.demo import build_app
 
-        app = build_app(up)
+        app = build_app(up, folder=temp)
         try:
             _, url, _ = app.launch(server_port=_free_port(), prevent_thread_lock=True, quiet=True)
             client = Client(url, verbose=False, download_files=temp)

@@ -31,18 +31,11 @@ CASES = {
 }
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def _worker(name: str, threads: int) -> dict:
     import torch
 
     import featlift
+    from featlift._peak_memory import PeakMemory
 
     torch.set_num_threads(threads)
     model, size, output, tile, classes, dtype = CASES[name]
@@ -54,11 +47,11 @@ def _worker(name: str, threads: int) -> dict:
     kwargs = {"output_size": "native" if output == "native" else None, "tile": tile, "head": head}
     up(torch.rand(3, 56, 56), **kwargs)  # warm-up: lazy initialisation stays out of the reading
     estimate = up.estimate_memory(1, (h, w), **kwargs)
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    base = _status_bytes("VmRSS")
-    out = up(image, **kwargs)
-    measured = _status_bytes("VmHWM") - base
+    with PeakMemory("cpu") as peak:
+        out = up(image, **kwargs)
+    if peak.peak is None:
+        sys.exit("bench_memory measures peak memory through Linux's /proc/self/clear_refs; run it on Linux")
+    measured = peak.peak
     return {
         "case": name,
         "output_shape": list(out.shape),

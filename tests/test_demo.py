@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import featlift
-from featlift.demo.engine import DemoEngine, ExpiredResultError, output_size_for
-from featlift.demo.pictures import example_images, fit_pca, heatmap, shared_pca, similarity_map
-from featlift.demo.uploads import InvalidUploadError, capped_size, read_upload
-from featlift.errors import InsufficientMemoryError, MissingDependencyError
+from featlift.demo import DemoEngine
+from featlift.demo._engine import output_size_for
+from featlift.demo._pictures import example_images, heatmap, similarity_map
+from featlift.demo._uploads import capped_size, read_upload
+from featlift.errors import ExpiredResultError, InsufficientMemoryError, InvalidUploadError, MissingDependencyError
 
 from .configs import tiny_config
 from .conftest import REPO, ConvBackbone
@@ -49,22 +50,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gradio_temp_dir(path: Path):
-    """Gradio's temporary folder (uploads, results, examples) set to ``path`` for the block."""
-    old = os.environ.get("GRADIO_TEMP_DIR")
-    os.environ["GRADIO_TEMP_DIR"] = str(path)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    try:
-        yield path
-    finally:
-        if old is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = old
-
-
-@contextlib.contextmanager
-def serve(app):
+def launched(app):
     """Launch ``app`` on a free loopback port (Gradio's default host); yield its URL; always close it."""
     try:
         _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
@@ -87,46 +73,6 @@ def smooth_photo(path: Path, size: tuple[int, int]) -> Path:
 
 
 # -- the picture functions ------------------------------------------------------------------------------
-
-
-def test_shared_pca_gives_equal_features_equal_colours_across_maps():
-    gen = torch.Generator().manual_seed(0)
-    big = torch.randn(16, 12, 10, generator=gen) * torch.linspace(3, 0.1, 16).view(-1, 1, 1)
-    part = big[:, 2:8, 1:5]  # the same features, a crop
-    other = torch.randn(16, 5, 7, generator=gen) + 2.0  # a different map, shifted away from the first
-    pictures = shared_pca([big, part, other])
-    assert [p.shape for p in pictures] == [(12, 10, 3), (6, 4, 3), (5, 7, 3)]
-    assert all(p.dtype == np.uint8 for p in pictures)
-    assert np.array_equal(pictures[1], pictures[0][2:8, 1:5])
-    # Each map on its own basis would colour the crop differently: the basis really is shared.
-    alone = shared_pca([part])[0]
-    assert not np.array_equal(alone, pictures[0][2:8, 1:5])
-
-
-def test_pca_colours_follow_the_main_directions():
-    gen = torch.Generator().manual_seed(1)
-    a, b, c = (torch.rand(40, 30, generator=gen) for _ in range(3))
-    directions = torch.linalg.qr(torch.randn(8, 3, generator=gen))[0].T  # [3, 8] orthonormal
-    features = (
-        10 * a[None] * directions[0].view(-1, 1, 1)
-        + 4 * b[None] * directions[1].view(-1, 1, 1)
-        + 1.5 * c[None] * directions[2].view(-1, 1, 1)
-        + 0.01 * torch.randn(8, 40, 30, generator=gen)
-    )
-    picture = shared_pca([features])[0].astype(np.float64)
-    for channel, source in enumerate((a, b, c)):
-        corr = np.corrcoef(picture[..., channel].ravel(), source.numpy().ravel())[0, 1]
-        assert abs(corr) > 0.98, (channel, corr)
-
-
-def test_pca_refuses_mixed_channels_and_bad_shapes():
-    with pytest.raises(ValueError, match="same channel count"):
-        fit_pca([torch.randn(4, 3, 3), torch.randn(5, 3, 3)])
-    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
-        fit_pca([torch.randn(1, 4, 3, 3)])
-    basis = fit_pca([torch.randn(4, 3, 3)])
-    with pytest.raises(ValueError, match="4 channels"):
-        basis.project(torch.randn(5, 3, 3))
 
 
 def _naive_cosine(features: torch.Tensor, y: int, x: int) -> torch.Tensor:
@@ -307,10 +253,9 @@ def server(tmp_path_factory):
     from featlift.demo import build_app
 
     folder = tmp_path_factory.mktemp("gradio")
-    with gradio_temp_dir(folder):
-        app = build_app(tiny_upsampler(), max_pixels=MAX_PIXELS, max_file_bytes=MAX_BYTES)
-        with serve(app) as url:
-            yield url, app, folder
+    app = build_app(tiny_upsampler(), folder=folder, max_pixels=MAX_PIXELS, max_file_bytes=MAX_BYTES)
+    with launched(app) as url:
+        yield url, app, folder
 
 
 @pytest.fixture
@@ -404,6 +349,34 @@ def test_only_the_apps_temporary_folder_is_served(server, tmp_path):
                 response = http.get(f"{prefix}{path}")
                 assert response.status_code >= 400, (prefix, path, response.status_code)
                 assert b"featlift" not in response.content and b"root:" not in response.content
+
+
+def test_the_app_serves_the_folder_it_was_given_not_the_environments(tmp_path, monkeypatch):
+    pytest.importorskip("gradio", reason='gradio is not installed (pip install "featlift[demo]")')
+    import gradio as gr
+    import httpx
+    from gradio_client import Client
+
+    from featlift.demo import build_app
+    from featlift.demo._app import _payload_path
+
+    given, other = tmp_path / "given", tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(other))
+    stray = random_photo(other / "stray.png", (20, 20))
+    app = build_app(tiny_upsampler(), folder=given)
+    assert os.environ["GRADIO_TEMP_DIR"] == str(other)  # building leaves the environment as it was
+    assert app.featlift_folder == given.resolve()
+    with launched(app) as url:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.get(f"/gradio_api/file={given / 'featlift-demo-examples' / 'garden.png'}").status_code == 200
+            assert http.get(f"/gradio_api/file={stray}").status_code >= 400
+        result = _upsample(Client(url, verbose=False, download_files=str(tmp_path / "dl")), stray)
+        assert _picture(result[1]).shape == (20, 20, 3)
+        assert list(given.rglob("stray.png")) and sorted(other.iterdir()) == [stray]  # the upload went there
+    assert os.environ["GRADIO_TEMP_DIR"] == str(other)  # and closing restores it
+    with pytest.raises(gr.Error, match="not an upload of this app"):
+        _payload_path({"path": str(stray)}, app.featlift_folder)
 
 
 def test_one_request_computes_at_a_time(server, tmp_path):
@@ -502,7 +475,7 @@ def test_a_client_cannot_make_the_app_read_other_files(server):
     import gradio as gr
     import httpx
 
-    from featlift.demo.app import _payload_path
+    from featlift.demo._app import _payload_path
 
     url, _, folder = server
     payload = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}, "orig_name": "passwd.png"}
@@ -515,6 +488,6 @@ def test_a_client_cannot_make_the_app_read_other_files(server):
         else:
             assert event.status_code >= 400
     with pytest.raises(gr.Error, match="not an upload of this app"):
-        _payload_path(payload)
+        _payload_path(payload, folder.resolve())
     inside = folder / "featlift-demo-examples" / "garden.png"
-    assert _payload_path({"path": str(inside)}) == inside.resolve()
+    assert _payload_path({"path": str(inside)}, folder.resolve()) == inside.resolve()

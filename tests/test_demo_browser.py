@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featlift.demo.engine import DemoEngine
-from featlift.demo.pictures import example_images
+from featlift.demo import DemoEngine
+from featlift.demo._pictures import example_images
 
-from .test_demo import gradio_temp_dir, serve, tiny_upsampler
+from .test_demo import launched, tiny_upsampler
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -41,10 +41,9 @@ def page_url(tmp_path_factory):
     pytest.importorskip("gradio", reason='gradio is not installed (pip install "featlift[demo]")')
     from featlift.demo import build_app
 
-    with gradio_temp_dir(tmp_path_factory.mktemp("gradio")):
-        app = build_app(tiny_upsampler())
-        with serve(app) as url:
-            yield url
+    app = build_app(tiny_upsampler(), folder=tmp_path_factory.mktemp("gradio"))
+    with launched(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,18 @@ import logging
 import sys
 
 from ..errors import FeatliftError
-from . import _eval, _export, _models, _train, _upsample
+from . import _demo, _eval, _export, _models, _train, _upsample
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``featlift`` argument parser with every command registered."""
-    from ..demo.command import add_parser as add_demo
-
     parser = argparse.ArgumentParser(prog="featlift", description="Pixel-dense features with UPLiFT upsamplers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_models.add_parser, _upsample.add_parser, _train.add_parser, _eval.add_parser, _export.add_parser):
-        add(sub)
-    add_demo(sub)
+    for command in (_models, _upsample, _train, _eval, _export, _demo):
+        command.add_parser(sub)
     return parser
 
 

@@ -42,9 +42,7 @@ def add_parser(sub) -> None:
     e.add_argument("--save-predictions", default=None, metavar="DIR", help="write DIR/UPSAMPLER/ID.png and DIR/target")
     e.add_argument("--out", default=None, help="results JSON (a picture grid goes next to it as .png)")
     e.add_argument("--picture", default=None, help="where to write the picture grid (default: next to --out)")
-    e.add_argument(
-        "--video-stride", type=positive_int, default=4, help="video: feature pooling before propagation"
-    )
+    e.add_argument("--video-stride", type=positive_int, default=4, help="video: feature pooling before propagation")
     e.add_argument(
         "--feature-cache",
         default=None,

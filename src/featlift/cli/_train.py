@@ -15,9 +15,7 @@ def add_parser(sub) -> None:
     t.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, checkpoint.pt)")
     t.add_argument("--image-size", type=positive_int, default=224, help="training crop side in pixels (the targets)")
     t.add_argument("--depths", type=positive_int, default=2, help="mix depths 1..D")
-    t.add_argument(
-        "--batch-size", type=positive_int, default=8, help="images per process (global = this x processes)"
-    )
+    t.add_argument("--batch-size", type=positive_int, default=8, help="images per process (global = this x processes)")
     length = t.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=positive_int, help="optimiser steps")
     length.add_argument("--epochs", type=number_above(0), help="passes over the training images")

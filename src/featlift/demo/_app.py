@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from .._memory import format_bytes
 from .._upsampler import Upsampler
-from ..errors import FeatliftError, InsufficientMemoryError
-from .engine import DEFAULT_MAX_SIDE, OUTPUT_CHOICES, DemoEngine, ExpiredResultError
-from .pictures import example_images
-from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from ..errors import ExpiredResultError, FeatliftError, InsufficientMemoryError
+from ._engine import DEFAULT_MAX_SIDE, OUTPUT_CHOICES, DemoEngine
+from ._pictures import example_images
+from ._uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
-__all__ = ["build_app", "upload_folder"]
+__all__ = ["build_app", "gradio_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,28 @@ to see how similar every pixel's feature is to that one (cosine similarity: blac
 """
 
 
-def upload_folder() -> Path:
-    """Gradio's own temporary folder: uploads and results are written here, and only files in it are
-    served (``GRADIO_TEMP_DIR``, else ``<tmp>/gradio``, as Gradio resolves it)."""
-    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+@contextlib.contextmanager
+def gradio_settings(folder: Path) -> Iterator[None]:
+    """Gradio's settings for an app serving ``folder``, for the block; the previous ones after it.
+
+    Gradio reads where uploads and results go only from ``GRADIO_TEMP_DIR``: when a component is made, when
+    the server starts and on each request (the check that an input file is an upload). Its examples cache
+    (``GRADIO_EXAMPLES_CACHE``, else ``.gradio/cached_examples`` under the working directory, also served)
+    is put inside ``folder`` too, so that no file outside it is served.
+    """
+    settings = {"GRADIO_TEMP_DIR": str(folder), "GRADIO_EXAMPLES_CACHE": str(folder / "cached-examples")}
+    if "GRADIO_ANALYTICS_ENABLED" not in os.environ:
+        settings["GRADIO_ANALYTICS_ENABLED"] = "False"
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _error(message: str) -> Exception:
@@ -53,15 +73,15 @@ def _error(message: str) -> Exception:
     return gr.Error(message, **kwargs)
 
 
-def _payload_path(picture: Any) -> Path:
+def _payload_path(picture: Any, folder: Path) -> Path:
     """The local path of an image payload (``preprocess=False`` gives the raw file data); only files in
-    Gradio's upload folder are read, whatever a client sends."""
+    the app's ``folder`` are read, whatever a client sends."""
     path = picture.get("path") if isinstance(picture, dict) else picture
     if not isinstance(path, str | os.PathLike) or not str(path):
         raise _error("Send the picture as a file (in Python: gradio_client.handle_file(path)).")
     resolved = Path(path).resolve()
-    if not resolved.is_relative_to(upload_folder()):
-        logger.warning("refused to read %s: not in the upload folder %s", resolved, upload_folder())
+    if not resolved.is_relative_to(folder):
+        logger.warning("refused to read %s: not in the app's folder %s", resolved, folder)
         raise _error("That file is not an upload of this app; upload the picture.")
     return resolved
 
@@ -79,6 +99,7 @@ def _write_examples(folder: Path) -> list[str]:
 def build_app(
     upsampler: Upsampler,
     *,
+    folder: str | os.PathLike | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int = DEFAULT_MAX_BYTES,
     queue_size: int = DEFAULT_QUEUE_SIZE,
@@ -88,20 +109,37 @@ def build_app(
     """The demo page for ``upsampler`` as a ``gradio.Blocks`` (see :func:`featlift.demo.build_app`)."""
     engine = DemoEngine(upsampler, max_pixels=max_pixels, max_bytes=max_file_bytes)
     device = str(upsampler.device)
+    folder = Path(get_upload_folder() if folder is None else folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
 
     class DemoBlocks(gr.Blocks):
-        """Blocks whose ``launch`` caps uploads at the demo's byte limit unless told otherwise."""
+        """Blocks that serve ``folder`` (Gradio's settings point at it from ``launch`` to ``close``) and cap
+        uploads at the demo's byte limit unless told otherwise."""
+
+        served = contextlib.ExitStack()
 
         def launch(self, *args: Any, **kwargs: Any):
             kwargs.setdefault("max_file_size", max_file_bytes)
-            return super().launch(*args, **kwargs)
+            self.served.close()  # a second launch: the settings are set again
+            self.served.enter_context(gradio_settings(folder))
+            try:
+                return super().launch(*args, **kwargs)
+            finally:
+                if not self.is_running:  # it did not start
+                    self.served.close()
+
+        def close(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                super().close(*args, **kwargs)
+            finally:
+                self.served.close()
 
     def compute(picture: Any, output: str, max_side: Any, quiet_when_empty: bool):
         if picture is None:
             if quiet_when_empty:
                 return None, None, None, None, "", "", None
             raise _error("Upload a picture first, or pick an example.")
-        path = _payload_path(picture)
+        path = _payload_path(picture, folder)
         try:
             result = engine.upsample(path, output or OUTPUT_CHOICES[0], max_side)
         except InsufficientMemoryError as err:
@@ -152,7 +190,7 @@ def build_app(
             raise _error(f"featlift failed on this click ({type(err).__name__}: {err}).") from None
         return bilinear, dense, f"Cosine similarity of every pixel to pixel **x={x}, y={y}** (marked with a cross)."
 
-    with DemoBlocks(title=title, analytics_enabled=False) as app:
+    with gradio_settings(folder), DemoBlocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(_INTRO)
         token = gr.State(None)
         with gr.Row():
@@ -182,7 +220,7 @@ def build_app(
                 )
         if examples:
             gr.Examples(
-                examples=[[p] for p in _write_examples(upload_folder() / "featlift-demo-examples")],
+                examples=[[p] for p in _write_examples(folder / "featlift-demo-examples")],
                 inputs=[photo],
                 label="Examples (drawn by featlift)",
                 cache_examples=False,
@@ -230,4 +268,5 @@ def build_app(
             )
     app.queue(default_concurrency_limit=1, max_size=queue_size)
     app.featlift_engine = engine
+    app.featlift_folder = folder
     return app

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._memory import format_bytes
+from .._peak_memory import PeakMemory
 from .._upsampler import Upsampler
-from ..errors import ExpiredResultError
-from .pictures import fit_pca, heatmap, resize_picture, similarity_map
-from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Upload, read_upload
+from ..errors import ConfigError, ExpiredResultError
+from ..viz import fit_pca
+from ._pictures import heatmap, resize_picture, similarity_map
+from ._uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Upload, read_upload
 
-__all__ = ["OUTPUT_CHOICES", "DemoEngine", "DemoResult", "ExpiredResultError"]
+__all__ = ["OUTPUT_CHOICES", "DemoEngine", "DemoResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,50 +77,6 @@ class _Kept:
     nbytes: int
 
 
-class _PeakMemory:
-    """Peak memory of a block of code: on CUDA ``max_memory_allocated`` above the allocation at the start;
-    on Linux CPUs the rise of the process's peak resident set (reset through /proc/self/clear_refs)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak: int | None = None
-        self.method = "not measured"
-
-    def __enter__(self) -> _PeakMemory:
-        self._base = None
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        elif self.device.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
-            try:
-                with open("/proc/self/clear_refs", "w") as fh:
-                    fh.write("5")  # resets the peak-RSS mark (VmHWM)
-                self._base = _status_bytes("VmRSS")
-            except OSError:
-                self._base = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._base is None:
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
-            self.method = "CUDA allocator peak"
-        else:
-            self.peak = max(0, _status_bytes("VmHWM") - self._base)
-            self.method = "rise of the process's peak resident memory"
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"no {field} in /proc/self/status")
-
-
 def _unit_half(features: Tensor) -> Tensor:
     """[C, H, W] -> unit-length float16 copy on the CPU, stored channels-last (each pixel's vector in one
     place, as the similarity maps read it), converted in strips of rows (no full float32 copy)."""
@@ -143,11 +101,11 @@ def output_size_for(choice: str, size: tuple[int, int], max_side: int | float | 
         except (TypeError, ValueError):
             side = 0
         if side < 1:
-            raise ValueError(f"the maximum side must be a positive number of pixels, got {max_side!r}")
+            raise ConfigError(f"the maximum side must be a positive number of pixels, got {max_side!r}")
         h, w = size
         scale = min(1.0, side / max(h, w))
         return (max(1, round(h * scale)), max(1, round(w * scale)))
-    raise ValueError(f"output size must be one of {', '.join(OUTPUT_CHOICES)}; got {choice!r}")
+    raise ConfigError(f"output size must be one of {', '.join(OUTPUT_CHOICES)}; got {choice!r}")
 
 
 class DemoEngine:
@@ -167,10 +125,12 @@ class DemoEngine:
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
         if not isinstance(upsampler, Upsampler):
-            raise TypeError(f"the demo needs a featlift.Upsampler, got {type(upsampler).__name__}")
+            raise ConfigError(
+                f"the demo needs a featlift.Upsampler (featlift.load_upsampler(...)), got {type(upsampler).__name__}"
+            )
         for name, value in (("max_pixels", max_pixels), ("max_bytes", max_bytes), ("cache_entries", cache_entries)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         self.upsampler = upsampler
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
@@ -193,16 +153,16 @@ class DemoEngine:
     ) -> DemoResult:
         """Upsample a picture (a file path or a read :class:`Upload`) and make both PCA pictures.
 
-        Raises :class:`~featlift.demo.uploads.InvalidUploadError` for a file that is not a usable picture,
-        :class:`featlift.InsufficientMemoryError` when the memory guard refuses the call, ``ValueError`` for
-        a bad output choice.
+        Raises :class:`~featlift.errors.InvalidUploadError` for a file that is not a usable picture,
+        :class:`~featlift.errors.InsufficientMemoryError` when the memory guard refuses the call,
+        :class:`~featlift.errors.ConfigError` for a bad output choice.
         """
         start = time.perf_counter()
         upload = picture if isinstance(picture, Upload) else self.read(picture)
         size = upload.size
         output_size = output_size_for(output, size, DEFAULT_MAX_SIDE if max_side is None else max_side)
         up = self.upsampler
-        with _PeakMemory(up.device) as peak:
+        with PeakMemory(up.device) as peak:
             call_start = time.perf_counter()
             dense, lowres = up(upload.pixels, output_size=output_size, return_lowres=True)
             if up.device.type == "cuda":
@@ -251,7 +211,7 @@ class DemoEngine:
 
         (x, y) are column and row in the photo as shown (clamped to it); they map to the nearest pixel of
         the output grid. Returns both pictures at the photo's size and the (x, y) used. Raises
-        :class:`ExpiredResultError` when the result's features are no longer kept.
+        :class:`~featlift.errors.ExpiredResultError` when the result's features are no longer kept.
         """
         with self._lock:
             kept = self._kept.get(token) if token else None

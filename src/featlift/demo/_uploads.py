@@ -16,7 +16,7 @@ from torch import Tensor
 from .._images import to_image_tensor
 from ..errors import InvalidUploadError
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "InvalidUploadError", "Upload", "read_upload"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "Upload", "read_upload"]
 
 DEFAULT_MAX_PIXELS = 1024 * 1024
 DEFAULT_MAX_BYTES = 20_000_000

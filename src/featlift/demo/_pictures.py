@@ -1,11 +1,8 @@
-"""The demo's pictures: PCA with one basis for several feature maps, cosine-similarity maps, heat maps
-and the bundled example photos. numpy, torch and PIL only (no gradio), so they are testable alone.
+"""The demo's pictures besides the PCA ones (:mod:`featlift.viz`): cosine-similarity maps, heat maps and
+the bundled example photos. numpy, torch and PIL only (no gradio), so they are testable alone.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,118 +10,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 from torch import Tensor
 
-__all__ = [
-    "PcaBasis",
-    "example_images",
-    "fit_pca",
-    "heatmap",
-    "resize_picture",
-    "shared_pca",
-    "similarity_map",
-]
+from ..errors import ConfigError
+from ..viz import _ROWS, _check_features
 
-# Rows per chunk when a whole feature map is read: bounds the temporary copies to a strip of the image.
-_ROWS = 64
+__all__ = ["example_images", "heatmap", "resize_picture", "similarity_map"]
+
 # Anchor colours of the heat map, low -> high similarity (the "inferno" look: black, purple, red, orange,
 # pale yellow), interpolated linearly.
 _HEAT = np.array(
     [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
     dtype=np.float32,
 )
-
-
-def _check_features(features: Tensor, what: str = "features") -> None:
-    if not isinstance(features, Tensor) or features.dim() != 3:
-        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise ValueError(f"{what} must be a tensor [C, H, W], got {shape}")
-
-
-def _sample_pixels(features: Tensor, count: int, gen: torch.Generator) -> Tensor:
-    """Up to ``count`` random pixels of [C, H, W] as float32 rows [N, C] (all pixels when there are fewer)."""
-    c, h, w = features.shape
-    if h * w <= count:
-        return features.detach().float().reshape(c, -1).T.cpu()
-    index = torch.randperm(h * w, generator=gen)[:count].to(features.device)
-    # Index rows and columns rather than reshaping: no copy of a (channels-last) map.
-    return features.detach()[:, index // w, index % w].float().T.cpu()
-
-
-@dataclass(frozen=True)
-class PcaBasis:
-    """The first ``k`` (at most 3) principal directions of a feature sample and the display range of each
-    component (its 1st to 99th percentile over the sample)."""
-
-    mean: Tensor  # [C]
-    components: Tensor  # [k, C], orthonormal rows
-    low: Tensor  # [k]
-    high: Tensor  # [k]
-
-    def project(self, features: Tensor) -> Tensor:
-        """Features [C, H, W] -> their principal components [k, H, W] (float32, on the CPU), read in strips of
-        rows so that no full-size copy of the features is made."""
-        _check_features(features)
-        if features.shape[0] != self.mean.shape[0]:
-            raise ValueError(f"the basis was fitted on {self.mean.shape[0]} channels, got {features.shape[0]}")
-        comps = self.components.to(features.device)
-        offset = (comps @ self.mean.to(features.device)).view(-1, 1, 1)
-        strips = []
-        for top in range(0, features.shape[1], _ROWS):
-            strip = features[:, top : top + _ROWS].float()
-            # [rows, W, C] @ [C, k]: a plain matrix product, no copy for channels-last maps
-            strips.append((torch.matmul(strip.permute(1, 2, 0), comps.T).permute(2, 0, 1) - offset).cpu())
-        return torch.cat(strips, dim=1)
-
-    def to_rgb(self, projection: Tensor) -> np.ndarray:
-        """Components [k, H, W] -> uint8 [H, W, 3]: each component scaled to its display range (the same
-        range for every map projected on this basis, so colours compare across pictures)."""
-        k = self.components.shape[0]
-        if projection.dim() != 3 or projection.shape[0] != k:
-            raise ValueError(f"expected a projection [{k}, H, W], got {tuple(projection.shape)}")
-        low, high = self.low.view(-1, 1, 1), self.high.view(-1, 1, 1)
-        scaled = ((projection.float().cpu() - low) / (high - low).clamp_min(1e-8)).clamp(0, 1)
-        if k < 3:
-            scaled = torch.cat([scaled, scaled[:1].expand(3 - k, -1, -1)])
-        return (scaled.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-    def rgb(self, features: Tensor) -> np.ndarray:
-        """Features [C, H, W] -> uint8 [H, W, 3] (:meth:`project` then :meth:`to_rgb`)."""
-        return self.to_rgb(self.project(features))
-
-
-def fit_pca(features: Sequence[Tensor], *, max_samples: int = 20000, seed: int = 0) -> PcaBasis:
-    """One PCA basis for several feature maps [C, H, W] (same C, any sizes): fitted on a pooled sample of
-    up to ``max_samples // len(features)`` random pixels from each map, so each map weighs about alike."""
-    if not features:
-        raise ValueError("fit_pca needs at least one feature map")
-    for f in features:
-        _check_features(f)
-    channels = {f.shape[0] for f in features}
-    if len(channels) != 1:
-        raise ValueError(f"all feature maps need the same channel count, got {sorted(channels)}")
-    gen = torch.Generator().manual_seed(seed)
-    per_map = max(1, max_samples // len(features))
-    sample = torch.cat([_sample_pixels(f, per_map, gen) for f in features])  # [N, C]
-    if not torch.isfinite(sample).all():
-        raise ValueError("the features contain NaN or infinite values; cannot fit a PCA basis")
-    mean = sample.mean(0)
-    k = min(3, sample.shape[1])
-    centred = (sample - mean).double()
-    _, vectors = torch.linalg.eigh(centred.T @ centred)  # eigenvalues ascending: the last k are the main ones
-    components = vectors[:, -k:].flip(1).T.float()
-    # A component's sign is arbitrary; fix it (largest-magnitude loading positive) so pictures are stable.
-    signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))
-    components = components * torch.where(signs == 0, torch.ones_like(signs), signs)
-    proj = (sample - mean) @ components.T
-    low = torch.quantile(proj, 0.01, dim=0)
-    high = torch.quantile(proj, 0.99, dim=0)
-    return PcaBasis(mean=mean, components=components, low=low, high=high)
-
-
-def shared_pca(features: Sequence[Tensor], *, max_samples: int = 20000, seed: int = 0) -> list[np.ndarray]:
-    """Feature maps [C, H, W] -> one uint8 RGB picture [H, W, 3] each, all on one PCA basis and one colour
-    scale (:func:`fit_pca`), so equal features get equal colours in every picture."""
-    basis = fit_pca(features, max_samples=max_samples, seed=seed)
-    return [basis.rgb(f) for f in features]
 
 
 def similarity_map(
@@ -142,7 +38,7 @@ def similarity_map(
     size = (h, w) if size is None else (int(size[0]), int(size[1]))
     y, x = int(pixel[0]), int(pixel[1])
     if not (0 <= y < size[0] and 0 <= x < size[1]):
-        raise ValueError(f"pixel {pixel} is outside the {size[0]}x{size[1]} map")
+        raise ConfigError(f"pixel {pixel} is outside the {size[0]}x{size[1]} map; pick a (row, column) inside it")
     dot = torch.zeros(size, dtype=torch.float32)
     norm2 = torch.zeros(size, dtype=torch.float32)
     if size == (h, w):  # strips of rows, each as [rows, W, C] (no copy for channels-last maps)
@@ -184,14 +80,16 @@ def heatmap(
     a cross at ``marker`` (row, column). The colour scale is fixed, so maps compare across pictures."""
     sim = similarity.detach().float().cpu().numpy() if isinstance(similarity, Tensor) else np.asarray(similarity)
     if sim.ndim != 2:
-        raise ValueError(f"expected a similarity map [H, W], got shape {sim.shape}")
+        raise ConfigError(f"expected a similarity map [H, W] (from similarity_map), got shape {sim.shape}")
     pos = np.clip(np.nan_to_num(sim, nan=0.0), 0.0, 1.0) * (len(_HEAT) - 1)
     low = np.minimum(pos.astype(np.int64), len(_HEAT) - 2)
     frac = (pos - low)[..., None]
     colour = _HEAT[low] * (1 - frac) + _HEAT[low + 1] * frac
     if photo is not None:
         if photo.shape[:2] != sim.shape:
-            raise ValueError(f"photo {photo.shape[:2]} and similarity map {sim.shape} differ in size")
+            raise ConfigError(
+                f"photo {photo.shape[:2]} and similarity map {sim.shape} differ in size; resize one to the other"
+            )
         grey = photo[..., :3].astype(np.float32).mean(-1, keepdims=True)
         colour = opacity * colour + (1 - opacity) * grey
     out = Image.fromarray(colour.round().clip(0, 255).astype(np.uint8))
