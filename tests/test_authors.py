@@ -12,7 +12,7 @@ import yaml
 from featlift import _authors as authors
 from featlift._authors import DEFAULTS, convert_state_dict, from_authors_dict, is_authors_layout, read_yaml
 from featlift._registry import get_variant
-from featlift.backbones._normalisation import image_normalisation
+from featlift.backbones import image_normalisation
 from featlift.config import (
     BlockGroupConfig,
     DecoderConfig,

@@ -82,8 +82,10 @@ def test_upsampler_rule_for_backbone_and_config_statistics():
     # A backbone that states none takes the config's; a config that names no backbone takes the backbone's.
     cfg = tiny_config(patch=7, channels=6)
     stated = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, mean=(0.1,) * 3, std=(2.0,) * 3))
-    up = featlift.Upsampler(_Stub(), featlift.UPLiFT(stated))
-    assert up.backbone.normalisation == ((0.1,) * 3, (2.0,) * 3)
+    unstated = _Stub()
+    up = featlift.Upsampler(unstated, featlift.UPLiFT(stated))
+    assert up.normalisation == ((0.1,) * 3, (2.0,) * 3)
+    assert unstated.normalisation is None, "the caller's backbone is left alone"
     up = featlift.Upsampler(_Stub(normalisation=((0.3,) * 3, (0.7,) * 3)), featlift.UPLiFT(cfg))
     assert up.std.flatten().tolist() == pytest.approx([0.7] * 3)
     image = torch.full((1, 3, 14, 14), 0.5)

@@ -77,7 +77,8 @@ def test_every_kind_loads_an_upsampler(kind, tmp_path, dinov2_case, backbone_fil
     weights = None if kind == "directory" else WEIGHTS
     up = featlift.load_upsampler(ref, device="cpu", weights=weights, backbone_weights=backbone_file)
     assert _reference_error(up.uplift, dinov2_case) <= 1e-4
-    mean, std = up.backbone.normalisation
+    mean, std = up.normalisation
+    assert up.backbone.normalisation == up.normalisation
     assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx((0.229, 0.224, 0.225))
     assert up(torch.rand(3, 28, 42)).shape == (1, 384, 28, 42)
 

@@ -392,7 +392,7 @@ def test_a_bad_checkpoint_names_the_file_and_the_fix(workdir, tmp_path):
 def test_the_trainer_records_the_one_normalisation_rule(workdir, tmp_path):
     import timm
 
-    from featlift.backbones._normalisation import image_normalisation
+    from featlift.backbones import image_normalisation
     from featlift.training.trainer import _build
 
     name = "vit_base_patch16_clip_224.openai"

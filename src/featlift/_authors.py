@@ -203,7 +203,7 @@ def _backbone(data: Any) -> BackboneConfig:
     model_type = _take(bb, "model_type", "backbone", "backbone")
     pipe = _take(bb, "diff_pipe_name", "backbone", "backbone")
     # The schema never states the image normalisation: mean/std stay unstated (None) and
-    # featlift.backbones._normalisation.image_normalisation resolves them (timm's pretrained config).
+    # featlift.backbones.image_normalisation resolves them (timm's pretrained config).
     if pipe:
         name, source = pipe, "diffusers"
     elif model_type:

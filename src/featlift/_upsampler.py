@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from ._images import PendingImage, image_batch, patch_multiple, resize_to_patch_multiple
 from ._memory import available_bytes, estimate_call, format_bytes
 from ._tensors import freeze
-from .backbones._normalisation import agreed_normalisation
+from .backbones import agreed_normalisation
+from .backbones._normalisation import normalise
 from .backbones.base import Backbone
 from .errors import InsufficientMemoryError
 from .modeling.uplift import UPLiFT
@@ -82,10 +83,11 @@ class Upsampler(nn.Module):
     (see :meth:`featlift.UPLiFT.forward`): the backbone still sees the whole image once, peak memory
     follows the tile size.
 
-    Images are normalised by the backbone (:meth:`Backbone.normalise`). Its statistics must agree with
-    those the UPLiFT config implies (:func:`~featlift.backbones._normalisation.image_normalisation`) when
-    both state them, else ``ValueError``; a backbone that states none (a user's subclass) takes the
-    config's, and a config that names no backbone and states no mean/std takes the backbone's.
+    Images are normalised with :attr:`normalisation`, ``(mean, std)`` per RGB channel, resolved once here:
+    the backbone's statistics must agree with those the UPLiFT config implies
+    (:func:`~featlift.backbones.image_normalisation`) when both state them, else ``ValueError``; a backbone
+    that states none (a user's subclass) takes the config's, and a config that names no backbone and
+    states no mean/std takes the backbone's. The backbone object given is not changed.
     """
 
     def __init__(
@@ -108,9 +110,9 @@ class Upsampler(nn.Module):
         self.name = name
         self.tile = tile
         self.memory_guard = True
-        # The backbone normalises; its statistics must agree with the config UPLiFT was trained with (a
-        # backbone that states none takes the config's).
-        backbone.normalisation = agreed_normalisation(
+        # The statistics images are normalised with: the backbone's and the config UPLiFT was trained with
+        # must agree (a backbone that states none takes the config's). Kept here; the backbone is left alone.
+        self.normalisation = agreed_normalisation(
             backbone.normalisation, uplift.config.backbone, what=f"the backbone ({type(backbone).__name__})"
         )
         freeze(self)
@@ -125,13 +127,13 @@ class Upsampler(nn.Module):
 
     @property
     def mean(self) -> Tensor:
-        """The per-channel mean images are normalised with, [1, 3, 1, 1] (the backbone's)."""
-        return torch.tensor(self.backbone.normalisation[0], device=self.device).view(1, 3, 1, 1)
+        """The per-channel mean images are normalised with, [1, 3, 1, 1] (:attr:`normalisation`)."""
+        return torch.tensor(self.normalisation[0], device=self.device).view(1, 3, 1, 1)
 
     @property
     def std(self) -> Tensor:
-        """The per-channel std images are normalised with, [1, 3, 1, 1] (the backbone's)."""
-        return torch.tensor(self.backbone.normalisation[1], device=self.device).view(1, 3, 1, 1)
+        """The per-channel std images are normalised with, [1, 3, 1, 1] (:attr:`normalisation`)."""
+        return torch.tensor(self.normalisation[1], device=self.device).view(1, 3, 1, 1)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -155,9 +157,8 @@ class Upsampler(nn.Module):
         return resize_to_patch_multiple(item.load()[None], self.patch)
 
     def normalize(self, image: Tensor) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> the backbone's normalisation (:meth:`Backbone.normalise`), on the
-        model's device and dtype."""
-        return self.backbone.normalise(image.to(self.device, torch.float32), dtype=self.dtype)
+        """[B, 3, H, W] in [0, 1] -> normalised with :attr:`normalisation`, on the model's device and dtype."""
+        return normalise(image.to(self.device, torch.float32), self.normalisation, self.dtype)
 
     # -- the call ----------------------------------------------------------------------------------
 

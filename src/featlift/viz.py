@@ -21,10 +21,11 @@ from .errors import ConfigError
 __all__ = ["PcaBasis", "fit_pca", "pca_rgb", "shared_pca"]
 
 # Rows per chunk when a whole feature map is read: bounds the temporary copies to a strip of the image.
-_ROWS = 64
+STRIP_ROWS = 64
 
 
-def _check_features(features: Tensor, what: str = "features") -> None:
+def check_features(features: Tensor, what: str = "features") -> None:
+    """A ConfigError unless ``features`` is one image's map, a tensor [C, H, W]."""
     if not isinstance(features, Tensor) or features.dim() != 3:
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise ConfigError(f"{what} must be a tensor [C, H, W] (channels first, one image), got {shape}")
@@ -53,7 +54,7 @@ class PcaBasis:
     def project(self, features: Tensor) -> Tensor:
         """Features [C, H, W] -> their principal components [k, H, W] (float32, on the CPU), read in strips of
         rows so that no full-size copy of the features is made."""
-        _check_features(features)
+        check_features(features)
         if features.shape[0] != self.mean.shape[0]:
             raise ConfigError(
                 f"the basis was fitted on {self.mean.shape[0]} channels, got {features.shape[0]}: project maps "
@@ -62,8 +63,8 @@ class PcaBasis:
         comps = self.components.to(features.device)
         offset = (comps @ self.mean.to(features.device)).view(-1, 1, 1)
         strips = []
-        for top in range(0, features.shape[1], _ROWS):
-            strip = features[:, top : top + _ROWS].float()
+        for top in range(0, features.shape[1], STRIP_ROWS):
+            strip = features[:, top : top + STRIP_ROWS].float()
             # [rows, W, C] @ [C, k]: a plain matrix product, no copy for channels-last maps
             strips.append((torch.matmul(strip.permute(1, 2, 0), comps.T).permute(2, 0, 1) - offset).cpu())
         return torch.cat(strips, dim=1)
@@ -91,7 +92,7 @@ def fit_pca(features: Sequence[Tensor], *, max_samples: int = 20000, seed: int =
     if not features:
         raise ConfigError("fit_pca needs at least one feature map [C, H, W]; pass a list of them")
     for f in features:
-        _check_features(f)
+        check_features(f)
     channels = {f.shape[0] for f in features}
     if len(channels) != 1:
         raise ConfigError(

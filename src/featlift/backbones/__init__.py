@@ -9,13 +9,20 @@ from __future__ import annotations
 import os
 
 from ..config import BackboneConfig
-from ._normalisation import image_normalisation
-from ._sources import BACKBONE_CLASSES, backbone_class
+from ._sources import BACKBONE_CLASSES, agreed_normalisation, backbone_class, image_normalisation
 from .base import Backbone
 from .sd_vae import DiffusersVAE
 from .timm_vit import TimmViT
 
-__all__ = ["BACKBONE_CLASSES", "Backbone", "DiffusersVAE", "TimmViT", "load_backbone"]
+__all__ = [
+    "BACKBONE_CLASSES",
+    "Backbone",
+    "DiffusersVAE",
+    "TimmViT",
+    "agreed_normalisation",
+    "image_normalisation",
+    "load_backbone",
+]
 
 
 def load_backbone(
@@ -36,7 +43,7 @@ def load_backbone(
         cache_dir: Hugging Face cache directory (default: the standard cache).
 
     The result's :attr:`Backbone.normalisation` is
-    :func:`~featlift.backbones._normalisation.image_normalisation` of ``config``.
+    :func:`~featlift.backbones.image_normalisation` of ``config``.
 
     Raises:
         ValueError: ``config`` names no backbone, or an unknown source.

@@ -1,34 +1,19 @@
-"""The one rule for how images are normalised before a backbone (and the guidance encoder) sees them.
-
-For a config (:func:`image_normalisation`):
-
-1. A config that states ``mean`` and ``std`` is followed as written.
-2. Otherwise a timm backbone uses timm's pretrained config for its model name (ImageNet statistics for
-   DINOv2/DINOv3, OpenAI's for CLIP, 0.5/0.5 for SigLIP, ...), exactly what timm's own transforms use.
-3. Otherwise (the diffusers VAE, or user-supplied features) images stay in [0, 1].
-
-A :class:`~featlift.backbones.Backbone` carries its own statistics (:attr:`Backbone.normalisation`):
-:func:`~featlift.backbones.load_backbone` gives it the config's, by the rule above; a ``TimmViT`` built
-directly takes timm's for its name, a ``DiffusersVAE`` [0, 1], a user's subclass none unless it sets
-them. When a backbone meets an UPLiFT config (:func:`agreed_normalisation`, used by the Upsampler), the
-two must agree where both state statistics, otherwise a ``ValueError`` names both and the fix; where only
-one states them, that one is used (and recorded on the backbone).
-
-The Upsampler and the trainer go through this module (the authors' YAML states no statistics, so
-configs read from it take rule 2 or 3), so the same model name can never be normalised two ways. Rule 2
-asks the backbone class of the config's ``source`` (:data:`featlift.backbones.BACKBONE_CLASSES`) for
-its published statistics (:meth:`Backbone.published_normalisation`).
-"""
+"""Image statistics: the ``(mean, std)`` type, the identity, timm's published statistics, and applying
+them. The rule that decides which statistics a config implies lives beside the backbone table
+(:mod:`featlift.backbones._sources`), which asks each backbone class for what it publishes."""
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
-from ..config import BackboneConfig
-from ..errors import ConfigError
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["IDENTITY", "Stats", "agreed_normalisation", "image_normalisation", "timm_normalisation"]
+from torch import Tensor
+
+__all__ = ["IDENTITY", "Stats", "normalise", "same_stats", "timm_normalisation"]
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -46,37 +31,8 @@ def timm_normalisation(name: str) -> Stats | None:
     return tuple(float(v) for v in pcfg.mean), tuple(float(v) for v in pcfg.std)
 
 
-def _stated(backbone: BackboneConfig) -> Stats | None:
-    """The statistics ``backbone`` implies (rules 1-3), or None for a config that names no backbone and
-    states no mean/std (features supplied by the user: nothing is said)."""
-    if backbone.mean is None and backbone.source is None:
-        return None
-    return image_normalisation(backbone)
-
-
-def image_normalisation(backbone: BackboneConfig) -> Stats:
-    """``(mean, std)`` per RGB channel for images in [0, 1], by the rule in this module's docstring.
-
-    Raises:
-        ConfigError: a timm backbone whose name timm does not know, with no mean/std in the config.
-    """
-    if backbone.mean is not None:
-        return backbone.mean, backbone.std
-    if backbone.source is None:
-        return IDENTITY
-    from ._sources import backbone_class  # it imports the backbone classes, which import this module
-
-    stats = backbone_class(backbone.source).published_normalisation(backbone.name)
-    if stats is None:
-        raise ConfigError(
-            f"backbone.mean: no image normalisation is published for the {backbone.source} model "
-            f"{backbone.name!r} (for timm: it has no pretrained config for that name), so it is unknown; state "
-            "backbone.mean and backbone.std in the config"
-        )
-    return stats
-
-
-def _same(a: Stats, b: Stats) -> bool:
+def same_stats(a: Stats, b: Stats) -> bool:
+    """Whether two ``(mean, std)`` agree to float32 rounding."""
     return all(
         math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-7)
         for u, v in zip(a, b, strict=True)
@@ -84,25 +40,11 @@ def _same(a: Stats, b: Stats) -> bool:
     )
 
 
-def agreed_normalisation(own: Stats | None, config: BackboneConfig, *, what: str = "the backbone") -> Stats:
-    """The statistics to use when a backbone stating ``own`` (None: unstated) runs with ``config``.
-
-    Where both state statistics they must agree; where one does, it is used; where neither does, images
-    stay in [0, 1].
-
-    Raises:
-        ValueError: both state statistics and they differ (the message gives both and the fixes).
-        ConfigError: ``config`` names a timm backbone timm does not know and states no mean/std.
-    """
-    stated = _stated(config)
-    if own is None:
-        return stated if stated is not None else IDENTITY
-    if stated is None or _same(own, stated):
-        return own
-    raise ValueError(
-        f"{what} normalises images with mean {list(own[0])} and std {list(own[1])}, but the upsampler's config "
-        f"(backbone {config.name!r}) implies mean {list(stated[0])} and std {list(stated[1])}; the upsampler "
-        "was trained with the config's. Fix: use the backbone the config names (featlift.backbones.load_backbone"
-        "(config.backbone)), set backbone.normalisation to the config's statistics, or state the backbone's "
-        "statistics as backbone.mean/std in the config"
-    )
+def normalise(images: Tensor, stats: Stats | None, dtype: torch.dtype | None = None) -> Tensor:
+    """Images [B, 3, H, W] in [0, 1] -> ``(images - mean) / std`` (none for ``stats`` None or the
+    identity), computed in float32 on the images' device, returned in ``dtype`` (default float32)."""
+    images = images.float()
+    mean, std = stats if stats is not None else IDENTITY
+    if (mean, std) != IDENTITY:
+        images = (images - images.new_tensor(mean).view(1, 3, 1, 1)) / images.new_tensor(std).view(1, 3, 1, 1)
+    return images if dtype is None else images.to(dtype)

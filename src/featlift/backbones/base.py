@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._tensors import freeze
 from ..config import BackboneConfig
-from ._normalisation import IDENTITY, Stats
+from ._normalisation import Stats, normalise
 
 
 class Backbone(nn.Module):
@@ -25,7 +25,8 @@ class Backbone(nn.Module):
     set by :func:`featlift.backbones.load_backbone` from the config, by the built-in classes from what
     they know (timm's pretrained config; [0, 1] for the VAE), None (unstated) for a subclass that does not
     set it. An :class:`~featlift.Upsampler` checks it against its UPLiFT config (see
-    :func:`featlift.backbones._normalisation.agreed_normalisation`) and fills it in when unstated.
+    :func:`featlift.backbones.agreed_normalisation`) and uses the config's when it is unstated, keeping the
+    result itself: the backbone object is never changed.
 
     Subclasses that featlift can build from a :class:`~featlift.config.BackboneConfig` set :attr:`source`
     and implement :meth:`from_config`.
@@ -69,11 +70,7 @@ class Backbone(nn.Module):
     def normalise(self, images: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """Images [B, 3, H, W] in [0, 1] -> ``(images - mean) / std`` with :attr:`normalisation` (none when
         unstated), computed in float32 on the images' device, returned in ``dtype`` (default float32)."""
-        images = images.float()
-        mean, std = self.normalisation if self.normalisation is not None else IDENTITY
-        if (mean, std) != IDENTITY:
-            images = (images - images.new_tensor(mean).view(1, 3, 1, 1)) / images.new_tensor(std).view(1, 3, 1, 1)
-        return images if dtype is None else images.to(dtype)
+        return normalise(images, self.normalisation, dtype)
 
     def activation_bytes(self, batch: int, size: tuple[int, int], itemsize: int) -> int:
         """Rough peak bytes of one forward pass on ``batch`` images of ``size`` (H, W) pixels, beyond the

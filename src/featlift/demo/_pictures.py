@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..viz import _ROWS, _check_features
+from ..viz import STRIP_ROWS, check_features
 
 __all__ = ["example_images", "heatmap", "resize_picture", "similarity_map"]
 
@@ -33,7 +33,7 @@ def similarity_map(
     ``size`` (``align_corners=False``, the usual baseline) and ``pixel`` indexes that grid. The work goes
     in strips of channels, so the upsampled features are never held at once.
     """
-    _check_features(features)
+    check_features(features)
     c, h, w = features.shape
     size = (h, w) if size is None else (int(size[0]), int(size[1]))
     y, x = int(pixel[0]), int(pixel[1])
@@ -44,10 +44,10 @@ def similarity_map(
     if size == (h, w):  # strips of rows, each as [rows, W, C] (no copy for channels-last maps)
         query = features[:, y, x].float().cpu()
         query2 = float(query.square().sum())
-        for top in range(0, h, _ROWS):
-            strip = features[:, top : top + _ROWS].float().cpu().permute(1, 2, 0)
-            dot[top : top + _ROWS] = strip @ query
-            norm2[top : top + _ROWS] = strip.square().sum(-1)
+        for top in range(0, h, STRIP_ROWS):
+            strip = features[:, top : top + STRIP_ROWS].float().cpu().permute(1, 2, 0)
+            dot[top : top + STRIP_ROWS] = strip @ query
+            norm2[top : top + STRIP_ROWS] = strip.square().sum(-1)
     else:  # strips of channels, each upsampled on its own
         query2 = 0.0
         step = max(1, min(c, 16_000_000 // max(1, size[0] * size[1])))

@@ -178,14 +178,14 @@ def load_target(
         )
     owned = not isinstance(model, (Upsampler, UPLiFT))  # loaded here: no copy needed to change it
     if isinstance(model, Upsampler):
-        backbone, uplift, default_iters = model.backbone, model.uplift, model.iters
+        backbone, uplift, default_iters, stats = model.backbone, model.uplift, model.iters, model.normalisation
     elif isinstance(model, UPLiFT):
         if with_backbone:
             raise ConfigError(
                 "with_backbone needs a backbone, and a bare UPLiFT has none: pass a featlift.Upsampler "
                 "(featlift.load_upsampler) or a model reference whose config names its backbone"
             )
-        backbone, uplift, default_iters = None, model, model.default_iters
+        backbone, uplift, default_iters, stats = None, model, model.default_iters, None
     elif with_backbone:
         backbone_config = options.resolve(model).config.backbone
         if backbone_config.source is None or backbone_config.name is None:
@@ -194,12 +194,12 @@ def load_target(
                 "export the upsampler alone, without --with-backbone"
             )
         up = load_upsampler(model, device="cpu", options=options)
-        backbone, uplift, default_iters = up.backbone, up.uplift, up.iters
+        backbone, uplift, default_iters, stats = up.backbone, up.uplift, up.iters, up.normalisation
     else:
         if options.backbone_weights is not None:
             raise ConfigError("backbone_weights (--backbone-weights) only applies with with_backbone (--with-backbone)")
         uplift = load_uplift(model, options)
-        backbone, default_iters = None, uplift.default_iters
+        backbone, default_iters, stats = None, uplift.default_iters, None
     iters = default_iters if iters is None else iters
     if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
         raise ConfigError(f"iters must be a positive integer, got {iters!r}")
@@ -208,12 +208,6 @@ def load_target(
     uplift = _freeze(with_export_attenders(uplift, portable=portable), device, dtype)
     uplift.channels_last = False  # exported graphs have no memory layout; the custom op writes NCHW
     if with_backbone:
-        stats = backbone.normalisation
-        if stats is None:
-            raise ConfigError(
-                f"the backbone ({type(backbone).__name__}) states no normalisation statistics; set "
-                "backbone.mean / backbone.std in the config"
-            )
         backbone = _freeze(backbone if owned else copy.deepcopy(backbone), device, dtype)
         graph = PipelineGraph(backbone, uplift, iters, stats)
     else:

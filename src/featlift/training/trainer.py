@@ -56,8 +56,7 @@ from .._distributed import init_distributed as _init_distributed
 from .._distributed import process_device
 from .._lookup import resolve_model
 from .._registry import list_upsamplers
-from ..backbones import Backbone, load_backbone
-from ..backbones._normalisation import agreed_normalisation
+from ..backbones import Backbone, agreed_normalisation, load_backbone
 from ..config import BackboneConfig, UpliftConfig
 from ..errors import CheckpointError
 from ..modeling.uplift import UPLiFT
@@ -383,7 +382,7 @@ def evaluate(
 
     ``backbone`` is a featlift :class:`~featlift.backbones.Backbone`; it normalises the images
     (:meth:`~featlift.backbones.Backbone.normalise`) with statistics that must agree with ``config``'s
-    (:func:`~featlift.backbones._normalisation.agreed_normalisation`; a backbone stating none takes the
+    (:func:`~featlift.backbones.agreed_normalisation`; a backbone stating none takes the
     config's)."""
     backbone.normalisation = agreed_normalisation(backbone.normalisation, config.backbone)
     was_training = model.training
