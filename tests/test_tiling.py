@@ -111,7 +111,7 @@ def test_the_halo_is_needed(monkeypatch):
     image, features = _inputs(model.config, 1, 12, 12)
     with torch.no_grad():
         full = model(image, features, iters=2)
-        monkeypatch.setattr(tiling, "halo", lambda model, iters: 1)
+        monkeypatch.setattr(model, "tile_halo", lambda iters=None: 1)
         tiled = model(image, features, iters=2, tile=4)
     assert (tiled - full).abs().max().item() > 1e-3
 
@@ -220,3 +220,22 @@ def test_corner_aligned_upsample_equals_cropping_the_full_resize(full, origin, s
     cols = slice(2, 2 * full - 2)  # the crop is cut on both sides horizontally
     assert got.shape == want.shape
     assert torch.allclose(got[:, :, rows, cols], want[:, :, rows, cols], atol=1e-6)
+
+
+def test_tiling_is_geometry_over_any_crop_wise_iterate():
+    """``tiled`` knows nothing of UPLiFT: with a per-pixel ``iterate`` (nearest 2x) and no halo it rebuilds
+    the whole map exactly, each crop it is handed is the grown tile, and the head runs per tile."""
+    features = torch.randn(2, 3, 7, 5)
+    seen = []
+
+    def nearest(crop, region):
+        seen.append((region.origin, region.size))
+        assert crop.shape[-2:] == region.size
+        return crop.repeat_interleave(2, -2).repeat_interleave(2, -1)
+
+    whole = nearest(features, tiling.Region((0, 0), (7, 5), (7, 5)))
+    seen.clear()
+    out = tiling.tiled(nearest, features, tile=(3, 2), halo=1, factor=2, channels_last=False, head=lambda x: x[:, :1])
+    assert torch.equal(out, whole[:, :1])
+    assert seen[0] == ((0, 0), (4, 3)) and ((2, 1), (5, 4)) in seen, seen  # rows 3-6 and cols 2-4, grown by 1
+    assert len(seen) == 3 * 3

@@ -1,78 +1,34 @@
-"""Exact tiled inference: run UPLiFT over crops of the coarse grid so that peak memory follows the tile.
+"""Exact tiled inference as geometry: run a crop-wise ``iterate`` over tiles of the coarse grid so that
+peak memory follows the tile.
 
-Each tile is grown by a halo of coarse cells, upsampled on its own, and its interior written into the
-output. A crop differs from the whole image only near its edges (zero padding of the convs, replicated
-attender cells), so a halo at least as wide as the distance such a difference can travel makes every
-tile's interior equal to the untiled result up to float rounding.
-
-That distance is composed here from what each module reports about itself (``reach()`` on blocks, the
-encoder, the decoder step, the attender and the refiner; see :mod:`featlift.modeling.blocks`), never from
-config strings: paths that run side by side take the maximum, layers in sequence add up. A layer that is
-not translation-equivariant raises :class:`~featlift.modeling._region.UntileableError`, and the config is
-refused for tiling with a message.
-
-:func:`tiled_forward` is the one function the model calls; :func:`halo` and :func:`check_tile` are public
-for inspection and for the memory estimate.
+Each tile is grown by a halo of coarse cells, upsampled on its own (by the ``iterate`` callable the model
+passes in), and its interior written into the output. A crop differs from the whole image only near its
+edges (zero padding of the convs, replicated attender cells), so a halo at least as wide as the distance
+such a difference can travel makes every tile's interior equal to the untiled result up to float
+rounding. The model computes that distance from its own parts (:meth:`featlift.UPLiFT.tile_halo`); this
+module knows nothing of them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ._inference import Plan
-from ._noise import Noise
-from ._region import Region, UntileableError
-from .guidance import GuidanceInputs
+from ._region import Region
 
-if TYPE_CHECKING:
-    from .uplift import UPLiFT
-
-__all__ = ["apply_head", "check_tile", "halo", "tiled_forward"]
+__all__ = ["Tile", "apply_head", "tile_pair", "tiled"]
 
 logger = logging.getLogger(__name__)
 
 Tile = tuple[int, int]
 
 
-def halo(model: UPLiFT, iters: int) -> int:
-    """Halo, in coarse feature cells, that makes tiled inference exact for ``iters`` iterations.
-
-    Every distance is tracked in coarse cells. Iteration ``i`` runs on a grid ``up_factor ** i`` times
-    finer than the coarse one; the guidance encoder on ``guidance_patch`` pixels per coarse cell.
-
-    Raises:
-        ValueError: a layer of the model is not translation-equivariant (see :func:`check_tile`).
-    """
-    cfg = model.config
-    guide_density = cfg.resolved_guidance_patch
-    try:
-        guide = model.guidance_encoder.reach() / guide_density
-        radius = model.attender.reach()
-        reach = 0.0  # how far a border difference has travelled into the current features
-        for i in range(iters):
-            density = cfg.up_factor**i
-            out = model.decoder_step.reach(reach, guide, density, guide_density)
-            out = max(reach + radius / density, out)  # the attender: values (its radius) beside logits (G)
-            if model.refiner is not None:
-                out = model.refiner.reach(out, guide, density * model.decoder_step.scale, guide_density)
-            reach = out
-    except UntileableError as err:
-        raise ValueError(
-            f"tiled inference needs a network whose layers are translation-equivariant, and this config has "
-            f"{err} (no published config does); run it untiled (tile=None)"
-        ) from None
-    return math.ceil(reach - 1e-9)
-
-
-def check_tile(model: UPLiFT, tile: int | Tile | None) -> Tile | None:
+def tile_pair(tile: int | Tile | None) -> Tile | None:
     """``tile`` as a ``(rows, cols)`` pair of coarse cells (None stays None), or a ValueError naming what
-    is wrong: not positive integers, or a model that cannot be tiled exactly."""
+    is wrong."""
     if tile is None:
         return None
     pair = (tile, tile) if isinstance(tile, int) and not isinstance(tile, bool) else tile
@@ -82,7 +38,6 @@ def check_tile(model: UPLiFT, tile: int | Tile | None) -> Tile | None:
         or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in pair)
     ):
         raise ValueError(f"tile must be a positive number of coarse cells or a (rows, cols) pair, got {tile!r}")
-    halo(model, 1)  # raises for a model that cannot be tiled
     return tuple(pair)
 
 
@@ -105,40 +60,38 @@ def _spans(n: int, step: int, halo_cells: int):
         yield start, stop, max(0, start - halo_cells), min(n, stop + halo_cells)
 
 
-def tiled_forward(
-    model: UPLiFT,
-    inputs: GuidanceInputs,
+def tiled(
+    iterate: Callable[[Tensor, Region], Tensor],
     features: Tensor,
-    iters: int,
     *,
     tile: Tile,
-    noise: Noise,
-    plan: Plan,
+    halo: int,
+    factor: int,
+    channels_last: bool,
     head: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """:meth:`UPLiFT.iterate <featlift.modeling.uplift.UPLiFT.iterate>` over tiles of ``tile`` coarse cells.
+    """``iterate`` over tiles of ``tile`` coarse cells, each grown by ``halo`` cells.
 
-    ``features`` [B, C, h, w] (checked by the caller) -> [B, C or K, h * f**iters, w * f**iters], laid out
-    as ``plan.channels_last`` says. ``head`` runs on each tile's interior, so only its K channels are
-    ever held for the whole image.
+    ``iterate(crop, region)`` upsamples ``crop`` (``features`` cut to ``region``) by ``factor`` per side.
+    ``features`` [B, C, h, w] -> [B, C or K, h * factor, w * factor], laid out channels-last when
+    ``channels_last``. ``head`` runs on each tile's interior, so only its K channels are ever held for the
+    whole image.
     """
     b, _, h, w = features.shape
-    total = model.config.up_factor**iters
-    cells = halo(model, iters)
-    layout = torch.channels_last if plan.channels_last else torch.contiguous_format
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     out = None
-    for y0, y1, gy0, gy1 in _spans(h, tile[0], cells):
-        for x0, x1, gx0, gx1 in _spans(w, tile[1], cells):
+    for y0, y1, gy0, gy1 in _spans(h, tile[0], halo):
+        for x0, x1, gx0, gx1 in _spans(w, tile[1], halo):
             region = Region((gy0, gx0), (gy1 - gy0, gx1 - gx0), (h, w))
-            y = model.iterate(inputs, region.cut(features), iters, noise=noise, plan=plan, region=region)
+            y = iterate(region.cut(features), region)
             inner = Region((y0 - gy0, x0 - gx0), (y1 - y0, x1 - x0), region.size)
             y = inner.cut(y)
             if head is not None:
                 y = apply_head(head, y)
             if out is None:
-                shape = (b, y.shape[1], h * total, w * total)
+                shape = (b, y.shape[1], h * factor, w * factor)
                 out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=layout)
             Region((y0, x0), (y1 - y0, x1 - x0), (h, w)).cut(out).copy_(y)
             del y
-            logger.debug("tile rows %d-%d cols %d-%d done (halo %d)", y0, y1, x0, x1, cells)
+            logger.debug("tile rows %d-%d cols %d-%d done (halo %d)", y0, y1, x0, x1, halo)
     return out

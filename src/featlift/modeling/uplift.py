@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from ..config import UpliftConfig
+from ..errors import UntileableError
 from ._inference import AUTOGRAD, Plan, plan
 from ._noise import Noise
 from ._region import Region
-from ._tiling import apply_head, check_tile, halo, tiled_forward
+from ._tiling import Tile, apply_head, tile_pair, tiled
 from .attender import LocalAttender
 from .decoder import DecoderStep
 from .encoder import GuidanceEncoder
@@ -204,7 +206,15 @@ class UPLiFT(nn.Module):
         inputs = self.guidance_inputs(image)
         noise = Noise(generator)
         if tile is not None:
-            return tiled_forward(self, inputs, features, iters, tile=tile, noise=noise, plan=run, head=head)
+
+            def crop_iterate(crop: Tensor, region: Region) -> Tensor:
+                return self.iterate(inputs, crop, iters, noise=noise, plan=run, region=region)
+
+            factor = self.config.up_factor**iters
+            halo = self.tile_halo(iters)
+            return tiled(
+                crop_iterate, features, tile=tile, halo=halo, factor=factor, channels_last=run.channels_last, head=head
+            )
         out = self.iterate(inputs, features, iters, noise=noise, plan=run, return_steps=return_steps)
         if head is None:
             return out
@@ -215,12 +225,46 @@ class UPLiFT(nn.Module):
     # -- tiled inference ---------------------------------------------------------------------------
 
     def tile_halo(self, iters: int | None = None) -> int:
-        """Halo, in coarse feature cells, that makes tiled inference exact (:func:`featlift.modeling._tiling.halo`)."""
-        return halo(self, self.default_iters if iters is None else iters)
+        """Halo, in coarse feature cells, that makes tiled inference exact for ``iters`` iterations.
 
-    def check_tile(self, tile: int | tuple[int, int] | None) -> tuple[int, int] | None:
-        """``tile`` as a ``(rows, cols)`` pair (:func:`featlift.modeling._tiling.check_tile`)."""
-        return check_tile(self, tile)
+        Composed from what each part reports about itself (``reach()`` on the blocks, the guidance
+        encoder, the decoder step, the attender and the refiner; see :mod:`featlift.modeling.blocks`),
+        never from config strings: paths that run side by side take the maximum, layers in sequence add
+        up. Every distance is tracked in coarse cells: iteration ``i`` runs on a grid ``up_factor ** i``
+        times finer, the guidance encoder on ``guidance_patch`` pixels per coarse cell.
+
+        Raises:
+            ValueError: a layer is not translation-equivariant
+                (:class:`~featlift.errors.UntileableError`; no published config has one).
+        """
+        iters = self.default_iters if iters is None else iters
+        cfg = self.config
+        guide_density = cfg.resolved_guidance_patch
+        try:
+            guide = self.guidance_encoder.reach() / guide_density
+            radius = self.attender.reach()
+            reach = 0.0  # how far a border difference has travelled into the current features
+            for i in range(iters):
+                density = cfg.up_factor**i
+                out = self.decoder_step.reach(reach, guide, density, guide_density)
+                out = max(reach + radius / density, out)  # the attender: values (its radius) beside logits
+                if self.refiner is not None:
+                    out = self.refiner.reach(out, guide, density * self.decoder_step.scale, guide_density)
+                reach = out
+        except UntileableError as err:
+            raise ValueError(
+                f"tiled inference needs a network whose layers are translation-equivariant, and this config "
+                f"has {err} (no published config does); run it untiled (tile=None)"
+            ) from None
+        return math.ceil(reach - 1e-9)
+
+    def check_tile(self, tile: int | Tile | None) -> Tile | None:
+        """``tile`` as a ``(rows, cols)`` pair of coarse cells (None stays None), or a ValueError naming
+        what is wrong: not positive integers, or a model that cannot be tiled exactly."""
+        pair = tile_pair(tile)
+        if pair is not None:
+            self.tile_halo(1)  # raises for a model that cannot be tiled
+        return pair
 
     def _check_inputs(self, image: Tensor, features: Tensor, iters: int) -> tuple[Tensor, Tensor]:
         if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
