@@ -20,8 +20,9 @@ import featlift
 from featlift import cli
 from featlift.config import BackboneConfig
 from featlift.errors import ConfigError, MissingDependencyError
-from featlift.export import export_onnx, export_pt2, portable_local_attend
+from featlift.export import export_onnx, export_pt2
 from featlift.modeling.attender import LocalAttender
+from featlift.ops import portable_local_attend
 from featlift.ops.local_attend import local_attend_reference, neighbourhood_offsets
 
 from .configs import random_inputs, tiny_config

@@ -68,7 +68,7 @@ def test_offsets_follow_the_published_shapes(size):
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("scale", [1, 2, 3])
-@pytest.mark.parametrize("name", ["reference", *FAST_IMPLS])
+@pytest.mark.parametrize("name", ["reference", "portable", *FAST_IMPLS])
 def test_matches_brute_force_loop(size, scale, name, monkeypatch):
     if name == "triton":
         if triton_kernel.triton is None:
@@ -323,7 +323,7 @@ def test_output_layout_is_the_requested_one_whatever_the_input_layout():
             assert (out - ref).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", ["fused", "reference", "portable"])
 def test_the_caller_alone_decides_the_output_layout(impl):
     """Plain NCHW strides unless channels_last=True, whatever layout the inputs arrive in."""
     offsets = neighbourhood_offsets(9)

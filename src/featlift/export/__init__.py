@@ -6,7 +6,7 @@
 
 Both take a registered name, a model directory, a config or a Hub repo id, or an
 :class:`~featlift.Upsampler` / :class:`~featlift.UPLiFT` object; ``with_backbone=True`` puts the backbone
-into the same graph. The command line is ``featlift export`` (:mod:`featlift.export.command`).
+into the same graph. The command line is ``featlift export``.
 
 ``onnx``, ``onnxscript`` and ``onnxruntime`` are imported only when needed (``pip install
 "featlift[export]"``), never when this package is imported.
@@ -15,7 +15,7 @@ into the same graph. The command line is ``featlift export`` (:mod:`featlift.exp
 from __future__ import annotations
 
 from ._api import DEFAULT_OPSET, ONNX_DTYPES, PT2_DTYPES, export_onnx, export_pt2
-from ._attend import ExportAttender, portable_local_attend
+from ._attend import ExportAttender
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -24,5 +24,4 @@ __all__ = [
     "ExportAttender",
     "export_onnx",
     "export_pt2",
-    "portable_local_attend",
 ]

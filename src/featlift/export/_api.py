@@ -157,7 +157,7 @@ def export_onnx(
       published models' default 4 iterations).
 
     Batch, H and W are dynamic (symbols ``batch``, ``h``, ``w``). The Local Attender is written in
-    standard ONNX ops (:func:`featlift.export._attend.portable_local_attend`): no custom op, so any
+    standard ONNX ops (:func:`featlift.ops.portable_local_attend`, ``impl="portable"``): no custom op, so any
     runtime runs it. ``metadata_props`` record the conventions (``featlift.*`` keys: patch, channels,
     iters, input ranges, the UPLiFT config as JSON).
 

@@ -6,6 +6,7 @@ with featlift's attender needs it: ``import featlift.ops`` before ``torch.export
 """
 
 from .._neighbourhood import NEIGHBOURHOOD_SIZES, Offsets, neighbourhood_offsets
+from ._portable import portable_local_attend
 from ._triton import triton_available
 from .local_attend import IMPLS, local_attend, local_attend_reference, resolve_impl
 
@@ -16,6 +17,7 @@ __all__ = [
     "local_attend",
     "local_attend_reference",
     "neighbourhood_offsets",
+    "portable_local_attend",
     "resolve_impl",
     "triton_available",
 ]

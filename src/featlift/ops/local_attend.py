@@ -14,8 +14,10 @@ dtype (:func:`resolve_impl`):
 
 - ``"fused"`` (:mod:`featlift.ops._fused`): banded PyTorch, cache-sized scratch, any device. CPU default.
 - ``"triton"`` (:mod:`featlift.ops._triton`): one fused kernel launch. CUDA default.
+- ``"portable"`` (:mod:`featlift.ops._portable`): standard ops only (a batched matrix product over the
+  stacked shifts), what the ONNX export and ``export_pt2(portable=True)`` trace.
 - ``"reference"``: :func:`local_attend_reference`, the plain, obviously correct formulation (it stacks
-  all shifted copies); the oracle the other two are tested against.
+  all shifted copies); the oracle the others are tested against.
 
 A kernel that compiles but misbehaves on some GPU, driver or Triton release must not strand anyone, so
 ``"auto"`` only trusts the Triton kernel after a self-test: on first use on each device the kernel runs
@@ -42,6 +44,7 @@ from torch import Tensor
 
 from .._neighbourhood import Offsets, neighbourhood_offsets
 from ._fused import accumulation_dtype, fused_backward, fused_forward
+from ._portable import portable_local_attend
 from ._triton import triton_available, triton_forward
 
 __all__ = [
@@ -86,7 +89,7 @@ def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
         )
 
 
-IMPLS = ("auto", "reference", "fused", "triton")
+IMPLS = ("auto", "reference", "fused", "triton", "portable")
 ENV_VAR = "FEATLIFT_ATTEND_IMPL"
 
 
@@ -295,8 +298,8 @@ def local_attend(
         values: [B, C, h, w] coarse features.
         offsets: the n ``(dy, dx)`` offsets, from :func:`neighbourhood_offsets`.
         scale: integer upsampling factor.
-        impl: ``"auto"`` (default), ``"fused"`` (banded PyTorch, any device), ``"triton"`` (CUDA kernel)
-            or ``"reference"`` (the plain oracle); see :func:`resolve_impl`. With ``"auto"``, the
+        impl: ``"auto"`` (default), ``"fused"`` (banded PyTorch, any device), ``"triton"`` (CUDA kernel),
+            ``"portable"`` (standard ops, for export) or ``"reference"`` (the plain oracle); see :func:`resolve_impl`. With ``"auto"``, the
             environment variable ``FEATLIFT_ATTEND_IMPL`` may force one of the others.
         channels_last: lay the output out [B, H, W, C] in memory (what the model asks for on the CPU,
             where its convs run channels_last); default plain NCHW strides. Every implementation
@@ -318,8 +321,9 @@ def local_attend(
         impl = "auto"
     else:
         impl = policy.resolve(impl, values)
-    if impl == "reference":
-        out = local_attend_reference(logits, values, offsets, scale)
+    if impl in ("reference", "portable"):
+        plain = local_attend_reference if impl == "reference" else portable_local_attend
+        out = plain(logits, values, offsets, scale)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
     flat = [v for pair in offsets for v in pair]
     return torch.ops.featlift.local_attend(logits, values, flat, scale, impl, bool(channels_last))
