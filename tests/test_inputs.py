@@ -174,6 +174,23 @@ def test_memory_guard_names_the_estimate_and_a_tile_that_fits(up, monkeypatch):
     monkeypatch.setattr(module, "available_bytes", lambda device: estimate.output // 2)
     with pytest.raises(InsufficientMemoryError, match="head=.*output_size="):
         up(image)
+    # No tile fits, but a narrow head with a tile does: the first message gives that combination (the
+    # largest K and its tile), and following it goes through, where a head alone or a wider one does not.
+    narrow = up.estimate_memory(1, (side, side), tile=8, head=torch.nn.Conv2d(CHANNELS, 1, 1))
+    free = (narrow.total + tiled.total) // 2
+    monkeypatch.setattr(module, "available_bytes", lambda device: free)
+    pattern = r"head=.*with at most (\d+) channels, together with tile=(\d+)"
+    with pytest.raises(InsufficientMemoryError, match=pattern) as info:
+        up(image)
+    assert "output_size=" in str(info.value)
+    k, t = (int(v) for v in re.search(pattern, str(info.value)).groups())
+    assert 1 <= k < CHANNELS
+    head = torch.nn.Conv2d(CHANNELS, k, 1)
+    with pytest.raises(InsufficientMemoryError):
+        up(image, head=head)  # a head alone, untiled, is not enough
+    assert up(image, head=head, tile=t).shape == (1, k, side, side), "the suggested fix goes through"
+    with pytest.raises(InsufficientMemoryError):
+        up(image, head=torch.nn.Conv2d(CHANNELS, k + 1, 1), tile=t)
     up.memory_guard = False
     try:
         assert up(image).shape == (1, CHANNELS, side, side)

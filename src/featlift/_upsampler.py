@@ -253,6 +253,10 @@ class Upsampler(nn.Module):
     ):
         """Estimated peak bytes (:class:`featlift._memory.MemoryEstimate`) of a call on ``batch`` images of
         ``size`` (H, W) pixels, from the shapes alone; the keywords mean what they mean in :meth:`forward`."""
+        return self._estimate(batch, size, output_size, tile, None if head is None else self._head_channels(head))
+
+    def _estimate(self, batch: int, size: tuple[int, int], output_size, tile, head_channels: int | None):
+        """:meth:`estimate_memory` with a head of ``head_channels`` outputs (None: no head)."""
         output_size = _check_output_size(output_size)
         tile = self.uplift.check_tile(tile)
         pixels = patch_multiple(size, self.patch)
@@ -265,9 +269,9 @@ class Upsampler(nn.Module):
             iters=self.iters,
             itemsize=itemsize,
             tile=tile,
-            out_channels=self._head_channels(head),
+            out_channels=self.uplift.channels if head_channels is None else head_channels,
             output_size=None if output_size == "native" else (output_size or tuple(size)),
-            head=head is not None,
+            head=head_channels is not None,
         )
 
     def check_memory(self, batch: int, size: tuple[int, int], **options: Any) -> None:
@@ -283,18 +287,17 @@ class Upsampler(nn.Module):
         if estimate.total <= free:
             return
         what = f"{batch} image(s) of {size[0]}x{size[1]} pixels"
+        given = options.get("head")
+        head_channels = None if given is None else self._head_channels(given)
+        output_size = options.get("output_size")
         fixes = []
-        budget = free - estimate.output
-        for t in (128, 64, 32, 16, 8):
-            tiled = self.estimate_memory(batch, size, **{**options, "tile": (t, t)})
-            if tiled.total <= free and t < max(size) // self.patch:
-                fixes.append(f"tile={t} (exact tiled upsampling; about {format_bytes(tiled.total)} in all)")
-                break
-        if budget <= 0 or not fixes:
-            fixes.append(
-                "head= (a per-pixel head such as a linear probe or a PCA basis, applied per tile, so only its "
-                "K channels are stored)"
-            )
+        tile = self._fitting_tile(batch, size, output_size, head_channels, free)
+        if tile is not None:
+            t, tiled = tile
+            fixes.append(f"tile={t} (exact tiled upsampling; about {format_bytes(tiled.total)} in all)")
+        elif given is None:
+            fixes.append(self._head_fix(batch, size, output_size, free))
+        if tile is None:
             fixes.append("output_size= a smaller (height, width)")
         if self.dtype == torch.float32:
             fixes.append("dtype=torch.bfloat16 in load_upsampler (half the bytes)")
@@ -303,6 +306,36 @@ class Upsampler(nn.Module):
             f"not enough memory: upsampling {what} needs {estimate.describe()}, but only "
             f"{format_bytes(free)} is available on {self.device}. Fixes: " + "; ".join(fixes) + ". "
             "If you know better, set up.memory_guard = False to run anyway."
+        )
+
+    def _fitting_tile(self, batch, size, output_size, head_channels, free: int):
+        """The largest tile (of 128, 64, ..., 8 cells, smaller than the image) whose call fits in ``free``
+        bytes, with its estimate; None when none fits."""
+        for t in (128, 64, 32, 16, 8):
+            tiled = self._estimate(batch, size, output_size, (t, t), head_channels)
+            if tiled.total <= free and t < max(size) // self.patch:
+                return t, tiled
+        return None
+
+    def _head_fix(self, batch, size, output_size, free: int) -> str:
+        """What to pass when even a tiled call does not fit: a head (only its K channels are stored) with
+        the largest K and the tile that make the call fit, in one sentence."""
+        head = (
+            "head= (a per-pixel head such as a linear probe or a PCA basis, applied per tile, so only its K "
+            "channels are stored)"
+        )
+        tile = self._fitting_tile(batch, size, output_size, 1, free)
+        if tile is None:
+            return head
+        t, one = tile
+        per_channel = one.output  # the stored result grows by this much per channel of the head
+        k = min(self.uplift.channels, 1 + max(0, (free - one.total) // max(per_channel, 1)))
+        while k > 1 and self._estimate(batch, size, output_size, (t, t), k).total > free:
+            k -= 1
+        fits = self._estimate(batch, size, output_size, (t, t), k)
+        return (
+            f"{head} with at most {k} channels, together with tile={t} (about {format_bytes(fits.total)} in "
+            f"all; a head alone, untiled, still holds the whole C-channel map)"
         )
 
     def _head_channels(self, head: Callable[[Tensor], Tensor] | None) -> int:
