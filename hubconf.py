@@ -1,6 +1,7 @@
 """torch.hub entry points: ``torch.hub.load("<repo>", "dinov2_s14")``. Heavy imports stay inside."""
 
-dependencies = ["torch", "timm", "huggingface_hub", "safetensors", "einops", "yaml"]
+# What the first call imports: featlift's core dependencies, by import name (tests/test_public_api.py checks it).
+dependencies = ["torch", "timm", "huggingface_hub", "safetensors", "einops", "yaml", "numpy", "PIL", "psutil", "tqdm"]
 
 
 def _load(name, pretrained, kwargs):
@@ -15,16 +16,19 @@ def _load(name, pretrained, kwargs):
     return featlift.load_upsampler(name, pretrained=pretrained, **kwargs)
 
 
-def dinov2_s14(pretrained=True, **kwargs):
-    """UPLiFT for DINOv2 ViT-S/14 (timm ``vit_small_patch14_dinov2.lvd142m``): 384 channels, patch 14."""
+def dinov2_s14(*, pretrained=True, **kwargs):
+    """UPLiFT for DINOv2 ViT-S/14 (timm ``vit_small_patch14_dinov2.lvd142m``): 384 channels, patch 14.
+    Keywords are :func:`featlift.load_upsampler`'s (``device``, ``dtype``, ``weights``, ...)."""
     return _load("dinov2_s14", pretrained, kwargs)
 
 
-def dinov3_splus16(pretrained=True, **kwargs):
-    """UPLiFT for DINOv3 ViT-S+/16 (timm ``vit_small_plus_patch16_dinov3.lvd1689m``): 384 channels, patch 16."""
+def dinov3_splus16(*, pretrained=True, **kwargs):
+    """UPLiFT for DINOv3 ViT-S+/16 (timm ``vit_small_plus_patch16_dinov3.lvd1689m``): 384 channels, patch 16.
+    Keywords are :func:`featlift.load_upsampler`'s."""
     return _load("dinov3_splus16", pretrained, kwargs)
 
 
-def sd15_vae(pretrained=True, **kwargs):
-    """UPLiFT for the Stable Diffusion 1.5 VAE latents (needs ``featlift[vae]``): 4 channels, patch 8."""
+def sd15_vae(*, pretrained=True, **kwargs):
+    """UPLiFT for the Stable Diffusion 1.5 VAE latents (needs ``featlift[vae]``): 4 channels, patch 8.
+    Keywords are :func:`featlift.load_upsampler`'s."""
     return _load("sd15_vae", pretrained, kwargs)

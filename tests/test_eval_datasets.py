@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from featlift.errors import ConfigError, MissingDependencyError
+from featlift.errors import ConfigError, DatasetError, DatasetFormatError, MissingDependencyError
 from featlift.eval import datasets as ds
-from featlift.eval.datasets import IGNORE_INDEX, DatasetError, DatasetFormatError, make_dataset, resize_and_crop
+from featlift.eval.datasets import IGNORE_INDEX, make_dataset, resize_and_crop
 
 H, W = 20, 30
 

@@ -55,7 +55,6 @@ __all__ = [
     "RESAMPLE_MODES",
     "BackboneConfig",
     "BlockGroupConfig",
-    "ConfigError",
     "DecoderConfig",
     "DecoderStageConfig",
     "DownConfig",

@@ -13,6 +13,8 @@ from .._tensors import freeze
 from ..config import BackboneConfig
 from ._normalisation import Stats, normalise
 
+__all__ = ["Backbone"]
+
 
 class Backbone(nn.Module):
     """A frozen feature extractor.

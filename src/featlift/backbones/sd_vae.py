@@ -12,6 +12,8 @@ from ..errors import CheckpointError, FeatliftError, require
 from ._normalisation import IDENTITY, Stats
 from .base import Backbone
 
+__all__ = ["DiffusersVAE"]
+
 
 def _autoencoder_kl():
     return require("diffusers", feature="the SD VAE backbone", extra="vae").AutoencoderKL

@@ -13,6 +13,8 @@ from ..weights import read_state_dict
 from ._normalisation import Stats, timm_normalisation
 from .base import Backbone
 
+__all__ = ["TimmViT"]
+
 logger = logging.getLogger(__name__)
 
 

@@ -46,8 +46,6 @@ __all__ = [
     "SPLITS",
     "VIDEO_DATASETS",
     "VOC_CLASSES",
-    "DatasetError",
-    "DatasetFormatError",
     "make_dataset",
     "resize_and_crop",
 ]
