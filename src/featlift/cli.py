@@ -179,7 +179,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "max_val": args.max_val,
         "out": args.out,
         "progress": True,
-        "cache_dir": args.cache_dir,
+        "feature_cache": args.cache_dir,
         "amp": not args.no_amp,
     }
     picture = None
