@@ -307,7 +307,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_matches_an_uninterru
 
 _STOP_ONE_RANK = """
 import json, os, signal, sys
-from featlift.training import trainer
+from featlift.training import TrainConfig, trainer
 
 real, calls = trainer.multi_depth_loss, []
 
@@ -318,7 +318,7 @@ def loss_then_signal(*args, **kwargs):  # rank 1 alone is signalled, during its 
     return real(*args, **kwargs)
 
 trainer.multi_depth_loss = loss_then_signal
-metrics = trainer.train(trainer.TrainConfig(**json.loads(sys.argv[1])))
+metrics = trainer.train(TrainConfig(**json.loads(sys.argv[1])))
 # One file per process: two processes printing to one pipe can interleave their lines.
 report = {"rank": os.environ["RANK"], "interrupted": metrics.get("interrupted")}
 with open(sys.argv[2] + "." + os.environ["RANK"], "w") as fh:

@@ -63,7 +63,7 @@ from .config import TrainConfig
 from .data import DataError, ImageDataset, list_images
 from .objective import depth_targets, downsample, feature_distance, multi_depth_loss
 
-__all__ = ["TrainConfig", "build", "evaluate", "train"]
+__all__ = ["build", "evaluate", "train"]
 
 logger = logging.getLogger(__name__)
 
