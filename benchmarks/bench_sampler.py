@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from featlift.training.trainer import _Dist, _StreamSampler
+from featlift._distributed import Dist
+from featlift.training._sampling import StreamSampler
 
 
 def old_index(position: int, n: int, seed: int) -> int:
@@ -55,8 +56,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     steps = max(1, round(args.epochs * args.n / (args.batch * args.world)))
-    d = _Dist(rank=args.rank, world=args.world)
-    sampler = _StreamSampler(args.n, args.batch, d, args.seed, 0, steps)
+    d = Dist(rank=args.rank, world=args.world)
+    sampler = StreamSampler(args.n, args.batch, d, args.seed, 0, steps)
     t0 = time.perf_counter()
     count = 0
     head: list[int] = []

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from featlift._distributed import Dist, shard
-from featlift.eval.cache import BackboneCache, fingerprint
+from featlift._feature_cache import FeatureCache, fingerprint
 from featlift.eval.probe import ProbeConfig, _share, epoch_batches, train_probe
 
 from .conftest import TIMM_NAME
@@ -170,7 +170,7 @@ def test_featlift_sources_use_the_cache_through_precomputed_features(tmp_path):
 
     torch.manual_seed(0)
     plain = make_source("dinov2_s14", pretrained=False)
-    cached = make_source("dinov2_s14", pretrained=False, cache=BackboneCache(tmp_path))
+    cached = make_source("dinov2_s14", pretrained=False, cache=FeatureCache(tmp_path))
     cached.up.load_state_dict(plain.up.state_dict())
     images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     want = plain.features(images)

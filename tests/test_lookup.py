@@ -20,7 +20,7 @@ from featlift._registry import get_variant
 from featlift.config import UpliftConfig
 from featlift.errors import CheckpointError, UnknownModelError
 from featlift.training import TrainConfig
-from featlift.training.trainer import _build
+from featlift.training.trainer import build
 
 from .conftest import FIXTURES, TIMM_NAME, add_to_cache, run_python
 
@@ -119,7 +119,7 @@ def _distinct_reference(kind: str, tmp_path: Path):
 def test_training_base_takes_every_kind(kind, tmp_path):
     base = _distinct_reference(kind, tmp_path)
     cfg = TrainConfig(backbone=TIMM_NAME, data=".", out=str(tmp_path / "out"), steps=1, base=base)
-    _, config = _build(dataclasses.replace(cfg, pretrained_backbone=False), torch.device("cpu"))
+    _, config = build(dataclasses.replace(cfg, pretrained_backbone=False), torch.device("cpu"))
     assert config.attender == 9, "the base's architecture, not the default dinov2_s14"
     assert config.encoder == get_variant("dinov2_s14").config.encoder
     assert config.backbone.name == TIMM_NAME
@@ -127,7 +127,7 @@ def test_training_base_takes_every_kind(kind, tmp_path):
 
 def test_training_takes_a_registered_backbone_through_the_resolver(tmp_path):
     cfg = TrainConfig(backbone="dinov3_splus16", data=".", out=str(tmp_path), steps=1, pretrained_backbone=False)
-    backbone, config = _build(cfg, torch.device("cpu"))
+    backbone, config = build(cfg, torch.device("cpu"))
     assert config.backbone.name == "vit_small_plus_patch16_dinov3.lvd1689m" and config.backbone.patch == 16
     assert backbone.patch == 16 and backbone.channels == 384
 
@@ -168,7 +168,7 @@ def test_hub_repo_ids_through_build_load_and_training(hf_home, tmp_path, backbon
         except featlift.DownloadError as err:
             report["absent"] = str(err)
         cfg = TrainConfig(backbone="{TIMM_NAME}", data=".", out="unused", steps=1, base="me/uplift-distinct")
-        report["train_base"] = _build(cfg, torch.device("cpu"))[1].attender
+        report["train_base"] = build(cfg, torch.device("cpu"))[1].attender
         print(json.dumps(report))
     """
     result = run_python(code, home)
@@ -199,7 +199,7 @@ def test_one_unknown_model_error_lists_what_was_tried_and_the_fix(tmp_path):
         resolve_model("configs/mine.json")
     with pytest.raises(UnknownModelError, match="unknown upsampler"):
         base = TrainConfig(backbone=TIMM_NAME, data=".", out=str(tmp_path), steps=1, base="nope")
-        _build(dataclasses.replace(base, pretrained_backbone=False), torch.device("cpu"))
+        build(dataclasses.replace(base, pretrained_backbone=False), torch.device("cpu"))
     with pytest.raises(TypeError, match="config must be a name"):
         resolve_model(3.5)
 

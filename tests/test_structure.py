@@ -247,7 +247,6 @@ PUBLIC_API = {
         "UploadError",
     ],
     "featlift.eval": ["ProbeConfig", "evaluate", "evaluate_video", "format_table", "make_dataset", "make_source"],
-    "featlift.eval.cache": ["BackboneCache", "fingerprint"],
     "featlift.eval.datasets": [
         "ADE20K_CLASSES",
         "CITYSCAPES_CLASSES",
@@ -335,7 +334,6 @@ PUBLIC_API = {
         "use_attend_policy",
     ],
     "featlift.training": [
-        "DataError",
         "ImageDataset",
         "LOSSES",
         "TrainConfig",
@@ -347,10 +345,10 @@ PUBLIC_API = {
         "multi_depth_loss",
         "train",
     ],
-    "featlift.training.cache": ["FeatureCache"],
-    "featlift.training.data": ["DataError", "ImageDataset", "IndexedImages", "list_images"],
+    "featlift.training.config": ["TrainConfig"],
+    "featlift.training.data": ["ImageDataset", "list_images"],
     "featlift.training.objective": ["LOSSES", "depth_targets", "downsample", "feature_distance", "multi_depth_loss"],
-    "featlift.training.trainer": ["TrainConfig", "evaluate", "train"],
+    "featlift.training.trainer": ["build", "evaluate", "train"],
     "featlift.viz": ["PcaBasis", "fit_pca", "pca_rgb", "shared_pca"],
     "featlift.weights": [
         "CONFIG_NAME",

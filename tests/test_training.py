@@ -22,10 +22,12 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
 import featlift
+from featlift._distributed import Dist
+from featlift._feature_cache import FeatureCache
 from featlift._registry import get_variant
 from featlift.config import BackboneConfig
 from featlift.training import DataError, TrainConfig, depth_targets, list_images, multi_depth_loss, train
-from featlift.training.trainer import _Dist, _StreamSampler
+from featlift.training._sampling import StreamSampler
 
 TIMM_NAME = "vit_small_patch14_dinov2"
 REPO = Path(__file__).resolve().parents[1]
@@ -239,13 +241,13 @@ def test_sampler_keeps_the_old_order_with_one_permutation_per_epoch(monkeypatch,
     seed = 5
     expected = [_old_sampler_order(n, batch, world, rank, seed, start, total) for rank in range(world)]
     if window is not None:  # several look-up windows, some of them across epoch boundaries
-        monkeypatch.setattr(_StreamSampler, "WINDOW", window)
+        monkeypatch.setattr(StreamSampler, "WINDOW", window)
     built = []
     real = torch.randperm
     monkeypatch.setattr(torch, "randperm", lambda *a, **k: built.append(a[0]) or real(*a, **k))
     for rank in range(world):
         built.clear()
-        sampler = _StreamSampler(n, batch, _Dist(rank=rank, world=world), seed, start, total)
+        sampler = StreamSampler(n, batch, Dist(rank=rank, world=world), seed, start, total)
         got = list(sampler)
         assert got == expected[rank], f"rank {rank}"
         assert len(got) == len(sampler) == (total - start) * batch
@@ -305,7 +307,7 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_and_resume_matches_an_uninterru
 
 _STOP_ONE_RANK = """
 import json, os, signal, sys
-from featlift.training import trainer
+from featlift.training import TrainConfig, trainer
 
 real, calls = trainer.multi_depth_loss, []
 
@@ -316,7 +318,7 @@ def loss_then_signal(*args, **kwargs):  # rank 1 alone is signalled, during its 
     return real(*args, **kwargs)
 
 trainer.multi_depth_loss = loss_then_signal
-metrics = trainer.train(trainer.TrainConfig(**json.loads(sys.argv[1])))
+metrics = trainer.train(TrainConfig(**json.loads(sys.argv[1])))
 # One file per process: two processes printing to one pipe can interleave their lines.
 report = {"rank": os.environ["RANK"], "interrupted": metrics.get("interrupted")}
 with open(sys.argv[2] + "." + os.environ["RANK"], "w") as fh:
@@ -393,11 +395,11 @@ def test_the_trainer_records_the_one_normalisation_rule(workdir, tmp_path):
     import timm
 
     from featlift.backbones import image_normalisation
-    from featlift.training.trainer import _build
+    from featlift.training.trainer import build
 
     name = "vit_base_patch16_clip_224.openai"
     cfg = TrainConfig(backbone=name, data=".", out=str(tmp_path), steps=1, pretrained_backbone=False)
-    _, config = _build(cfg, torch.device("cpu"))
+    _, config = build(cfg, torch.device("cpu"))
     want = timm.models.get_pretrained_cfg(name)
     assert config.backbone.mean == pytest.approx(want.mean) and config.backbone.std == pytest.approx(want.std)
     assert config.backbone.mean != pytest.approx((0.485, 0.456, 0.406)), "CLIP's statistics, not ImageNet's"
@@ -543,37 +545,46 @@ def test_push_failure_is_an_upload_error_naming_the_repo_and_the_fix(tmp_path, m
 
 
 def test_feature_cache_returns_the_backbone_targets_and_skips_the_backbone(tmp_path):
-    from featlift.training.cache import FeatureCache
-
     backbone = _PatchBackbone()
     calls = []
     backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    cache = FeatureCache(tmp_path / "cache", backbone="stand-in", image_size=112, depths=2)
+    cache = FeatureCache(tmp_path / "cache")
     images = torch.randn(3, 3, 112, 112)
     for depth in (2, 1):
-        got = cache.targets(backbone, images, [4, 7, 9], [False, True, False], depth)
+        got = depth_targets(backbone, images, depth, cache)
         want = depth_targets(backbone, images, depth)
         assert len(got) == depth + 1
         assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want, strict=True))
-    assert cache.hits == 3 and cache.misses == 3, "the second call read every item from disk"
+    assert cache.hits == 3 * 2 and cache.misses == 3 * 3, "the second call read every item and level from disk"
     n_calls = len(calls)
-    partly = cache.targets(backbone, images[[0, 1]], [4, 5], [False, False], 1)  # 4 cached, 5 new
-    assert len(calls) == n_calls + 3 and calls[-1] == 1, "only the new image goes through the backbone"
+    partly = depth_targets(backbone, torch.stack([images[0], torch.randn(3, 112, 112)]), 1, cache)  # 1 cached
+    assert len(calls) == n_calls + 2 and calls[-2:] == [1, 1], "only the new image goes through the backbone"
     assert partly[0].shape[0] == 2
-    with pytest.raises(ValueError, match="was built for"):
-        FeatureCache(tmp_path / "cache", backbone="stand-in", image_size=224, depths=2)
+    # the key is the backbone's weights and exact input: other weights or autocast live apart, not mixed up
+    other = _PatchBackbone()
+    with torch.no_grad():
+        other.conv.bias += 1
+    assert torch.allclose(depth_targets(other, images, 1, cache)[0], depth_targets(other, images, 1)[0], atol=1e-6)
+    misses = cache.misses
+    depth_targets(backbone, images, 1, cache, variant="bf16-autocast")
+    assert cache.misses == misses + 3 * 2 and len(list((tmp_path / "cache").iterdir())) == 3
 
 
 def test_training_with_a_feature_cache(workdir, tmp_path):
     cfg = _config(workdir, tmp_path / "cached", steps=6, feature_cache=str(tmp_path / "feats"), val_fraction=0.25)
     first = train(cfg)["feature_cache"]
-    files = len(list((tmp_path / "feats").glob("*.safetensors")))
+    files = len(list((tmp_path / "feats").rglob("*.safetensors")))
     # An image can repeat inside one batch across an epoch boundary: then two misses write one file.
     assert 0 < files <= first["misses"]
     second = train(dataclasses.replace(cfg, out=str(tmp_path / "again")))["feature_cache"]
-    with pytest.raises(ValueError, match="was built for"):  # another file list: refused, not mixed up
-        train(dataclasses.replace(cfg, out=str(tmp_path / "other"), val_fraction=0.5))
     assert second == {"hits": first["hits"] + first["misses"], "misses": 0}
     a = load_file(str(tmp_path / "cached" / "model.safetensors"))
     b = load_file(str(tmp_path / "again" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a), "cached features give the same training"
+    # another file list shares the folder without mixing features up: it trains as without a cache
+    other = dataclasses.replace(cfg, out=str(tmp_path / "other"), val_fraction=0.5)
+    assert train(other)["feature_cache"]["misses"] > 0
+    train(dataclasses.replace(other, out=str(tmp_path / "plain"), feature_cache=None))
+    c = load_file(str(tmp_path / "other" / "model.safetensors"))
+    d = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert max((c[k] - d[k]).abs().max().item() for k in c) <= 1e-5

@@ -44,7 +44,19 @@ class Dist:
         dist.all_gather_object(parts, obj)
         return parts
 
+    def max(self, value: int, device: torch.device | str = "cpu") -> int:
+        """The largest of every process's integer ``value``; ``value`` for a single process. ``device``
+        holds the exchanged tensor: the process's own GPU under NCCL, the CPU under gloo."""
+        if not self.active:
+            return value
+        import torch.distributed as dist
+
+        flag = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
     def barrier(self) -> None:
+        """Wait until every process gets here."""
         if self.active:
             import torch.distributed as dist
 

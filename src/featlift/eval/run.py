@@ -24,8 +24,8 @@ from PIL import Image
 
 from .._atomic import atomic_write
 from .._distributed import Dist, init_distributed, process_device, shard
+from .._feature_cache import FeatureCache
 from ..errors import ConfigError
-from .cache import BackboneCache
 from .probe import ProbeConfig, evaluate_probe, slug, train_probe
 from .upsamplers import make_source
 
@@ -59,12 +59,12 @@ def _sources(upsamplers: list, options: dict):
         yield source
 
 
-def _processes(options: dict, cache_dir) -> Dist:
+def _processes(options: dict, feature_cache) -> Dist:
     """Join the torchrun process group (if any), put this process on its device, attach the cache."""
     d = init_distributed(None if options.get("device") is None else str(options["device"]))
     options["device"] = process_device(options.get("device"), d)
-    if cache_dir is not None:
-        options["cache"] = BackboneCache(cache_dir)
+    if feature_cache is not None:
+        options["cache"] = FeatureCache(feature_cache)
     return d
 
 
@@ -111,7 +111,7 @@ def evaluate(
     picture: str | os.PathLike | None = None,
     picture_items: int = 4,
     progress: bool = False,
-    cache_dir: str | os.PathLike | None = None,
+    feature_cache: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     **source_options,
@@ -124,8 +124,9 @@ def evaluate(
     ``device``, ``tile``, ``amp``). Returns the report (module docstring); ``out`` also writes it as
     JSON, ``picture`` a PNG grid, ``save_predictions`` the predicted and target label PNGs.
 
-    ``cache_dir`` caches backbone features on disk (:mod:`featlift.eval.cache`). ``checkpoint_dir``
-    saves each probe after every epoch; ``resume`` continues from there (the settings must match).
+    ``feature_cache`` (a folder) caches backbone features on disk (:mod:`featlift._feature_cache`).
+    ``checkpoint_dir`` saves each probe after every epoch; ``resume`` continues from there (the settings
+    must match).
     Under ``torchrun`` the processes share the work (:mod:`featlift.eval.probe`); the main process
     writes the report and picture, and every process returns it.
     """
@@ -134,7 +135,7 @@ def evaluate(
     config = ProbeConfig() if config is None else config
     if resume and checkpoint_dir is None:
         raise ConfigError("resume needs the checkpoint folder of the run to continue (--checkpoint-dir)")
-    d = _processes(source_options, cache_dir)
+    d = _processes(source_options, feature_cache)
     train_set = make_dataset(dataset, root, "train", image_size, limit=max_train)
     val_set = make_dataset(dataset, root, "val", image_size, limit=max_val)
     if getattr(train_set, "task", task) != task:
@@ -207,7 +208,7 @@ def evaluate_video(
     max_val: int | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = False,
-    cache_dir: str | os.PathLike | None = None,
+    feature_cache: str | os.PathLike | None = None,
     **source_options,
 ) -> dict:
     """Video label propagation (DAVIS 2017 val) for each upsampler: J&F mean. ``source_options`` are
@@ -230,7 +231,7 @@ def evaluate_video(
     sequences = make_dataset(dataset, root, "val", None, limit=max_val)
     if getattr(sequences, "task", None) != "video":
         raise ValueError(f"dataset {dataset!r} is not a video dataset; eval video reads davis")
-    d = _processes(source_options, cache_dir)
+    d = _processes(source_options, feature_cache)
     ids = [sequences.ids[i] if hasattr(sequences, "ids") else str(i) for i in range(len(sequences))]
     results = {}
     for source in _sources(upsamplers, source_options):

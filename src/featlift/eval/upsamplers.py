@@ -16,7 +16,7 @@ Images enter as float32 [B, 3, S, S] in [0, 1] (the protocol's crops); sides tha
 of the backbone's patch are resized to the nearest multiple before the backbone, as
 :class:`featlift.Upsampler` does.
 
-``cache`` (a :class:`featlift.eval.cache.BackboneCache`) reads the backbone's features from disk where
+``cache`` (a :class:`featlift._feature_cache.FeatureCache`) reads the backbone's features from disk where
 it has them. ``amp`` on CUDA runs in bfloat16: featlift models are loaded in bfloat16, and the backbone
 and the upsampling of the other kinds run under bf16 autocast; features leave as float32 either way.
 """
@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._feature_cache import FeatureCache
 from .._images import resize_to_patch_multiple
 from ..backbones import Backbone, load_backbone
 from ..config import BackboneConfig
-from .cache import BackboneCache
 
 __all__ = ["INTERPOLATIONS", "FeatureSource", "make_source"]
 
@@ -68,7 +68,7 @@ class FeatureSource:
 class _FeatliftSource(FeatureSource):
     """A featlift :class:`~featlift.Upsampler` (its own backbone); ``tile`` runs the probe per tile."""
 
-    def __init__(self, name: str, upsampler, tile: int | None, cache: BackboneCache | None = None) -> None:
+    def __init__(self, name: str, upsampler, tile: int | None, cache: FeatureCache | None = None) -> None:
         self.name = name
         self.up = upsampler
         self.channels = upsampler.uplift.channels
@@ -81,7 +81,7 @@ class _FeatliftSource(FeatureSource):
             return None
         with torch.inference_mode():
             normalised = self.up.normalize(resize_to_patch_multiple(images, self.up.patch))
-            return self.cache.lowres(self.up.backbone, normalised, images)
+            return self.cache.lowres(self.up.backbone, normalised)
 
     def features(self, images: Tensor) -> Tensor:
         images = images.to(self.device)
@@ -107,7 +107,7 @@ class _BackboneSource(FeatureSource):
         device: torch.device,
         *,
         keeps_channels: bool,
-        cache: BackboneCache | None = None,
+        cache: FeatureCache | None = None,
         amp: bool = False,
     ) -> None:
         self.name = name
@@ -131,7 +131,7 @@ class _BackboneSource(FeatureSource):
                 lowres = self.backbone(normalised)
             else:
                 variant = "bf16-autocast" if self.amp else ""
-                lowres = self.cache.lowres(self.backbone, normalised, images, variant=variant)
+                lowres = self.cache.lowres(self.backbone, normalised, variant=variant)
             out = self.upsample(normalised, lowres, tuple(images.shape[-2:]))
         if not isinstance(out, Tensor) or out.shape[0] != images.shape[0] or out.shape[-2:] != images.shape[-2:]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -173,7 +173,7 @@ def make_source(
     device: str | torch.device = "cpu",
     tile: int | None = None,
     name: str | None = None,
-    cache: BackboneCache | str | os.PathLike | None = None,
+    cache: FeatureCache | str | os.PathLike | None = None,
     amp: bool = True,
 ) -> FeatureSource:
     """The :class:`FeatureSource` that ``spec`` names (see the module docstring).
@@ -188,7 +188,7 @@ def make_source(
         tile: tile size (backbone cells) for featlift models: the probe then runs per tile, so large
             images never hold full pixel-dense features.
         name: the label in tables and outputs (default: ``spec``, or the callable's name).
-        cache: a :class:`~featlift.eval.cache.BackboneCache` or its folder: backbone features are read
+        cache: a :class:`~featlift._feature_cache.FeatureCache` or its folder: backbone features are read
             from disk where cached (keyed on the backbone's weights and the image crop).
         amp: on CUDA, compute in bfloat16 (ignored on the CPU).
 
@@ -197,8 +197,8 @@ def make_source(
         UnknownModelError, DownloadError, CheckpointError: from loading the model or backbone.
     """
     device = torch.device(device)
-    if cache is not None and not isinstance(cache, BackboneCache):
-        cache = BackboneCache(cache)
+    if cache is not None and not isinstance(cache, FeatureCache):
+        cache = FeatureCache(cache)
     half = amp and device.type == "cuda"
     if callable(spec) and not isinstance(spec, str):
         label = name or getattr(spec, "__name__", type(spec).__name__)

@@ -1,12 +1,12 @@
 """Training UPLiFT for any backbone: the multi-depth objective, data, and the (distributed) loop."""
 
-from .data import DataError, ImageDataset, list_images
+from .config import TrainConfig
+from .data import ImageDataset, list_images
 from .objective import LOSSES, depth_targets, downsample, feature_distance, multi_depth_loss
-from .trainer import TrainConfig, evaluate, train
+from .trainer import evaluate, train
 
 __all__ = [
     "LOSSES",
-    "DataError",
     "ImageDataset",
     "TrainConfig",
     "depth_targets",

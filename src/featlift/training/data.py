@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from .._images import IMAGE_EXTENSIONS, list_image_files, to_image_tensor
 from ..errors import DataError
 
-__all__ = ["DataError", "ImageDataset", "IndexedImages", "list_images"]
+__all__ = ["ImageDataset", "list_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +83,3 @@ class ImageDataset(Dataset):
                 self._bad.add(i)
                 logger.warning("skipping unreadable image %s (%s)", self.files[i], err)
         raise DataError("none of the training images can be read")
-
-
-class IndexedImages(Dataset):
-    """(image, file index) pairs, for feature caching."""
-
-    def __init__(self, images: ImageDataset) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images.load(index)

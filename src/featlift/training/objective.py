@@ -7,9 +7,14 @@ features of I itself. No labels: the frozen backbone provides every target.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .._feature_cache import FeatureCache
 
 __all__ = ["LOSSES", "depth_targets", "downsample", "feature_distance", "multi_depth_loss"]
 
@@ -41,9 +46,18 @@ def downsample(images: Tensor, factor: int) -> Tensor:
 
 
 @torch.no_grad()
-def depth_targets(backbone: nn.Module, images: Tensor, depth: int) -> list[Tensor]:
-    """Backbone features of ``images`` downsampled by 2**depth, 2**(depth-1), ..., 1 (coarsest first)."""
-    return [backbone(downsample(images, 2**k)) for k in range(depth, -1, -1)]
+def depth_targets(
+    backbone: nn.Module, images: Tensor, depth: int, cache: FeatureCache | None = None, variant: str = ""
+) -> list[Tensor]:
+    """Backbone features of ``images`` downsampled by 2**depth, 2**(depth-1), ..., 1 (coarsest first).
+
+    ``cache`` (a :class:`featlift._feature_cache.FeatureCache`) reads each level's features from disk
+    where it holds them and stores the others; ``variant`` keeps apart the entries of a backbone run under
+    autocast (``"bf16-autocast"``)."""
+    inputs = [downsample(images, 2**k) for k in range(depth, -1, -1)]
+    if cache is None:
+        return [backbone(x) for x in inputs]
+    return [cache.lowres(backbone, x, variant=variant) for x in inputs]
 
 
 def multi_depth_loss(

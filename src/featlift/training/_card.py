@@ -1,0 +1,52 @@
+"""The Hub model card a training run writes next to its weights (``README.md``)."""
+
+from __future__ import annotations
+
+from ..config import UpliftConfig
+from .config import TrainConfig
+
+__all__ = ["model_card"]
+
+
+def model_card(cfg: TrainConfig, config: UpliftConfig, metrics: dict, *, n_train: int, n_val: int, world: int) -> str:
+    """A Hub model card stating the backbone, data, steps and held-out figures."""
+    bb = config.backbone
+    rows = "\n".join(
+        f"| {depth[5:]} | {row['uplift']:.5f} | {row['bilinear']:.5f} | {row['ratio']:.3f} |"
+        for depth, row in metrics.get("heldout", {}).items()
+    )
+    table = (
+        "| depth | UPLiFT MSE | bilinear MSE | ratio |\n| --- | --- | --- | --- |\n" + rows
+        if rows
+        else "No images were held out."
+    )
+    return f"""---
+library_name: featlift
+tags:
+- feature-upsampling
+- uplift
+license: mit
+---
+
+# UPLiFT upsampler for `{bb.name}`
+
+Pixel-dense features for the frozen backbone `{bb.name}` ({bb.channels} channels, patch {bb.patch}),
+trained with [featlift](https://pypi.org/project/featlift/)'s self-supervised multi-depth objective.
+
+```python
+import featlift
+up = featlift.load_upsampler("{cfg.push_to_hub or "<this repo>"}")
+feats = up(image)  # [1, {bb.channels}, H, W]
+```
+
+## Training
+- Data: `{cfg.data}`: {n_train} training images, {n_val} held out.
+- {metrics.get("steps")} steps, batch {cfg.batch_size} x {world} process(es), {cfg.image_size} px crops,
+  depths 1..{cfg.depths}, Adam lr {cfg.lr}, {cfg.loss} loss, feature noise {cfg.noise_std}, seed {cfg.seed}.
+- Architecture base: `{cfg.base if isinstance(cfg.base, str) else cfg.base.description or "an UpliftConfig"}`.
+
+## Held-out error against the full image's backbone features
+Features of the image downsampled by 2^depth, upsampled `depth` times by UPLiFT or bilinearly.
+
+{table}
+"""
