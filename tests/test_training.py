@@ -26,7 +26,8 @@ from featlift._distributed import Dist
 from featlift._feature_cache import FeatureCache
 from featlift._registry import get_variant
 from featlift.config import BackboneConfig
-from featlift.training import DataError, TrainConfig, depth_targets, list_images, multi_depth_loss, train
+from featlift.errors import DataError
+from featlift.training import TrainConfig, depth_targets, list_images, multi_depth_loss, train
 from featlift.training._sampling import StreamSampler
 
 TIMM_NAME = "vit_small_patch14_dinov2"
