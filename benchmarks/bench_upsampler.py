@@ -38,43 +38,6 @@ CHANNELS = 384
 PATCH = 14
 
 
-def _status_bytes(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-class _PeakRSS:
-    """Peak RSS of one call: Linux clear_refs resets the mark; elsewhere the lifetime peak (overstates)."""
-
-    def __init__(self) -> None:
-        self.resettable = True
-
-    def reset(self) -> int:
-        import resource
-
-        if self.resettable:
-            try:
-                with open("/proc/self/clear_refs", "w") as fh:
-                    fh.write("5")
-                return _status_bytes("VmRSS")
-            except OSError:
-                self.resettable = False
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def peak(self) -> int:
-        import resource
-
-        if self.resettable:
-            return _status_bytes("VmHWM")
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _build(variant: str, device, dtype, args):
     """The model call for one variant: (callable, kwargs for the model)."""
     import torch
@@ -102,6 +65,8 @@ def _worker(args: argparse.Namespace) -> list[dict]:
     peak memory of one variant."""
     import torch
 
+    from featlift._peak_memory import PeakMemory
+
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -123,31 +88,27 @@ def _worker(args: argparse.Namespace) -> list[dict]:
     times = {v: [] for v in variants}
     peaks = {v: [] for v in variants}
     out_bytes = {}
-    rss = _PeakRSS()
     for v in variants:  # warm-up: thread pools, oneDNN primitives and kernels are set up once
         out = call(v)
         out_bytes[v] = out.numel() * out.element_size()
         del out
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     for _ in range(args.repeats):
         for v in variants:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                out = call(v)
-                end.record()
-                torch.cuda.synchronize()
-                times[v].append(start.elapsed_time(end) / 1000)
-                peaks[v].append(torch.cuda.max_memory_allocated() - base)
-            else:
-                base = rss.reset()
-                t0 = time.perf_counter()
-                out = call(v)
-                times[v].append(time.perf_counter() - t0)
-                peaks[v].append(rss.peak() - base)
+            with PeakMemory(device) as peak:
+                if device.type == "cuda":
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    out = call(v)
+                    end.record()
+                    torch.cuda.synchronize(device)
+                    times[v].append(start.elapsed_time(end) / 1000)
+                else:
+                    t0 = time.perf_counter()
+                    out = call(v)
+                    times[v].append(time.perf_counter() - t0)
+            peaks[v].append(float("nan") if peak.peak is None else peak.peak)
             del out
     return [
         {

@@ -219,13 +219,7 @@ def load_upsampler(
         ValueError: the config names no backbone (use :func:`build_upsampler` with your own features).
     """
     _check_dtype(dtype)
-    given = LoadOptions(
-        pretrained=pretrained,
-        weights=weights,
-        backbone_weights=backbone_weights,
-        revision=revision,
-        cache_dir=cache_dir,
-    )
+    given = LoadOptions(pretrained, weights, backbone_weights, revision, cache_dir)
     if options is None:
         options = given
     elif given != LoadOptions():

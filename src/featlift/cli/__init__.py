@@ -1,4 +1,5 @@
-"""The ``featlift`` command line: one module per command, the shared arguments in :mod:`._args`.
+"""The ``featlift`` command line: one module per command (its ``NAME``, ``HELP``, ``DESCRIPTION``,
+``add_arguments(parser)`` and ``run(args) -> exit status``), the shared arguments in :mod:`._args`.
 
 Building the parser imports neither torch nor the library's heavy modules; each command imports what it
 needs when it runs, so ``featlift --help`` and ``featlift models`` answer at once.
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in (_models, _upsample, _train, _eval, _export, _demo):
-        command.add_parser(sub)
+        parser_ = sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION)
+        command.add_arguments(parser_)
+        parser_.set_defaults(func=command.run)
     return parser
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "add_model",
     "add_runtime",
     "add_tile",
+    "at_least",
     "grid",
     "int_at_least",
     "load_options",
@@ -23,38 +24,36 @@ __all__ = [
 ]
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number no smaller than ``low``."""
+def at_least(low: float, *, cast: type = int, strict: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number read with ``cast`` (``int``: a whole number) no smaller than ``low``, or
+    greater than ``low`` when ``strict``."""
+    kind = "a whole number" if cast is int else "a number"
+    bound = "greater than" if strict else "at least"
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {bound} {low:g}, got {text}")
         return value
 
     return parse
 
 
-positive_int = int_at_least(1)
-non_negative_int = int_at_least(0)
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``low``."""
+    return at_least(low)
 
 
 def number_above(low: float) -> Callable[[str], float]:
     """An argparse type: a number greater than ``low``."""
+    return at_least(low, cast=float, strict=True)
 
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > low:
-            raise argparse.ArgumentTypeError(f"must be greater than {low:g}, got {text}")
-        return value
 
-    return parse
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def grid(what: str, *, minimum: int = 1, also: tuple[str, ...] = ()) -> Callable[[str], object]:

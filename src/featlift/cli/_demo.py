@@ -6,36 +6,34 @@ import argparse
 
 from ._args import add_model, add_runtime, number_above, positive_int
 
+NAME = "demo"
+HELP = "a local web page: upload a picture, compare featlift with bilinear (needs featlift[demo])"
+DESCRIPTION = (
+    "Serves a Gradio page: upload a picture (or pick an example) and see the backbone's bilinear features "
+    "and featlift's pixel-dense features side by side (one PCA basis), click a pixel for cosine-similarity "
+    "maps. The API endpoint /upsample does the same from gradio_client. Binds 127.0.0.1 unless --host "
+    'says otherwise. Needs gradio: pip install "featlift[demo]".'
+)
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="a local web page: upload a picture, compare featlift with bilinear (needs featlift[demo])",
-        description=(
-            "Serves a Gradio page: upload a picture (or pick an example) and see the backbone's bilinear features "
-            "and featlift's pixel-dense features side by side (one PCA basis), click a pixel for cosine-similarity "
-            "maps. The API endpoint /upsample does the same from gradio_client. Binds 127.0.0.1 unless --host "
-            'says otherwise. Needs gradio: pip install "featlift[demo]".'
-        ),
-    )
-    add_model(p)
-    add_runtime(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument(
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model(parser)
+    add_runtime(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument(
         "--max-pixels",
         type=positive_int,
         default=1024 * 1024,
         help="pictures with more pixels are downscaled to this (default 1048576 = 1024x1024)",
     )
-    p.add_argument("--max-upload-mb", type=number_above(0), default=20.0, help="largest upload in MB (default 20)")
-    p.add_argument(
+    parser.add_argument("--max-upload-mb", type=number_above(0), default=20.0, help="largest upload in MB (default 20)")
+    parser.add_argument(
         "--folder",
         default=None,
         help="where uploads and results go; only its files are served (default: a new temporary folder, "
         "removed on exit)",
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,42 +12,43 @@ from ._args import add_iters, add_model, add_runtime, grid, int_at_least, load_o
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export an upsampler as ONNX or a torch.export program (.pt2)",
-        description=(
-            "Writes MODEL's upsampler as an ONNX model (inputs 'image' [B,3,H,W] normalised for the backbone and "
-            "'features' [B,C,H/p,W/p], output 'upsampled') or a torch.export ExportedProgram, dynamic in batch "
-            "and spatial size. --with-backbone puts the backbone into the graph: then the only input is 'image', "
-            "RGB in [0, 1]. The output is the upsampler's native grid, h * 2**iters by w * 2**iters."
-        ),
+NAME = "export"
+HELP = "export an upsampler as ONNX or a torch.export program (.pt2)"
+DESCRIPTION = (
+    "Writes MODEL's upsampler as an ONNX model (inputs 'image' [B,3,H,W] normalised for the backbone and "
+    "'features' [B,C,H/p,W/p], output 'upsampled') or a torch.export ExportedProgram, dynamic in batch "
+    "and spatial size. --with-backbone puts the backbone into the graph: then the only input is 'image', "
+    "RGB in [0, 1]. The output is the upsampler's native grid, h * 2**iters by w * 2**iters."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model(parser, positional=True)
+    parser.add_argument(
+        "--format", choices=sorted(FORMATS), default=None, help="onnx or pt2 (default: from --out's suffix)"
     )
-    add_model(p, positional=True)
-    p.add_argument("--format", choices=sorted(FORMATS), default=None, help="onnx or pt2 (default: from --out's suffix)")
-    p.add_argument("--out", required=True, help="the file to write (.onnx or .pt2)")
-    add_iters(p)
-    p.add_argument("--opset", type=int_at_least(18), default=None, help="ONNX opset (default 18; 18 or newer)")
-    add_runtime(p, dtypes=DTYPE_NAMES)
-    p.add_argument(
+    parser.add_argument("--out", required=True, help="the file to write (.onnx or .pt2)")
+    add_iters(parser)
+    parser.add_argument("--opset", type=int_at_least(18), default=None, help="ONNX opset (default 18; 18 or newer)")
+    add_runtime(parser, dtypes=DTYPE_NAMES)
+    parser.add_argument(
         "--no-optimize",
         action="store_true",
         help="onnx: skip onnxscript's graph optimiser (faster export, larger graph; runtimes optimise anyway)",
     )
-    p.add_argument("--with-backbone", action="store_true", help="export backbone + upsampler as one graph")
-    p.add_argument(
+    parser.add_argument("--with-backbone", action="store_true", help="export backbone + upsampler as one graph")
+    parser.add_argument(
         "--portable",
         action="store_true",
         help="pt2: the attender in standard ops (runs without featlift; default: featlift's custom op)",
     )
-    p.add_argument(
+    parser.add_argument(
         "--example-cells",
         type=grid("--example-cells", minimum=2),
         default=(4, 6),
         metavar="HxW",
         help="backbone cells of the example input traced (default 4x6; any size runs afterwards)",
     )
-    p.set_defaults(func=run)
 
 
 def _format(args: argparse.Namespace) -> str:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+NAME = "models"
+HELP = "list the registered upsamplers"
+DESCRIPTION = "One line per registered upsampler: its backbone, channels, patch and where its weights live."
 
-def add_parser(sub) -> None:
-    sub.add_parser("models", help="list the registered upsamplers").set_defaults(func=run)
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``featlift models`` takes no arguments."""
 
 
 def run(args: argparse.Namespace) -> int:

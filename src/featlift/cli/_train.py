@@ -7,46 +7,54 @@ import sys
 
 from ._args import add_runtime, non_negative_int, number_above, positive_int
 
+NAME = "train"
+HELP = "train an UPLiFT upsampler for a backbone (self-supervised)"
+DESCRIPTION = None
 
-def add_parser(sub) -> None:
-    t = sub.add_parser("train", help="train an UPLiFT upsampler for a backbone (self-supervised)")
-    t.add_argument("--backbone", required=True, help="timm ViT name or a registered variant")
-    t.add_argument("--data", required=True, help="image folder (recursive) or a text file of image paths")
-    t.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, checkpoint.pt)")
-    t.add_argument("--image-size", type=positive_int, default=224, help="training crop side in pixels (the targets)")
-    t.add_argument("--depths", type=positive_int, default=2, help="mix depths 1..D")
-    t.add_argument("--batch-size", type=positive_int, default=8, help="images per process (global = this x processes)")
-    length = t.add_mutually_exclusive_group(required=True)
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", required=True, help="timm ViT name or a registered variant")
+    parser.add_argument("--data", required=True, help="image folder (recursive) or a text file of image paths")
+    parser.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, checkpoint.pt)")
+    parser.add_argument(
+        "--image-size", type=positive_int, default=224, help="training crop side in pixels (the targets)"
+    )
+    parser.add_argument("--depths", type=positive_int, default=2, help="mix depths 1..D")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="images per process (global = this x processes)"
+    )
+    length = parser.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=positive_int, help="optimiser steps")
     length.add_argument("--epochs", type=number_above(0), help="passes over the training images")
-    t.add_argument("--lr", type=number_above(0), default=1e-3, help="Adam learning rate")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument(
+    parser.add_argument("--lr", type=number_above(0), default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
         "--base",
         default="dinov2_s14",
         help="architecture: registered name, authors' YAML, featlift JSON, model dir or Hub repo id",
     )
-    t.add_argument("--backbone-weights", default=None, help="local backbone weights file")
-    t.add_argument("--no-pretrained-backbone", action="store_true", help="random-init backbone (tests)")
-    t.add_argument("--loss", default="l2", choices=["l2", "l1", "cosine"])
-    t.add_argument("--noise", type=float, default=0.0, help="std of noise added to the input features")
-    t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    t.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
-    t.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for evaluation")
-    t.add_argument(
+    parser.add_argument("--backbone-weights", default=None, help="local backbone weights file")
+    parser.add_argument("--no-pretrained-backbone", action="store_true", help="random-init backbone (tests)")
+    parser.add_argument("--loss", default="l2", choices=["l2", "l1", "cosine"])
+    parser.add_argument("--noise", type=float, default=0.0, help="std of noise added to the input features")
+    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for evaluation")
+    parser.add_argument(
         "--eval-every", type=non_negative_int, default=0, help="evaluate every N steps (default: at the end)"
     )
-    t.add_argument(
+    parser.add_argument(
         "--checkpoint-every",
         type=non_negative_int,
         default=0,
         help="checkpoint every N steps (default: at the end, and on SIGINT/SIGTERM)",
     )
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    add_runtime(t, dtypes=None)
-    t.add_argument("--feature-cache", default=None, metavar="DIR", help="cache backbone features here across epochs")
-    t.add_argument("--push-to-hub", default=None, metavar="REPO", help="publish the result to this Hub repo")
-    t.set_defaults(func=run)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add_runtime(parser, dtypes=None)
+    parser.add_argument(
+        "--feature-cache", default=None, metavar="DIR", help="cache backbone features here across epochs"
+    )
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="publish the result to this Hub repo")
 
 
 def run(args: argparse.Namespace) -> int:

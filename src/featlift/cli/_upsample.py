@@ -9,55 +9,55 @@ from pathlib import Path
 from .._tensors import DTYPE_NAMES
 from ._args import add_iters, add_model, add_runtime, add_tile, grid, load_options, non_negative_int, positive_int
 
+NAME = "upsample"
+HELP = "write pixel-dense features of images as .safetensors"
+DESCRIPTION = (
+    "Writes OUT/<path relative to the folder given>.safetensors per image (photos/a/x.png given as "
+    "photos -> OUT/a/x.png.safetensors; a file given by name -> OUT/x.png.safetensors), and with "
+    "--pca OUT/....pca.png. Files are written atomically; images whose outputs exist are skipped, so "
+    "an interrupted run resumes (--overwrite redoes them). Under torchrun the images are shared out "
+    "across the processes, each on its own GPU. Exit status 1 if any image failed."
+)
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "upsample",
-        help="write pixel-dense features of images as .safetensors",
-        description=(
-            "Writes OUT/<path relative to the folder given>.safetensors per image (photos/a/x.png given as "
-            "photos -> OUT/a/x.png.safetensors; a file given by name -> OUT/x.png.safetensors), and with "
-            "--pca OUT/....pca.png. Files are written atomically; images whose outputs exist are skipped, so "
-            "an interrupted run resumes (--overwrite redoes them). Under torchrun the images are shared out "
-            "across the processes, each on its own GPU. Exit status 1 if any image failed."
-        ),
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)"
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders (searched recursively)")
-    add_model(p)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
+    add_model(parser)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
         "--size",
         type=grid("--size", also=("native",)),
         default=None,
         help="'native' or HxW such as 448x448 (default: each image's size)",
     )
-    p.add_argument("--pca", action="store_true", help="also write a PNG of the first three principal components")
-    add_runtime(p)
-    p.add_argument(
+    parser.add_argument("--pca", action="store_true", help="also write a PNG of the first three principal components")
+    add_runtime(parser)
+    parser.add_argument(
         "--save-dtype",
         default="float32",
         choices=DTYPE_NAMES,
         help="stored dtype (float16 halves the files; bfloat16 too, with float32's range)",
     )
-    p.add_argument(
+    parser.add_argument(
         "--head",
         default=None,
         metavar="FILE",
         help="a .safetensors linear map (weight [K, C] or [K, C, 1, 1], optional bias [K]; e.g. a PCA basis or a "
         "probe) applied per tile: only its K channels are stored",
     )
-    p.add_argument("--batch-size", type=positive_int, default=1, help="same-size images per forward pass")
-    p.add_argument(
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="same-size images per forward pass")
+    parser.add_argument(
         "--workers", type=non_negative_int, default=2, help="DataLoader processes decoding images (0: in-process)"
     )
-    add_iters(p)
-    add_tile(p)
-    p.add_argument(
+    add_iters(parser)
+    add_tile(parser)
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="redo images whose outputs exist (default: skip them, so reruns resume)",
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

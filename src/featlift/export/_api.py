@@ -193,16 +193,9 @@ def export_onnx(
         require(module, feature="ONNX export", extra="export")
     opset = _opset(opset)
     dtype = to_dtype(dtype, ONNX_DTYPES)
-    cells = _check_cells(example_cells)
-    path = _output_path(path)
+    cells, path = _check_cells(example_cells), _output_path(path)
     target = load_target(
-        model,
-        with_backbone=with_backbone,
-        portable=True,
-        iters=iters,
-        dtype=dtype,
-        device="cpu",
-        options=options,
+        model, with_backbone=with_backbone, portable=True, iters=iters, dtype=dtype, device="cpu", options=options
     )
     program = _export_program(target, cells)
     with _quiet_exporter():
@@ -279,16 +272,9 @@ def export_pt2(
         ConfigError, UnknownModelError, CheckpointError, DownloadError: as :func:`export_onnx`.
     """
     dtype = to_dtype(dtype, PT2_DTYPES)
-    cells = _check_cells(example_cells)
-    path = _output_path(path)
+    cells, path = _check_cells(example_cells), _output_path(path)
     target = load_target(
-        model,
-        with_backbone=with_backbone,
-        portable=portable,
-        iters=iters,
-        dtype=dtype,
-        device=device,
-        options=options,
+        model, with_backbone=with_backbone, portable=portable, iters=iters, dtype=dtype, device=device, options=options
     )
     program = _export_program(target, cells)
     meta = {**target.metadata(), "featlift.attender": "portable" if portable else "featlift::local_attend"}

@@ -84,14 +84,6 @@ class ExportTarget:
     device: torch.device
 
     @property
-    def patch(self) -> int:
-        return self.uplift.patch
-
-    @property
-    def channels(self) -> int:
-        return self.uplift.channels
-
-    @property
     def input_names(self) -> list[str]:
         return [INPUT_IMAGE] if self.with_backbone else [INPUT_IMAGE, INPUT_FEATURES]
 
@@ -100,12 +92,12 @@ class ExportTarget:
         with the backbone, otherwise a standard-normal normalised image and features."""
         gen = torch.Generator().manual_seed(seed)
         h, w = cells
-        p = self.patch
+        p = self.uplift.patch
         if self.with_backbone:
             image = torch.rand(batch, 3, h * p, w * p, generator=gen)
             return (image.to(self.device, self.dtype),)
         image = torch.randn(batch, 3, h * p, w * p, generator=gen)
-        features = torch.randn(batch, self.channels, h, w, generator=gen)
+        features = torch.randn(batch, self.uplift.channels, h, w, generator=gen)
         return image.to(self.device, self.dtype), features.to(self.device, self.dtype)
 
     def dynamic_shapes(self) -> dict[str, dict[int, object]]:
@@ -114,7 +106,8 @@ class ExportTarget:
         from torch.export import Dim
 
         batch, h, w = Dim("batch", min=1), Dim("h", min=1), Dim("w", min=1)
-        image = {0: batch, 2: self.patch * h, 3: self.patch * w}
+        p = self.uplift.patch
+        image = {0: batch, 2: p * h, 3: p * w}
         if self.with_backbone:
             return {INPUT_IMAGE: image}
         return {INPUT_IMAGE: image, INPUT_FEATURES: {0: batch, 2: h, 3: w}}
@@ -136,8 +129,8 @@ class ExportTarget:
             "featlift.output": OUTPUT,
             "featlift.image": image,
             "featlift.upsampled": f"[B, C, h * {factor}, w * {factor}] (h = H / patch, w = W / patch)",
-            "featlift.patch": str(self.patch),
-            "featlift.channels": str(self.channels),
+            "featlift.patch": str(self.uplift.patch),
+            "featlift.channels": str(self.uplift.channels),
             "featlift.iters": str(self.iters),
             "featlift.up_factor": str(config.up_factor),
             "featlift.with_backbone": str(self.with_backbone).lower(),

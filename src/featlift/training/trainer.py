@@ -149,7 +149,6 @@ class _Run:
     cfg: TrainConfig
     d: Dist
     device: torch.device
-    out: Path
     backbone: Backbone
     config: UpliftConfig  # the trained model's config (backbone patch, channels and normalisation stated)
     model: UPLiFT
@@ -170,6 +169,11 @@ class _Run:
     @property
     def global_batch(self) -> int:
         return self.settings["global_batch"]
+
+    @property
+    def out(self) -> Path:
+        """The output folder: config.json, model.safetensors, checkpoint.pt, metrics.json, README.md."""
+        return Path(self.cfg.out)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -266,23 +270,24 @@ def _setup(cfg: TrainConfig) -> _Run:
         num_workers=cfg.workers,
         worker_init_fn=ignore_stop_signals if cfg.workers else None,
     )
+    cache = FeatureCache(cfg.feature_cache) if cfg.feature_cache else None
+    # The fields in their declared order (see _Run).
     return _Run(
-        cfg=cfg,
-        d=d,
-        device=device,
-        out=out,
-        backbone=backbone,
-        config=config,
-        model=model,
-        net=net,
-        optimizer=optimizer,
-        train_ds=train_ds,
-        val_ds=val_ds,
-        loader=loader,
-        cache=FeatureCache(cfg.feature_cache) if cfg.feature_cache else None,
-        settings=settings,
-        start=start,
-        rng_states=rng_states,
+        cfg,
+        d,
+        device,
+        backbone,
+        config,
+        model,
+        net,
+        optimizer,
+        train_ds,
+        val_ds,
+        loader,
+        cache,
+        settings,
+        start,
+        rng_states,
     )
 
 
