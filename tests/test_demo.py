@@ -358,7 +358,7 @@ def test_the_app_serves_the_folder_it_was_given_not_the_environments(tmp_path, m
     from gradio_client import Client
 
     from featlift.demo import build_app
-    from featlift.demo._app import _payload_path
+    from featlift.demo._app import payload_path
 
     given, other = tmp_path / "given", tmp_path / "other"
     other.mkdir()
@@ -376,7 +376,7 @@ def test_the_app_serves_the_folder_it_was_given_not_the_environments(tmp_path, m
         assert list(given.rglob("stray.png")) and sorted(other.iterdir()) == [stray]  # the upload went there
     assert os.environ["GRADIO_TEMP_DIR"] == str(other)  # and closing restores it
     with pytest.raises(gr.Error, match="not an upload of this app"):
-        _payload_path({"path": str(stray)}, app.featlift_folder)
+        payload_path({"path": str(stray)}, app.featlift_folder)
 
 
 def test_one_request_computes_at_a_time(server, tmp_path):
@@ -475,7 +475,7 @@ def test_a_client_cannot_make_the_app_read_other_files(server):
     import gradio as gr
     import httpx
 
-    from featlift.demo._app import _payload_path
+    from featlift.demo._app import payload_path
 
     url, _, folder = server
     payload = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}, "orig_name": "passwd.png"}
@@ -488,6 +488,6 @@ def test_a_client_cannot_make_the_app_read_other_files(server):
         else:
             assert event.status_code >= 400
     with pytest.raises(gr.Error, match="not an upload of this app"):
-        _payload_path(payload, folder.resolve())
+        payload_path(payload, folder.resolve())
     inside = folder / "featlift-demo-examples" / "garden.png"
-    assert _payload_path({"path": str(inside)}, folder.resolve()) == inside.resolve()
+    assert payload_path({"path": str(inside)}, folder.resolve()) == inside.resolve()

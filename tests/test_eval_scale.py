@@ -15,7 +15,7 @@ import torch
 
 from featlift._distributed import Dist, shard
 from featlift._feature_cache import FeatureCache, fingerprint
-from featlift.eval.probe import ProbeConfig, _share, epoch_batches, train_probe
+from featlift.eval.probe import ProbeConfig, epoch_batches, share, train_probe
 
 from .conftest import TIMM_NAME
 
@@ -56,7 +56,7 @@ def test_batches_are_a_seeded_permutation_and_shares_split_them_exactly():
     assert sorted(i for b in a for i in b) == list(range(7))
     assert a != epoch_batches(7, 3, seed=0, epoch=1) and a != epoch_batches(7, 3, seed=1, epoch=0)
     for world in (1, 2, 3, 5):
-        parts = [_share([10, 11, 12], Dist(rank=r, world=world)) for r in range(world)]
+        parts = [share([10, 11, 12], Dist(rank=r, world=world)) for r in range(world)]
         assert [i for p in parts for i in p] == [10, 11, 12]
         shares = [list(shard(9, Dist(rank=r, world=world))) for r in range(world)]
         assert shares[0][0] == 0 and [i for p in shares for i in p] == list(range(9))
@@ -93,18 +93,18 @@ def test_an_interrupted_eval_resumes_to_the_uninterrupted_result(voc, tmp_path, 
     assert main(_argv(voc, whole)) == 0
     assert (tmp_path / "whole.checkpoints" / "bilinear.probe.pt").is_file()  # default: next to --out
 
-    saved = probe._save_checkpoint
+    saved = probe.save_checkpoint
 
     def crash_after_first_epoch(path, state):
         saved(path, state)
         raise RuntimeError("simulated crash after epoch 1")
 
-    monkeypatch.setattr(probe, "_save_checkpoint", crash_after_first_epoch)
+    monkeypatch.setattr(probe, "save_checkpoint", crash_after_first_epoch)
     part = tmp_path / "part.json"
     assert main(_argv(voc, part)) == 1  # the CLI reports the crash
     state = torch.load(tmp_path / "part.checkpoints" / "bilinear.probe.pt", weights_only=True)
     assert state["epoch"] == 1
-    monkeypatch.setattr(probe, "_save_checkpoint", saved)
+    monkeypatch.setattr(probe, "save_checkpoint", saved)
     assert main(_argv(voc, part, "--resume")) == 0
     assert json.loads(part.read_text())["results"] == json.loads(whole.read_text())["results"]
 

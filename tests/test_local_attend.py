@@ -178,7 +178,7 @@ def test_triton_and_fused_agree_on_rounded_half_outputs(monkeypatch):
 def test_triton_64_bit_indexing_path(monkeypatch):
     """The int64 code path (taken for tensors past 2**31 elements) gives the same numbers."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(triton_kernel, "_INT32_LIMIT", 1)
+    monkeypatch.setattr(triton_kernel, "INT32_LIMIT", 1)
     values = torch.randn(2, 5, 3, 4)
     logits = torch.randn(2, 25, 9, 12)
     offsets = neighbourhood_offsets(25)

@@ -149,7 +149,7 @@ def test_hub_repo_ids_through_build_load_and_training(hf_home, tmp_path, backbon
         import json, torch, featlift
         from safetensors.torch import load_file
         from featlift.training import TrainConfig
-        from featlift.training.trainer import _build
+        from featlift.training.trainer import build
         want = load_file(r"{model_dir / "model.safetensors"}")
         same = lambda sd: sorted(want) == sorted(sd) and all(torch.equal(want[k].float(), sd[k].float()) for k in want)
         report = {{}}

@@ -19,8 +19,8 @@ What does not go through it, and reads its own files:
 * the diffusers VAE backbone is loaded by diffusers (``AutoencoderKL.from_pretrained`` on a folder, with
   safetensors only) in :mod:`featlift.backbones.sd_vae`;
 * training checkpoints (``checkpoint.pt``: weights, optimiser and RNG states, run settings) are written
-  and read by :mod:`featlift.training.trainer` (``torch.load(weights_only=True)``);
-* the feature cache of training targets is written and read by :mod:`featlift.training.cache`
+  and read by :mod:`featlift.training._checkpoint` (``torch.load(weights_only=True)``);
+* the backbone-feature cache of training and eval is written and read by :mod:`featlift._feature_cache`
   (safetensors ``save_file`` / ``load_file``).
 """
 

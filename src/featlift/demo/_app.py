@@ -73,7 +73,7 @@ def _error(message: str) -> Exception:
     return gr.Error(message, **kwargs)
 
 
-def _payload_path(picture: Any, folder: Path) -> Path:
+def payload_path(picture: Any, folder: Path) -> Path:
     """The local path of an image payload (``preprocess=False`` gives the raw file data); only files in
     the app's ``folder`` are read, whatever a client sends."""
     path = picture.get("path") if isinstance(picture, dict) else picture
@@ -139,7 +139,7 @@ def build_app(
             if quiet_when_empty:
                 return None, None, None, None, "", "", None
             raise _error("Upload a picture first, or pick an example.")
-        path = _payload_path(picture, folder)
+        path = payload_path(picture, folder)
         try:
             result = engine.upsample(path, output or OUTPUT_CHOICES[0], max_side)
         except InsufficientMemoryError as err:

@@ -95,7 +95,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _share(batch: list[int], d: Dist) -> list[int]:
+def share(batch: list[int], d: Dist) -> list[int]:
     return [batch[i] for i in shard(len(batch), d)]
 
 
@@ -112,7 +112,7 @@ def _autocast(device: torch.device, config: ProbeConfig):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.amp)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         torch.save(state, tmp)
@@ -187,7 +187,7 @@ def train_probe(
     model.train()
     for epoch in range(start, config.epochs):
         for batch_ids in epoch_batches(len(dataset), config.batch_size, config.seed, epoch):
-            mine = _share(batch_ids, d)
+            mine = share(batch_ids, d)
             if mine:
                 batch = default_collate([dataset[i] for i in mine])
                 target = _target(batch, task).to(source.device)
@@ -211,7 +211,7 @@ def train_probe(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item() / d.world:.4f}")
         if path is not None and d.main:
-            _save_checkpoint(
+            save_checkpoint(
                 path,
                 {
                     "epoch": epoch + 1,

@@ -35,7 +35,7 @@ __all__ = ["interpreting", "triton_available", "triton_forward"]
 BLOCK_P = 64
 BLOCK_C = 64
 NUM_WARPS = 4
-_INT32_LIMIT = 2**31
+INT32_LIMIT = 2**31
 
 
 def interpreting() -> bool:
@@ -146,7 +146,7 @@ def triton_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int)
     if out.numel() == 0:
         return out
     dy, dx = _offset_table(tuple(offsets), values.device)
-    wide = max(out.numel(), logits.numel(), values.numel()) >= _INT32_LIMIT
+    wide = max(out.numel(), logits.numel(), values.numel()) >= INT32_LIMIT
     grid = (triton.cdiv(out_h * out_w, BLOCK_P), triton.cdiv(c, BLOCK_C), b)
     _kernel(interpreting())[grid](
         logits,
