@@ -1,6 +1,6 @@
 """torch.hub entry points: ``torch.hub.load("<repo>", "dinov2_s14")``. Heavy imports stay inside."""
 
-# What the first call imports: featlift's core dependencies, by import name (tests/test_public_api.py checks it).
+# What the first call imports: featlift's core dependencies, by import name (tests/test_structure.py checks it).
 dependencies = ["torch", "timm", "huggingface_hub", "safetensors", "einops", "yaml", "numpy", "PIL", "psutil", "tqdm"]
 
 

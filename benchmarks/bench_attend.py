@@ -62,7 +62,7 @@ def main() -> None:
     values = torch.randn(args.batch, args.channels, h, w, device=device).to(dtype).contiguous(memory_format=fmt)
     logits = torch.randn(args.batch, n, h * s, w * s, device=device).to(dtype).contiguous(memory_format=fmt)
     offsets = neighbourhood_offsets(n)
-    impls = args.impls or (["triton"] if triton_available(device) else []) + ["fused", "reference"]
+    impls = args.impls or (["triton"] if triton_available(device) else []) + ["fused", "portable", "reference"]
     elem = values.element_size()
     moved = (logits.numel() + values.numel() + args.batch * args.channels * h * s * w * s) * elem
 

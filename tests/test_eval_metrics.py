@@ -137,7 +137,7 @@ def test_ignore_index_none_counts_every_pixel():
 def test_missing_torchmetrics_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchmetrics", None)
     with pytest.raises(MissingDependencyError, match=r'pip install "featlift\[eval\]"'):
-        metrics._torchmetrics()
+        metrics.require_torchmetrics()
 
 
 def test_depth_metrics_by_hand_with_invalid_pixels():

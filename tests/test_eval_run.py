@@ -310,4 +310,4 @@ def test_an_upsampler_named_twice_is_refused_before_any_work(monkeypatch):
 
     monkeypatch.setattr(run, "make_source", lambda *a, **k: pytest.fail("a source was built"))
     with pytest.raises(ValueError, match=r"\['bilinear'\] named twice"):
-        next(run._sources(["bilinear", "nearest", "bilinear"], {}))
+        next(run.make_sources(["bilinear", "nearest", "bilinear"], {}))

@@ -134,7 +134,7 @@ def test_the_feature_cache_skips_the_backbone_and_changes_nothing(voc, tmp_path)
 
     _, weights = voc
     plain = make_source("bilinear", backbone=TIMM_NAME, backbone_weights=weights)
-    cached = make_source("bilinear", backbone=TIMM_NAME, backbone_weights=weights, cache=tmp_path / "cache")
+    cached = make_source("bilinear", backbone=TIMM_NAME, backbone_weights=weights, feature_cache=tmp_path / "cache")
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     first = cached.features(images)
     assert cached.cache.misses == 2 and cached.cache.hits == 0
@@ -148,7 +148,7 @@ def test_the_feature_cache_skips_the_backbone_and_changes_nothing(voc, tmp_path)
     # another crop of the same picture is another entry; other weights are another folder
     cached.features(images[:, :, :14, :14].contiguous())
     assert cached.cache.misses == 4
-    other = make_source("bilinear", backbone=TIMM_NAME, pretrained=False, cache=cached.cache)
+    other = make_source("bilinear", backbone=TIMM_NAME, pretrained=False, feature_cache=cached.cache)
     assert fingerprint(other.backbone) != fingerprint(cached.backbone)
     other.features(images)
     assert cached.cache.misses == 6 and len(list((tmp_path / "cache").iterdir())) == 2
@@ -157,7 +157,7 @@ def test_the_feature_cache_skips_the_backbone_and_changes_nothing(voc, tmp_path)
 def test_a_damaged_cache_entry_is_recomputed(tmp_path):
     from featlift.eval.upsamplers import make_source
 
-    source = make_source("bilinear", backbone=TIMM_NAME, pretrained=False, cache=tmp_path)
+    source = make_source("bilinear", backbone=TIMM_NAME, pretrained=False, feature_cache=tmp_path)
     images = torch.rand(1, 3, SIZE, SIZE)
     want = source.features(images)
     (entry,) = [p for p in tmp_path.rglob("*.safetensors")]
@@ -170,7 +170,7 @@ def test_featlift_sources_use_the_cache_through_precomputed_features(tmp_path):
 
     torch.manual_seed(0)
     plain = make_source("dinov2_s14", pretrained=False)
-    cached = make_source("dinov2_s14", pretrained=False, cache=FeatureCache(tmp_path))
+    cached = make_source("dinov2_s14", pretrained=False, feature_cache=FeatureCache(tmp_path))
     cached.up.load_state_dict(plain.up.state_dict())
     images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     want = plain.features(images)

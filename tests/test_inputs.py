@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import featlift
-from featlift._memory import InsufficientMemoryError
 from featlift.config import BackboneConfig
+from featlift.errors import InsufficientMemoryError
 
 from .configs import tiny_config
 from .conftest import ConvBackbone

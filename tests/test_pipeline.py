@@ -239,7 +239,7 @@ def test_one_preprocessing_path_for_pil_arrays_and_tensors(upsampler, size):
 def test_memory_guard_refuses_an_output_bigger_than_the_machine(upsampler):
     import psutil
 
-    from featlift._memory import InsufficientMemoryError
+    from featlift.errors import InsufficientMemoryError
 
     calls = []
     hook = upsampler.backbone.register_forward_hook(lambda m, i, o: calls.append(1))

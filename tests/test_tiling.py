@@ -20,8 +20,9 @@ from featlift.config import (
     UpConfig,
     UpliftConfig,
 )
+from featlift.errors import UntileableError
 from featlift.modeling import _tiling as tiling
-from featlift.modeling._region import Region, UntileableError, corner_aligned_upsample
+from featlift.modeling._region import Region, corner_aligned_upsample
 from featlift.modeling.blocks import ConvBlock
 
 from .configs import random_inputs, tiny_config

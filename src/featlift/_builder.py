@@ -6,6 +6,7 @@ directory, an authors' YAML, a featlift JSON, an :class:`UpliftConfig` or a Hugg
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -20,11 +21,9 @@ from .errors import CheckpointError
 from .modeling.uplift import UPLiFT
 from .weights import CONFIG_NAME, WEIGHTS_NAME, load_into, read_state_dict
 
-__all__ = ["ConfigLike", "LoadOptions", "build_upsampler", "load_uplift", "load_upsampler"]
+__all__ = ["LoadOptions", "build_upsampler", "load_uplift", "load_upsampler"]
 
 logger = logging.getLogger(__name__)
-
-ConfigLike = ModelLike
 
 
 def _check_dtype(dtype: torch.dtype | None) -> None:
@@ -44,7 +43,7 @@ def _build(source: ModelSource, weights: str | os.PathLike | None) -> UPLiFT:
 
 
 def build_upsampler(
-    config: ConfigLike,
+    config: ModelLike,
     *,
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
@@ -76,10 +75,11 @@ def build_upsampler(
         DownloadError: a repo id's files are neither downloadable nor in the Hugging Face cache.
     """
     _check_dtype(dtype)
-    source = resolve_model(config, revision=revision, cache_dir=cache_dir)
-    if weights is None and source.bundles_weights:
-        weights = source.weights_file()
-    model = _build(source, weights)
+    options = LoadOptions(weights=weights, revision=revision, cache_dir=cache_dir)
+    source = options.resolve(config)
+    # Only weights that travel with the config are loaded by default: a registered name stays random here.
+    bundled = source.bundles_weights and source.weights is not None
+    model = load_uplift(source, dataclasses.replace(options, pretrained=bundled))
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

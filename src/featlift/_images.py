@@ -44,6 +44,9 @@ __all__ = [
     "image_batch",
     "list_image_files",
     "patch_multiple",
+    "read_image",
+    "resize_and_crop",
+    "resize_image",
     "resize_to_patch_multiple",
     "to_image_tensor",
 ]
@@ -225,10 +228,82 @@ def patch_multiple(size: tuple[int, int], patch: int) -> tuple[int, int]:
     return tuple(max(patch, round(d / patch) * patch) for d in size)
 
 
+def read_image(path: str | Path, what: str | None = None) -> Tensor:
+    """An image file, decoded in full, as float32 ``[3, H, W]`` in [0, 1] by the module's rules; ``what``
+    names it in errors (default: the path)."""
+    with Image.open(path) as image:
+        image.load()
+        return to_image_tensor(image, what or str(path))
+
+
+def resize_image(pixels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Float maps ``[B, C, H, W]`` resized to ``size`` (H, W): the one image resize, bilinear, antialiased,
+    ``align_corners=False``, computed in float32 and returned in the input's dtype."""
+    return F.interpolate(pixels.float(), size=size, mode="bilinear", antialias=True, align_corners=False).to(
+        pixels.dtype
+    )
+
+
 def resize_to_patch_multiple(pixels: Tensor, patch: int) -> Tensor:
-    """Float pixels [B, 3, H, W] resized (bilinear, antialiased, align_corners=False) to
-    :func:`patch_multiple` of their size; returned as they are when it already is one."""
+    """Float pixels [B, 3, H, W] resized (:func:`resize_image`) to :func:`patch_multiple` of their size;
+    returned as they are when it already is one."""
     size = patch_multiple(tuple(pixels.shape[-2:]), patch)
     if size == tuple(pixels.shape[-2:]):
         return pixels
-    return F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return resize_image(pixels, size)
+
+
+def _nearest_index(n_in: int, n_out: int) -> Tensor:
+    """Source indices of a pixel-centre nearest resize ``n_in -> n_out`` (PyTorch's ``nearest-exact``)."""
+    scale = n_in / n_out
+    return ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale).floor().long().clamp_(0, n_in - 1)
+
+
+def resize_and_crop(
+    image: Tensor, target: Tensor | None, size: int, *, target_mode: str = "nearest"
+) -> tuple[Tensor, Tensor | None]:
+    """The dense-probe protocol: shorter side resized to ``size``, then a centre crop to ``size x size``.
+
+    Args:
+        image: float ``[C, H, W]``. Resized bilinearly, antialiased, ``align_corners=False``.
+        target: ``[H, W]`` of any dtype (class ids, depth in metres) or None. With ``target_mode="nearest"``
+            (labels, depth: no invented values) each output pixel takes the input pixel under its centre,
+            ``src = floor((dst + 0.5) * in / out)`` (PyTorch's ``nearest-exact``, PIL's ``NEAREST``);
+            ``"bilinear"`` resizes it like the image (float targets only).
+        size: the output side ``S``.
+
+    Returns:
+        ``(image [C, S, S], target [S, S] or None)``, dtypes kept. The longer side becomes
+        ``int(long * S / short)`` (as torchvision's ``Resize``) and the crop starts at
+        ``(new_long - S) // 2``.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"resize_and_crop: image must be [C, H, W], got shape {tuple(image.shape)}")
+    if size < 1:
+        raise ValueError(f"resize_and_crop: size must be >= 1, got {size}")
+    if target_mode not in ("nearest", "bilinear"):
+        raise ValueError(f"resize_and_crop: target_mode must be 'nearest' or 'bilinear', got {target_mode!r}")
+    h, w = image.shape[-2:]
+    if target is not None and tuple(target.shape) != (h, w):
+        raise ValueError(f"resize_and_crop: target shape {tuple(target.shape)} does not match the image's {(h, w)}")
+    if h <= w:
+        new_h, new_w = size, int(w * size / h)
+    else:
+        new_h, new_w = int(h * size / w), size
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+
+    if (new_h, new_w) != (h, w):
+        image = resize_image(image[None], (new_h, new_w))[0]
+    image = image[:, top : top + size, left : left + size].contiguous()
+
+    if target is not None:
+        if target_mode == "nearest":
+            rows = _nearest_index(h, new_h)[top : top + size]
+            cols = _nearest_index(w, new_w)[left : left + size]
+            target = target[rows][:, cols].contiguous()
+        else:
+            if not target.is_floating_point():
+                raise ValueError("resize_and_crop: target_mode='bilinear' needs a float target")
+            target = resize_image(target[None, None], (new_h, new_w))[0, 0]
+            target = target[top : top + size, left : left + size].contiguous()
+    return image, target

@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import InsufficientMemoryError
-
-__all__ = ["InsufficientMemoryError", "MemoryEstimate", "available_bytes", "estimate_call", "format_bytes"]
+__all__ = ["MemoryEstimate", "available_bytes", "estimate_call", "format_bytes"]
 
 # Headroom over the modelled peak: measured peaks lie within 10% of the model (benchmarks/bench_memory.py).
 MARGIN = 1.15

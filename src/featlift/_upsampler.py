@@ -275,7 +275,7 @@ class Upsampler(nn.Module):
         )
 
     def check_memory(self, batch: int, size: tuple[int, int], **options: Any) -> None:
-        """Raise :class:`~featlift._memory.InsufficientMemoryError` if the call would not fit in memory.
+        """Raise :class:`~featlift.errors.InsufficientMemoryError` if the call would not fit in memory.
 
         Runs before the backbone on every call while ``self.memory_guard`` is True (the default);
         ``options`` are :meth:`estimate_memory`'s keywords.

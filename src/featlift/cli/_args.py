@@ -9,8 +9,12 @@ from collections.abc import Callable
 from .._tensors import DTYPE_NAMES
 
 __all__ = [
+    "add_backbone_weights",
+    "add_feature_cache",
     "add_iters",
     "add_model",
+    "add_no_amp",
+    "add_no_pretrained",
     "add_runtime",
     "add_tile",
     "at_least",
@@ -24,9 +28,11 @@ __all__ = [
 ]
 
 
-def at_least(low: float, *, cast: type = int, strict: bool = False) -> Callable[[str], float]:
-    """An argparse type: a number read with ``cast`` (``int``: a whole number) no smaller than ``low``, or
-    greater than ``low`` when ``strict``."""
+def at_least(
+    low: float, *, cast: type = int, strict: bool = False, below: float | None = None
+) -> Callable[[str], float]:
+    """An argparse type: a number read with ``cast`` (``int``: a whole number) no smaller than ``low`` (or
+    greater than ``low`` when ``strict``), and smaller than ``below`` when given."""
     kind = "a whole number" if cast is int else "a number"
     bound = "greater than" if strict else "at least"
 
@@ -37,6 +43,8 @@ def at_least(low: float, *, cast: type = int, strict: bool = False) -> Callable[
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
         if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {bound} {low:g}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be below {below:g}, got {text}")
         return value
 
     return parse
@@ -84,14 +92,35 @@ def add_model(parser: argparse.ArgumentParser, *, positional: bool = False, defa
         parser.add_argument("--model", default=default, help=f"{what} (default {default})")
     group = parser.add_argument_group("model weights")
     group.add_argument("--weights", default=None, metavar="FILE", help="local UPLiFT weights instead of the download")
-    group.add_argument(
-        "--backbone-weights", default=None, metavar="PATH", help="local backbone weights instead of the download"
-    )
-    group.add_argument("--no-pretrained", action="store_true", help="random weights (testing only)")
+    add_backbone_weights(group)
+    add_no_pretrained(group)
     group.add_argument("--revision", default=None, help="Hub branch, tag or commit of the UPLiFT files")
     group.add_argument(
         "--cache-dir", default=None, metavar="DIR", help="Hugging Face cache folder (default: the standard one)"
     )
+
+
+def add_backbone_weights(parser) -> None:
+    parser.add_argument(
+        "--backbone-weights", default=None, metavar="PATH", help="local backbone weights instead of the download"
+    )
+
+
+def add_no_pretrained(parser) -> None:
+    parser.add_argument("--no-pretrained", action="store_true", help="random weights (testing only)")
+
+
+def add_feature_cache(parser) -> None:
+    parser.add_argument(
+        "--feature-cache",
+        default=None,
+        metavar="DIR",
+        help="keep backbone features here across epochs (keyed on the backbone's weights and its exact input)",
+    )
+
+
+def add_no_amp(parser) -> None:
+    parser.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA (always float32)")
 
 
 def load_options(args: argparse.Namespace):
@@ -107,9 +136,14 @@ def load_options(args: argparse.Namespace):
     )
 
 
-def add_runtime(parser: argparse.ArgumentParser, *, dtypes: tuple[str, ...] | None = DTYPE_NAMES) -> None:
+def add_runtime(
+    parser: argparse.ArgumentParser,
+    *,
+    dtypes: tuple[str, ...] | None = DTYPE_NAMES,
+    device_help: str = "cuda, cuda:N or cpu (default: cuda when available)",
+) -> None:
     """``--device`` and (unless ``dtypes`` is None) ``--dtype``, the compute dtype, from the one table."""
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--device", default=None, help=device_help)
     if dtypes is not None:
         parser.add_argument("--dtype", default="float32", choices=dtypes, help="compute dtype (default float32)")
 

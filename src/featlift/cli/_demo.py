@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_model, add_runtime, number_above, positive_int
+from ._args import add_model, add_runtime, at_least, number_above, positive_int
 
 NAME = "demo"
 HELP = "a local web page: upload a picture, compare featlift with bilinear (needs featlift[demo])"
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model(parser)
     add_runtime(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--port", type=at_least(0, below=65536), default=7860, help="port (default 7860)")
     parser.add_argument(
         "--max-pixels",
         type=positive_int,

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._args import add_runtime, add_tile, number_above, positive_int
+from ._args import (
+    add_backbone_weights,
+    add_feature_cache,
+    add_no_amp,
+    add_no_pretrained,
+    add_runtime,
+    add_tile,
+    number_above,
+    positive_int,
+)
 
 NAME = "eval"
 HELP = "dense-probe benchmarks: linear-probe segmentation / depth for several upsamplers side by side"
@@ -30,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backbone", default=None, help="timm backbone for bilinear/nearest/bicubic and hub: upsamplers"
     )
-    parser.add_argument("--backbone-weights", default=None, help="local backbone weights (offline use)")
+    add_backbone_weights(parser)
     parser.add_argument(
         "--image-size", type=positive_int, default=448, help="shorter side resize + centre crop (default 448)"
     )
@@ -50,12 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--video-stride", type=positive_int, default=4, help="video: feature pooling before propagation"
     )
-    parser.add_argument(
-        "--feature-cache",
-        default=None,
-        metavar="DIR",
-        help="cache backbone features here (keyed on image, crop, backbone weights)",
-    )
+    add_feature_cache(parser)
     parser.add_argument(
         "--checkpoint-dir",
         default=None,
@@ -63,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-epoch probe checkpoints (default: next to --out, as OUT.checkpoints)",
     )
     parser.add_argument("--resume", action="store_true", help="continue the probes saved in the checkpoint folder")
-    parser.add_argument("--no-amp", action="store_true", help="no bfloat16 on CUDA (always float32)")
-    parser.add_argument("--no-pretrained", action="store_true", help="random weights everywhere (testing only)")
+    add_no_amp(parser)
+    add_no_pretrained(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the file to write (.onnx or .pt2)")
     add_iters(parser)
     parser.add_argument("--opset", type=int_at_least(18), default=None, help="ONNX opset (default 18; 18 or newer)")
-    add_runtime(parser, dtypes=DTYPE_NAMES)
+    add_runtime(parser, dtypes=DTYPE_NAMES, device_help="pt2: where the program's weights live (default cpu)")
     parser.add_argument(
         "--no-optimize",
         action="store_true",

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import add_runtime, non_negative_int, number_above, positive_int
+from ._args import (
+    add_backbone_weights,
+    add_feature_cache,
+    add_no_amp,
+    add_runtime,
+    at_least,
+    non_negative_int,
+    number_above,
+    positive_int,
+)
 
 NAME = "train"
 HELP = "train an UPLiFT upsampler for a backbone (self-supervised)"
@@ -33,13 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="dinov2_s14",
         help="architecture: registered name, authors' YAML, featlift JSON, model dir or Hub repo id",
     )
-    parser.add_argument("--backbone-weights", default=None, help="local backbone weights file")
+    add_backbone_weights(parser)
     parser.add_argument("--no-pretrained-backbone", action="store_true", help="random-init backbone (tests)")
     parser.add_argument("--loss", default="l2", choices=["l2", "l1", "cosine"])
-    parser.add_argument("--noise", type=float, default=0.0, help="std of noise added to the input features")
-    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument(
+        "--noise", type=at_least(0, cast=float), default=0.0, help="std of noise added to the input features"
+    )
+    add_no_amp(parser)
     parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for evaluation")
+    parser.add_argument(
+        "--val-fraction",
+        type=at_least(0, cast=float, below=1),
+        default=0.1,
+        help="share of images held out for evaluation (0 to below 1)",
+    )
     parser.add_argument(
         "--eval-every", type=non_negative_int, default=0, help="evaluate every N steps (default: at the end)"
     )
@@ -51,9 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     add_runtime(parser, dtypes=None)
-    parser.add_argument(
-        "--feature-cache", default=None, metavar="DIR", help="cache backbone features here across epochs"
-    )
+    add_feature_cache(parser)
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="publish the result to this Hub repo")
 
 

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .._images import to_image_tensor
+from .._images import resize_image, to_image_tensor
 from ..errors import InvalidUploadError
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "Upload", "read_upload"]
@@ -115,8 +114,7 @@ def read_upload(
     target = capped_size((pixels.shape[1], pixels.shape[2]), max_pixels)
     if target != tuple(pixels.shape[1:]) or original[0] * original[1] > max_pixels:
         if target != tuple(pixels.shape[1:]):
-            pixels = F.interpolate(pixels[None], size=target, mode="bilinear", antialias=True, align_corners=False)
-            pixels = pixels[0].clamp(0, 1)
+            pixels = resize_image(pixels[None], target)[0].clamp(0, 1)
         note = (
             f"The picture has {original[1]}x{original[0]} pixels ({_megapixels(original[0] * original[1])}), above "
             f"this demo's cap of {_megapixels(max_pixels)}; it was downscaled to {target[1]}x{target[0]}."

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from featlift._images import read_image, resize_and_crop
 from featlift.errors import (
     ConfigError,
     DatasetError,
@@ -333,66 +333,6 @@ _COCOSTUFF_LUT, _COCOSTUFF27_LUT = _cocostuff_luts()
 # --------------------------------------------------------------------------------------------------
 
 
-def _nearest_index(n_in: int, n_out: int) -> Tensor:
-    """Source indices of a pixel-centre nearest resize ``n_in -> n_out`` (PyTorch's ``nearest-exact``)."""
-    scale = n_in / n_out
-    return ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale).floor().long().clamp_(0, n_in - 1)
-
-
-def resize_and_crop(
-    image: Tensor, target: Tensor | None, size: int, *, target_mode: str = "nearest"
-) -> tuple[Tensor, Tensor | None]:
-    """The dense-probe protocol: shorter side resized to ``size``, then a centre crop to ``size x size``.
-
-    Args:
-        image: float ``[C, H, W]``. Resized bilinearly, antialiased, ``align_corners=False``.
-        target: ``[H, W]`` of any dtype (class ids, depth in metres) or None. With ``target_mode="nearest"``
-            (labels, depth: no invented values) each output pixel takes the input pixel under its centre,
-            ``src = floor((dst + 0.5) * in / out)`` (PyTorch's ``nearest-exact``, PIL's ``NEAREST``);
-            ``"bilinear"`` resizes it like the image (float targets only).
-        size: the output side ``S``.
-
-    Returns:
-        ``(image [C, S, S], target [S, S] or None)``, dtypes kept. The longer side becomes
-        ``int(long * S / short)`` (as torchvision's ``Resize``) and the crop starts at
-        ``(new_long - S) // 2``.
-    """
-    if image.ndim != 3:
-        raise ValueError(f"resize_and_crop: image must be [C, H, W], got shape {tuple(image.shape)}")
-    if size < 1:
-        raise ValueError(f"resize_and_crop: size must be >= 1, got {size}")
-    if target_mode not in ("nearest", "bilinear"):
-        raise ValueError(f"resize_and_crop: target_mode must be 'nearest' or 'bilinear', got {target_mode!r}")
-    h, w = image.shape[-2:]
-    if target is not None and tuple(target.shape) != (h, w):
-        raise ValueError(f"resize_and_crop: target shape {tuple(target.shape)} does not match the image's {(h, w)}")
-    if h <= w:
-        new_h, new_w = size, int(w * size / h)
-    else:
-        new_h, new_w = int(h * size / w), size
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-
-    if (new_h, new_w) != (h, w):
-        image = F.interpolate(
-            image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-        )[0].to(image.dtype)
-    image = image[:, top : top + size, left : left + size].contiguous()
-
-    if target is not None:
-        if target_mode == "nearest":
-            rows = _nearest_index(h, new_h)[top : top + size]
-            cols = _nearest_index(w, new_w)[left : left + size]
-            target = target[rows][:, cols].contiguous()
-        else:
-            if not target.is_floating_point():
-                raise ValueError("resize_and_crop: target_mode='bilinear' needs a float target")
-            target = F.interpolate(
-                target[None, None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-            )[0, 0]
-            target = target[top : top + size, left : left + size].contiguous()
-    return image, target
-
-
 # --------------------------------------------------------------------------------------------------
 # File helpers
 # --------------------------------------------------------------------------------------------------
@@ -444,13 +384,6 @@ def _need(name: str, root: Path, path: Path, fix: str = "") -> Path:
     if not path.exists():
         raise _missing(name, root, path, fix)
     return path
-
-
-def _read_image(path: Path) -> Tensor:
-    """An image file as float32 ``[3, H, W]`` in [0, 1]."""
-    with Image.open(path) as im:
-        array = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def _read_index_png(path: Path) -> np.ndarray:
@@ -516,7 +449,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item_id, image_path, label_path = self._pairs[index]
-        image = _read_image(image_path)
+        image = read_image(image_path)
         raw = _read_index_png(label_path)
         if raw.shape != tuple(image.shape[-2:]):
             raise DatasetFormatError(
@@ -688,7 +621,7 @@ class NYUv2Depth(Dataset):
 
     def _load_folder(self, index: int) -> tuple[Tensor, Tensor]:
         _, rgb_path, depth_path = self._pairs[index]
-        image = _read_image(rgb_path)
+        image = read_image(rgb_path)
         with Image.open(depth_path) as im:
             if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
                 raise DatasetFormatError(
@@ -774,7 +707,7 @@ class DAVIS2017(Dataset):
                 f"{len(mask_paths)} masks; every JPEGImages/480p/{seq}/NNNNN.jpg needs its Annotations/480p/"
                 f"{seq}/NNNNN.png"
             )
-        frames = [_read_image(p) for p in frame_paths]
+        frames = [read_image(p) for p in frame_paths]
         masks = [torch.from_numpy(_read_index_png(p).astype(np.int64)) for p in mask_paths]
         first = masks[0][masks[0] != 255]
         num_objects = int(first.max()) if first.numel() else 0

@@ -40,7 +40,7 @@ DELTA1_THRESHOLD = 1.25
 """δ1 counts the valid pixels with ``max(pred / target, target / pred) < DELTA1_THRESHOLD``."""
 
 
-def _torchmetrics() -> Any:
+def require_torchmetrics() -> Any:
     return require("torchmetrics", feature="featlift's evaluation metrics", extra="eval")
 
 
@@ -117,7 +117,7 @@ class SegmentationMetric(_Summed):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = class_names
-        _torchmetrics()  # a clear MissingDependencyError when the eval extra is missing
+        require_torchmetrics()  # a clear MissingDependencyError when the eval extra is missing
         from torchmetrics.classification import MulticlassConfusionMatrix
 
         # The inputs are checked here (clear ValueErrors), so torchmetrics' own (slower) validation is skipped.
@@ -187,7 +187,7 @@ class SegmentationMetric(_Summed):
 
 @functools.cache
 def _depth_sums_class() -> type:
-    tm = _torchmetrics()
+    tm = require_torchmetrics()
 
     class _DepthSums(tm.Metric):
         """Sum states over every valid pixel; ``dist_reduce_fx="sum"`` makes them add up across processes."""

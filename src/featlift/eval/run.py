@@ -25,6 +25,7 @@ from PIL import Image
 from .._atomic import atomic_write
 from .._distributed import Dist, init_distributed, process_device, shard
 from .._feature_cache import FeatureCache
+from .._images import resize_image
 from ..errors import ConfigError
 from .probe import ProbeConfig, evaluate_probe, slug, train_probe
 from .upsamplers import make_source
@@ -42,7 +43,7 @@ def _metric(task: str, dataset, device):
     return DepthMetric(device=device)
 
 
-def _sources(upsamplers: list, options: dict):
+def make_sources(upsamplers: list, options: dict):
     """Each upsampler as a feature source, one at a time (only one model is held at once)."""
     if not upsamplers:
         raise ValueError("name at least one upsampler to evaluate (--upsampler, repeatable)")
@@ -64,7 +65,7 @@ def _processes(options: dict, feature_cache) -> Dist:
     d = init_distributed(None if options.get("device") is None else str(options["device"]))
     options["device"] = process_device(options.get("device"), d)
     if feature_cache is not None:
-        options["cache"] = FeatureCache(feature_cache)
+        options["feature_cache"] = FeatureCache(feature_cache)
     return d
 
 
@@ -157,7 +158,7 @@ def evaluate(
     if checkpoints is not None:
         _check_protocol(checkpoints, {"task": task, "dataset": dataset, **protocol}, resume, d)
     results, kept = {}, {}
-    for source in _sources(upsamplers, source_options):
+    for source in make_sources(upsamplers, source_options):
         logger.info("training the probe on %s features (%d images)", source.name, len(train_set))
         probe = train_probe(
             source,
@@ -234,7 +235,7 @@ def evaluate_video(
     d = _processes(source_options, feature_cache)
     ids = [sequences.ids[i] if hasattr(sequences, "ids") else str(i) for i in range(len(sequences))]
     results = {}
-    for source in _sources(upsamplers, source_options):
+    for source in make_sources(upsamplers, source_options):
         scores = []
         items = shard(len(sequences), d)
         if progress and d.main:
@@ -249,7 +250,7 @@ def evaluate_video(
             grid = (size[0] // stride, size[1] // stride)
             feats = []
             for frame in seq["frames"]:
-                image = F.interpolate(frame[None], size=size, mode="bilinear", antialias=True, align_corners=False)
+                image = resize_image(frame[None], size)
                 f = source.features(image)[0]
                 feats.append(F.adaptive_avg_pool2d(f, grid).cpu())
             first = F.interpolate(seq["masks"][0][None, None].float(), size=grid, mode="nearest")[0, 0].long()

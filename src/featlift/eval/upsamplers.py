@@ -173,7 +173,7 @@ def make_source(
     device: str | torch.device = "cpu",
     tile: int | None = None,
     name: str | None = None,
-    cache: FeatureCache | str | os.PathLike | None = None,
+    feature_cache: FeatureCache | str | os.PathLike | None = None,
     amp: bool = True,
 ) -> FeatureSource:
     """The :class:`FeatureSource` that ``spec`` names (see the module docstring).
@@ -188,8 +188,8 @@ def make_source(
         tile: tile size (backbone cells) for featlift models: the probe then runs per tile, so large
             images never hold full pixel-dense features.
         name: the label in tables and outputs (default: ``spec``, or the callable's name).
-        cache: a :class:`~featlift._feature_cache.FeatureCache` or its folder: backbone features are read
-            from disk where cached (keyed on the backbone's weights and the image crop).
+        feature_cache: a :class:`~featlift._feature_cache.FeatureCache` or its folder: backbone features
+            are read from disk where cached (keyed on the backbone's weights and its exact input).
         amp: on CUDA, compute in bfloat16 (ignored on the CPU).
 
     Raises:
@@ -197,6 +197,7 @@ def make_source(
         UnknownModelError, DownloadError, CheckpointError: from loading the model or backbone.
     """
     device = torch.device(device)
+    cache = feature_cache
     if cache is not None and not isinstance(cache, FeatureCache):
         cache = FeatureCache(cache)
     half = amp and device.type == "cuda"

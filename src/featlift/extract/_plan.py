@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .._images import list_image_files, resize_to_patch_multiple, to_image_tensor
+from .._images import list_image_files, read_image, resize_to_patch_multiple
 
 __all__ = [
     "FEATURES_SUFFIX",
@@ -123,12 +123,8 @@ class Images(torch.utils.data.Dataset):
         return len(self.jobs)
 
     def __getitem__(self, i: int) -> dict:
-        from PIL import Image
-
         try:
-            with Image.open(self.jobs[i].source) as im:
-                im.load()
-                pixels = to_image_tensor(im, str(self.jobs[i].source))
+            pixels = read_image(self.jobs[i].source)
             size = tuple(pixels.shape[-2:])
             return {"index": i, "pixels": resize_to_patch_multiple(pixels[None], self.patch)[0], "size": size}
         except PER_IMAGE_ERRORS as err:

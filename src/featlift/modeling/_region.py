@@ -21,9 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import UntileableError
-
-__all__ = ["Region", "UntileableError", "corner_aligned_upsample"]
+__all__ = ["Region", "corner_aligned_upsample"]
 
 
 @dataclass(frozen=True)

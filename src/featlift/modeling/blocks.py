@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import BlockGroupConfig, DownConfig, UpConfig
+from ..errors import UntileableError
 from ._inference import FoldedConv
-from ._region import Region, UntileableError, corner_aligned_upsample
+from ._region import Region, corner_aligned_upsample
 
 __all__ = [
     "BLOCK_CONVS",

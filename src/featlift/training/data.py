@@ -1,7 +1,7 @@
 """Training images: a folder (recursive) or a file list, decoded, resized and centre-cropped.
 
-Folders are listed by :func:`featlift._images.list_image_files` and pixels converted by
-:func:`featlift._images.to_image_tensor`, as everywhere else in featlift.
+Folders are listed by :func:`featlift._images.list_image_files`, files read by :func:`~featlift._images.read_image`
+and resized and cropped by :func:`~featlift._images.resize_and_crop`, as everywhere else in featlift.
 
 Unreadable files are skipped with one warning each: the next readable image takes their place, so every
 batch keeps its size and every process sees the same sequence.
@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .._images import IMAGE_EXTENSIONS, list_image_files, to_image_tensor
+from .._images import IMAGE_EXTENSIONS, list_image_files, read_image, resize_and_crop
 from ..errors import DataError
 
 __all__ = ["ImageDataset", "list_images"]
@@ -58,15 +58,8 @@ class ImageDataset(Dataset):
         return len(self.files)
 
     def _load(self, index: int) -> torch.Tensor:
-        with Image.open(self.files[index]) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = self.size / min(w, h)
-            new = (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
-            im = im.resize(new, resample=Image.BICUBIC)
-            left, top = (new[0] - self.size) // 2, (new[1] - self.size) // 2
-            im = im.crop((left, top, left + self.size, top + self.size))
-            return to_image_tensor(im, what=str(self.files[index]))
+        """The image, shorter side resized to ``size`` and centre-cropped (the one resize and crop)."""
+        return resize_and_crop(read_image(self.files[index]), None, self.size)[0]
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.load(index)[0]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._images import resize_image
+
 if TYPE_CHECKING:
     from .._feature_cache import FeatureCache
 
@@ -42,7 +44,7 @@ def downsample(images: Tensor, factor: int) -> Tensor:
     h, w = images.shape[-2:]
     if h % factor or w % factor:
         raise ValueError(f"images of {h}x{w} cannot be downsampled by {factor}; use sizes divisible by it")
-    return F.interpolate(images, size=(h // factor, w // factor), mode="bilinear", antialias=True, align_corners=False)
+    return resize_image(images, (h // factor, w // factor))
 
 
 @torch.no_grad()

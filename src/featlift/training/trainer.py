@@ -52,6 +52,7 @@ from .._feature_cache import FeatureCache
 from .._lookup import resolve_model
 from .._registry import list_upsamplers
 from ..backbones import Backbone, agreed_normalisation, load_backbone
+from ..backbones._normalisation import normalise
 from ..config import BackboneConfig, UpliftConfig
 from ..modeling.uplift import UPLiFT
 from ._card import model_card
@@ -108,18 +109,17 @@ def evaluate(
     both against the full image's features (mean squared error). ``generator`` feeds the model's noise
     channels, if it has any.
 
-    ``backbone`` is a featlift :class:`~featlift.backbones.Backbone`; it normalises the images
-    (:meth:`~featlift.backbones.Backbone.normalise`) with statistics that must agree with ``config``'s
-    (:func:`~featlift.backbones.agreed_normalisation`; a backbone stating none takes the
-    config's)."""
-    backbone.normalisation = agreed_normalisation(backbone.normalisation, config.backbone)
+    ``backbone`` is a featlift :class:`~featlift.backbones.Backbone`; images are normalised with its
+    statistics, which must agree with ``config``'s (:func:`~featlift.backbones.agreed_normalisation`; a
+    backbone stating none takes the config's). The backbone object is not changed."""
+    stats = agreed_normalisation(backbone.normalisation, config.backbone)  # the caller's backbone is left alone
     was_training = model.training
     model.eval()
     sums = {d: [0.0, 0.0] for d in range(1, depths + 1)}
     count = 0
     for start in range(0, len(dataset), batch_size):
         images = torch.stack([dataset[i] for i in range(start, min(len(dataset), start + batch_size))]).to(device)
-        images = backbone.normalise(images)
+        images = normalise(images, stats)
         full = backbone(images)
         for d in range(1, depths + 1):
             coarse = backbone(downsample(images, 2**d))
