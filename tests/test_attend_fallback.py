@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -239,3 +242,19 @@ def test_the_environment_is_read_once_per_policy(monkeypatch):
         assert la.attend_policy() is policy
     assert la.attend_policy() is not policy, "the previous policy is back after the block"
     assert la.attend_policy() is la.attend_policy(), "one process policy, built once"
+
+
+def test_the_process_policy_traces_under_a_fullgraph_compile():
+    """Reading the process's policy is a plain global read: in a fresh process, torch.compile(fullgraph=True)
+    traces local_attend with no graph break, before anything else has asked for the policy."""
+    code = (
+        "import torch\n"
+        "from featlift.ops import local_attend, neighbourhood_offsets\n"
+        "offsets = neighbourhood_offsets(9)\n"
+        "f = torch.compile(lambda l, v: local_attend(l, v, offsets, 2) * 2.0, fullgraph=True, backend='eager')\n"
+        "print(tuple(f(torch.randn(1, 9, 6, 8), torch.randn(1, 5, 3, 4)).shape))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != la.ENV_VAR}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "(1, 5, 6, 8)"

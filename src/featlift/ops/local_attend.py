@@ -243,18 +243,15 @@ class AttendPolicy:
         return choice
 
 
-_POLICY: AttendPolicy | None = None
+# The process's policy, read from the environment once, when this module is imported (a value naming no
+# implementation raises only when "auto" is resolved). A plain global read, so torch.compile traces it.
+_POLICY: AttendPolicy = AttendPolicy.from_environment()
 _POLICY_LOCK = threading.Lock()
 
 
 def attend_policy() -> AttendPolicy:
     """The policy in force: the one :func:`use_attend_policy` installed, else the process's own, built
-    from the environment the first time it is needed."""
-    global _POLICY
-    if _POLICY is None:
-        with _POLICY_LOCK:
-            if _POLICY is None:
-                _POLICY = AttendPolicy.from_environment()
+    from the environment when featlift's ops were imported."""
     return _POLICY
 
 
