@@ -11,17 +11,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from featlift import LoadOptions
 from featlift.eval.probe import ProbeConfig, evaluate_probe, slug, train_probe
 from featlift.eval.upsamplers import FeatureSource, make_source
 
 from .conftest import TIMM_NAME
+
+RANDOM = LoadOptions(pretrained=False)  # random weights everywhere, nothing downloaded
+
 
 SIZE = 28  # two DINOv2 patches a side: fast on the CPU
 
 
 @pytest.fixture(scope="module")
 def bilinear():
-    return make_source("bilinear", backbone=TIMM_NAME, pretrained=False)
+    return make_source("bilinear", backbone=TIMM_NAME, options=RANDOM)
 
 
 def test_interpolation_sources_upsample_the_backbone_features(bilinear):
@@ -32,7 +36,7 @@ def test_interpolation_sources_upsample_the_backbone_features(bilinear):
     lowres = backbone(backbone.normalise(images))
     want = F.interpolate(lowres, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     assert torch.allclose(feats, want, atol=1e-5)
-    nearest = make_source("nearest", backbone=TIMM_NAME, pretrained=False)
+    nearest = make_source("nearest", backbone=TIMM_NAME, options=RANDOM)
     nearest.backbone.load_state_dict(backbone.state_dict())
     near = nearest.features(images)
     assert torch.equal(near[:, :, :14, :14], lowres[:, :, :1, :1].expand(-1, -1, 14, 14))
@@ -42,7 +46,7 @@ def test_specs_that_need_a_backbone_or_are_malformed_say_so():
     with pytest.raises(ValueError, match="name the backbone with --backbone"):
         make_source("bilinear")
     with pytest.raises(ValueError, match="expected hub:REPO:ENTRY"):
-        make_source("hub:only-a-repo", backbone=TIMM_NAME, pretrained=False)
+        make_source("hub:only-a-repo", backbone=TIMM_NAME, options=RANDOM)
 
 
 def test_hub_spec_loads_a_local_repo_with_the_anyup_calling_convention(tmp_path, bilinear):
@@ -69,7 +73,7 @@ def test_hub_spec_loads_a_local_repo_with_the_anyup_calling_convention(tmp_path,
             """
         )
     )
-    source = make_source(f"hub:{repo}:doubling", backbone=TIMM_NAME, pretrained=False)
+    source = make_source(f"hub:{repo}:doubling", backbone=TIMM_NAME, options=RANDOM)
     source.backbone.load_state_dict(bilinear.backbone.state_dict())
     images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(source.features(images), 2 * bilinear.features(images), atol=1e-5)
@@ -79,17 +83,17 @@ def test_a_callable_is_an_upsampler_and_a_wrong_output_is_refused(bilinear):
     def half(image, lowres, size):
         return F.interpolate(lowres, size=size, mode="bilinear", align_corners=False) / 2
 
-    source = make_source(half, backbone=TIMM_NAME, pretrained=False)
+    source = make_source(half, backbone=TIMM_NAME, options=RANDOM)
     source.backbone.load_state_dict(bilinear.backbone.state_dict())
     images = torch.rand(1, 3, SIZE, SIZE)
     assert source.name == "half"
     assert torch.allclose(source.features(images), bilinear.features(images) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="returned .* it must be called as f\\(image, lowres, \\(H, W\\)\\)"):
-        make_source(lambda image, lowres, size: lowres, backbone=TIMM_NAME, pretrained=False, name="broken")
+        make_source(lambda image, lowres, size: lowres, backbone=TIMM_NAME, options=RANDOM, name="broken")
 
 
 def test_featlift_models_are_sources_and_run_the_probe_per_tile():
-    source = make_source("dinov2_s14", pretrained=False, tile=1)
+    source = make_source("dinov2_s14", options=RANDOM, tile=1)
     images = torch.rand(1, 3, 56, 42, generator=torch.Generator().manual_seed(2))
     feats = source.features(images)
     assert feats.shape == (1, 384, 56, 42) and not feats.is_inference()
@@ -264,7 +268,7 @@ def test_video_propagation_follows_an_object_with_colour_features(tmp_path, caps
         return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
 
     report = evaluate_video(
-        "davis", root, [colours], backbone=TIMM_NAME, pretrained=False, image_size=48, stride=2, radius=None
+        "davis", root, [colours], backbone=TIMM_NAME, options=RANDOM, image_size=48, stride=2, radius=None
     )
     result = report["results"]["colours"]
     assert result["jf_mean"] > 0.8 and set(result["sequences"]) == {"square"}
@@ -297,7 +301,7 @@ def test_depth_probe_end_to_end_on_the_nyuv2_folder_layout(tmp_path):
 
     config = ProbeConfig(epochs=60, lr=5e-2, batch_size=3)
     report = evaluate(
-        "depth", "nyuv2", tmp_path, [brightness], backbone=TIMM_NAME, pretrained=False, image_size=28, config=config
+        "depth", "nyuv2", tmp_path, [brightness], backbone=TIMM_NAME, options=RANDOM, image_size=28, config=config
     )
     result = report["results"]["brightness"]
     assert set(result) >= {"rmse", "abs_rel", "delta1"}

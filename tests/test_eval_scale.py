@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from featlift import LoadOptions
 from featlift._distributed import Dist, shard
 from featlift._feature_cache import FeatureCache, fingerprint
 from featlift.eval.probe import ProbeConfig, epoch_batches, share, train_probe
 
 from .conftest import TIMM_NAME
+
+RANDOM = LoadOptions(pretrained=False)  # random weights everywhere, nothing downloaded
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 28
@@ -117,7 +120,7 @@ def test_resume_refuses_another_protocol_and_needs_a_folder(tmp_path, voc):
     from featlift.eval.run import evaluate
 
     root, weights = voc
-    common = dict(backbone=TIMM_NAME, backbone_weights=weights, image_size=SIZE, device="cpu")
+    common = dict(backbone=TIMM_NAME, options=LoadOptions(backbone_weights=weights), image_size=SIZE, device="cpu")
     with pytest.raises(ConfigError, match="checkpoint folder"):
         evaluate("seg", "voc", root, ["bilinear"], resume=True, **common)
     config = ProbeConfig(epochs=1, lr=1e-2)
@@ -133,8 +136,10 @@ def test_the_feature_cache_skips_the_backbone_and_changes_nothing(voc, tmp_path)
     from featlift.eval.upsamplers import make_source
 
     _, weights = voc
-    plain = make_source("bilinear", backbone=TIMM_NAME, backbone_weights=weights)
-    cached = make_source("bilinear", backbone=TIMM_NAME, backbone_weights=weights, feature_cache=tmp_path / "cache")
+    plain = make_source("bilinear", backbone=TIMM_NAME, options=LoadOptions(backbone_weights=weights))
+    cached = make_source(
+        "bilinear", backbone=TIMM_NAME, options=LoadOptions(backbone_weights=weights), feature_cache=tmp_path / "cache"
+    )
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     first = cached.features(images)
     assert cached.cache.misses == 2 and cached.cache.hits == 0
@@ -148,7 +153,7 @@ def test_the_feature_cache_skips_the_backbone_and_changes_nothing(voc, tmp_path)
     # another crop of the same picture is another entry; other weights are another folder
     cached.features(images[:, :, :14, :14].contiguous())
     assert cached.cache.misses == 4
-    other = make_source("bilinear", backbone=TIMM_NAME, pretrained=False, feature_cache=cached.cache)
+    other = make_source("bilinear", backbone=TIMM_NAME, options=RANDOM, feature_cache=cached.cache)
     assert fingerprint(other.backbone) != fingerprint(cached.backbone)
     other.features(images)
     assert cached.cache.misses == 6 and len(list((tmp_path / "cache").iterdir())) == 2
@@ -157,7 +162,7 @@ def test_the_feature_cache_skips_the_backbone_and_changes_nothing(voc, tmp_path)
 def test_a_damaged_cache_entry_is_recomputed(tmp_path):
     from featlift.eval.upsamplers import make_source
 
-    source = make_source("bilinear", backbone=TIMM_NAME, pretrained=False, feature_cache=tmp_path)
+    source = make_source("bilinear", backbone=TIMM_NAME, options=RANDOM, feature_cache=tmp_path)
     images = torch.rand(1, 3, SIZE, SIZE)
     want = source.features(images)
     (entry,) = [p for p in tmp_path.rglob("*.safetensors")]
@@ -169,8 +174,8 @@ def test_featlift_sources_use_the_cache_through_precomputed_features(tmp_path):
     from featlift.eval.upsamplers import make_source
 
     torch.manual_seed(0)
-    plain = make_source("dinov2_s14", pretrained=False)
-    cached = make_source("dinov2_s14", pretrained=False, feature_cache=FeatureCache(tmp_path))
+    plain = make_source("dinov2_s14", options=RANDOM)
+    cached = make_source("dinov2_s14", options=RANDOM, feature_cache=FeatureCache(tmp_path))
     cached.up.load_state_dict(plain.up.state_dict())
     images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
     want = plain.features(images)
@@ -181,7 +186,7 @@ def test_featlift_sources_use_the_cache_through_precomputed_features(tmp_path):
 def test_upsampler_takes_precomputed_backbone_features_and_checks_their_shape():
     import featlift
 
-    up = featlift.load_upsampler("dinov2_s14", pretrained=False, device="cpu")
+    up = featlift.load_upsampler("dinov2_s14", options=RANDOM, device="cpu")
     images = torch.rand(2, 3, 42, 28, generator=torch.Generator().manual_seed(4))
     want, lowres = up(images, return_lowres=True)
     assert torch.equal(up(images, features=lowres), want)

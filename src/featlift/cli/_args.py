@@ -17,6 +17,7 @@ __all__ = [
     "add_no_pretrained",
     "add_runtime",
     "add_tile",
+    "add_weight_sources",
     "at_least",
     "grid",
     "int_at_least",
@@ -92,10 +93,16 @@ def add_model(parser: argparse.ArgumentParser, *, positional: bool = False, defa
         parser.add_argument("--model", default=default, help=f"{what} (default {default})")
     group = parser.add_argument_group("model weights")
     group.add_argument("--weights", default=None, metavar="FILE", help="local UPLiFT weights instead of the download")
-    add_backbone_weights(group)
-    add_no_pretrained(group)
-    group.add_argument("--revision", default=None, help="Hub branch, tag or commit of the UPLiFT files")
-    group.add_argument(
+    add_weight_sources(group)
+
+
+def add_weight_sources(parser) -> None:
+    """Where weights come from, for every command that loads a model: ``--backbone-weights``,
+    ``--no-pretrained``, ``--revision`` and ``--cache-dir`` (read back with :func:`load_options`)."""
+    add_backbone_weights(parser)
+    add_no_pretrained(parser)
+    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of the UPLiFT files")
+    parser.add_argument(
         "--cache-dir", default=None, metavar="DIR", help="Hugging Face cache folder (default: the standard one)"
     )
 
@@ -124,12 +131,13 @@ def add_no_amp(parser) -> None:
 
 
 def load_options(args: argparse.Namespace):
-    """The :class:`featlift.LoadOptions` the :func:`add_model` arguments give."""
+    """The :class:`featlift.LoadOptions` the :func:`add_model` (or :func:`add_weight_sources`) arguments
+    give."""
     from .._builder import LoadOptions
 
     return LoadOptions(
         pretrained=not args.no_pretrained,
-        weights=args.weights,
+        weights=getattr(args, "weights", None),
         backbone_weights=args.backbone_weights,
         revision=args.revision,
         cache_dir=args.cache_dir,

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from ._args import (
-    add_backbone_weights,
     add_feature_cache,
     add_no_amp,
-    add_no_pretrained,
     add_runtime,
     add_tile,
+    add_weight_sources,
+    load_options,
     number_above,
     positive_int,
 )
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backbone", default=None, help="timm backbone for bilinear/nearest/bicubic and hub: upsamplers"
     )
-    add_backbone_weights(parser)
+    add_weight_sources(parser)
     parser.add_argument(
         "--image-size", type=positive_int, default=448, help="shorter side resize + centre crop (default 448)"
     )
@@ -68,7 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue the probes saved in the checkpoint folder")
     add_no_amp(parser)
-    add_no_pretrained(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         return {name: getattr(args, name) for name in names}
 
     # device: default CUDA when available (under torchrun, this process's own GPU)
-    common = given("backbone", "backbone_weights", "device", "image_size", "max_val", "out", "feature_cache")
-    common.update(pretrained=not args.no_pretrained, amp=not args.no_amp, progress=True)
+    common = given("backbone", "device", "image_size", "max_val", "out", "feature_cache")
+    common.update(options=load_options(args), amp=not args.no_amp, progress=True)
     picture = None
     if args.task == "video":
         report = evaluate_video(args.dataset, args.root, args.upsampler, stride=args.video_stride, **common)

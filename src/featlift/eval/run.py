@@ -69,6 +69,12 @@ def _processes(options: dict, feature_cache) -> Dist:
     return d
 
 
+def _backbone_weights(options) -> str | None:
+    """The backbone weights file the protocol record names (None: the published weights)."""
+    weights = None if options is None else options.backbone_weights
+    return None if weights is None else str(weights)
+
+
 def _check_protocol(directory: Path, protocol: dict, resume: bool, d: Dist) -> None:
     """Tie a checkpoint folder to one protocol: a resume under other settings is refused."""
     path = directory / "protocol.json"
@@ -121,8 +127,8 @@ def evaluate(
     :func:`featlift.eval.datasets.make_dataset`), with the same protocol and seed.
 
     ``task`` is ``"seg"`` or ``"depth"``. ``source_options`` are the keywords of
-    :func:`featlift.eval.upsamplers.make_source` (``backbone``, ``backbone_weights``, ``pretrained``,
-    ``device``, ``tile``, ``amp``). Returns the report (module docstring); ``out`` also writes it as
+    :func:`featlift.eval.upsamplers.make_source` (``backbone``, ``options``, ``device``, ``tile``,
+    ``amp``). Returns the report (module docstring); ``out`` also writes it as
     JSON, ``picture`` a PNG grid, ``save_predictions`` the predicted and target label PNGs.
 
     ``feature_cache`` (a folder) caches backbone features on disk (:mod:`featlift._feature_cache`).
@@ -146,9 +152,7 @@ def evaluate(
         **asdict(config),
         "image_size": image_size,
         "backbone": source_options.get("backbone"),
-        "backbone_weights": None
-        if source_options.get("backbone_weights") is None
-        else str(source_options["backbone_weights"]),
+        "backbone_weights": _backbone_weights(source_options.get("options")),
         "upsamplers": [spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec)) for spec in upsamplers],
         "train_images": len(train_set),
         "val_images": len(val_set),

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._builder import LoadOptions
 from .._feature_cache import FeatureCache
 from .._images import resize_to_patch_multiple
 from ..backbones import Backbone, load_backbone
@@ -168,8 +169,7 @@ def make_source(
     spec: str | UpsampleFn,
     *,
     backbone: str | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    pretrained: bool = True,
+    options: LoadOptions | None = None,
     device: str | torch.device = "cpu",
     tile: int | None = None,
     name: str | None = None,
@@ -182,8 +182,10 @@ def make_source(
         spec: a featlift model, ``bilinear``/``nearest``/``bicubic``, ``hub:REPO:ENTRY``, or a callable
             ``f(image, lowres, (H, W))`` (``image`` normalised for the backbone, ``lowres`` its features).
         backbone: timm model name of the backbone for interpolation, hub and callable specs.
-        backbone_weights: local weights for that backbone (offline use).
-        pretrained: False gives random weights to whatever is not passed explicitly (tests, smoke runs).
+        options: where the weights come from (:class:`featlift.LoadOptions`): ``backbone_weights`` (local
+            weights for the backbone, offline use), ``pretrained=False`` (random weights for whatever is not
+            passed explicitly: tests, smoke runs), and for featlift models ``revision`` and ``cache_dir``
+            (the Hugging Face cache).
         device: where everything runs.
         tile: tile size (backbone cells) for featlift models: the probe then runs per tile, so large
             images never hold full pixel-dense features.
@@ -196,6 +198,7 @@ def make_source(
         ValueError: a spec that needs ``backbone`` without one, or a malformed ``hub:`` spec.
         UnknownModelError, DownloadError, CheckpointError: from loading the model or backbone.
     """
+    options = LoadOptions() if options is None else options
     device = torch.device(device)
     cache = feature_cache
     if cache is not None and not isinstance(cache, FeatureCache):
@@ -203,7 +206,7 @@ def make_source(
     half = amp and device.type == "cuda"
     if callable(spec) and not isinstance(spec, str):
         label = name or getattr(spec, "__name__", type(spec).__name__)
-        source = _backbone(backbone, backbone_weights, pretrained, label)
+        source = _backbone(backbone, options, label)
         return _BackboneSource(label, source, spec, device, keeps_channels=False, cache=cache, amp=half)
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"an upsampler spec is a name or a callable, got {spec!r}")
@@ -216,17 +219,20 @@ def make_source(
         from .._builder import load_upsampler
 
         dtype = torch.bfloat16 if half else None
-        up = load_upsampler(spec, pretrained=pretrained, device=device, dtype=dtype, backbone_weights=backbone_weights)
+        up = load_upsampler(spec, device=device, dtype=dtype, options=options)
         return _FeatliftSource(label, up, tile, cache)
-    source = _backbone(backbone, backbone_weights, pretrained, label)
+    source = _backbone(backbone, options, label)
     keeps = spec in INTERPOLATIONS
     return _BackboneSource(label, source, upsample, device, keeps_channels=keeps, cache=cache, amp=half)
 
 
-def _backbone(name: str | None, weights, pretrained: bool, label: str) -> Backbone:
+def _backbone(name: str | None, options: LoadOptions, label: str) -> Backbone:
     if name is None:
         raise ValueError(
             f"upsampler {label!r} upsamples a backbone's features: name the backbone with --backbone (a timm "
             "model name such as vit_small_patch14_dinov2.lvd142m; --backbone-weights FILE for offline use)"
         )
-    return load_backbone(BackboneConfig(name=name, source="timm"), pretrained=pretrained, weights=weights)
+    config = BackboneConfig(name=name, source="timm")
+    return load_backbone(
+        config, pretrained=options.pretrained, weights=options.backbone_weights, cache_dir=options.cache_dir
+    )
