@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 __all__ = ["Dist", "init_distributed", "process_device", "shard"]
 
@@ -54,6 +55,17 @@ class Dist:
         flag = torch.tensor([value], dtype=torch.int64, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """Every process's ``tensor`` summed element-wise (a new tensor, on ``tensor``'s device; the input is
+        not changed); ``tensor`` itself for a single process."""
+        if not self.active:
+            return tensor
+        import torch.distributed as dist
+
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
 
     def barrier(self) -> None:
         """Wait until every process gets here."""

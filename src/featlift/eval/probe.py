@@ -99,15 +99,6 @@ def share(batch: list[int], d: Dist) -> list[int]:
     return [batch[i] for i in shard(len(batch), d)]
 
 
-def _global_count(count: Tensor, d: Dist) -> Tensor:
-    if d.active:
-        import torch.distributed as dist
-
-        count = count.clone()
-        dist.all_reduce(count)
-    return count
-
-
 def _autocast(device: torch.device, config: ProbeConfig):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.amp)
 
@@ -200,7 +191,7 @@ def train_probe(
                 loss_sum, count = _loss_sum(_at_label_size(out.float(), target), target, task, ignore_index)
             else:
                 loss_sum, count = out.float().sum(), torch.zeros((), dtype=torch.int64, device=source.device)
-            total_count = _global_count(count, d).clamp(min=1)
+            total_count = d.sum(count).clamp(min=1)
             # DDP averages the processes' gradients: scaling by the world size makes that their sum
             loss = loss_sum * d.world / total_count
             optimizer.zero_grad(set_to_none=True)
