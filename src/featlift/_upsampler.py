@@ -274,30 +274,36 @@ class Upsampler(nn.Module):
             head=head_channels is not None,
         )
 
-    def check_memory(self, batch: int, size: tuple[int, int], **options: Any) -> None:
+    def check_memory(
+        self,
+        batch: int,
+        size: tuple[int, int],
+        *,
+        output_size: OutputSize = None,
+        tile: int | tuple[int, int] | None = None,
+        head: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         """Raise :class:`~featlift.errors.InsufficientMemoryError` if the call would not fit in memory.
 
-        Runs before the backbone on every call while ``self.memory_guard`` is True (the default);
-        ``options`` are :meth:`estimate_memory`'s keywords.
+        Runs before the backbone on every call while ``self.memory_guard`` is True (the default); the
+        keywords are :meth:`estimate_memory`'s.
         """
         free = available_bytes(self.device)
         if free is None:
             return
-        estimate = self.estimate_memory(batch, size, **options)
+        head_channels = None if head is None else self._head_channels(head)  # probed once per call
+        estimate = self._estimate(batch, size, output_size, tile, head_channels)
         if estimate.total <= free:
             return
         what = f"{batch} image(s) of {size[0]}x{size[1]} pixels"
-        given = options.get("head")
-        head_channels = None if given is None else self._head_channels(given)
-        output_size = options.get("output_size")
         fixes = []
-        tile = self._fitting_tile(batch, size, output_size, head_channels, free)
-        if tile is not None:
-            t, tiled = tile
+        fitting = self._fitting_tile(batch, size, output_size, head_channels, free)
+        if fitting is not None:
+            t, tiled = fitting
             fixes.append(f"tile={t} (exact tiled upsampling; about {format_bytes(tiled.total)} in all)")
-        elif given is None:
-            fixes.append(self._head_fix(batch, size, output_size, free))
-        if tile is None:
+        else:
+            if head is None:
+                fixes.append(self._head_fix(batch, size, output_size, free))
             fixes.append("output_size= a smaller (height, width)")
         if self.dtype == torch.float32:
             fixes.append("dtype=torch.bfloat16 in load_upsampler (half the bytes)")
