@@ -88,12 +88,12 @@ def test_resize_and_crop_label_hand_worked():
 
 
 def test_resize_and_crop_offset_crop_and_tall_input():
-    # 4x10 -> 2x5 (cols 1,3,5,7,9), crop left = (5-2)//2 = 1 -> cols 3, 5.
+    # 4x10 -> 2x5 (cols 1,3,5,7,9), crop left = round((5-2)/2) = round(1.5) = 2 (CenterCrop) -> cols 5, 7.
     wide = torch.tensor([[10 * r + c for c in range(10)] for r in range(4)])
-    assert resize_and_crop(torch.zeros(3, 4, 10), wide, 2)[1].tolist() == [[13, 15], [33, 35]]
-    # 10x4 (tall): 5x2 -> rows 1,3,5,7,9, crop top = 1 -> rows 3, 5; cols 1, 3.
+    assert resize_and_crop(torch.zeros(3, 4, 10), wide, 2)[1].tolist() == [[15, 17], [35, 37]]
+    # 10x4 (tall): 5x2 -> rows 1,3,5,7,9, crop top = 2 -> rows 5, 7; cols 1, 3.
     tall = torch.tensor([[10 * r + c for c in range(4)] for r in range(10)])
-    assert resize_and_crop(torch.zeros(3, 10, 4), tall, 2)[1].tolist() == [[31, 33], [51, 53]]
+    assert resize_and_crop(torch.zeros(3, 10, 4), tall, 2)[1].tolist() == [[51, 53], [71, 73]]
 
 
 def test_resize_and_crop_image_is_antialiased_bilinear():
@@ -186,16 +186,24 @@ def test_bad_name_split_limit(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_ade20k_zero_ignored_and_shift(tmp_path):
+def test_ade20k_other_is_class_zero_by_default_and_mmseg_ignores_it(tmp_path):
     base = tmp_path / "ADEChallengeData2016"
     for k, stem in enumerate(["ADE_val_00000002", "ADE_val_00000001"]):
         _rgb(base / "images" / "validation" / f"{stem}.jpg", seed=k)
         _grey_png(base / "annotations" / "validation" / f"{stem}.png", _blocks(0, 1, 13, 150, 3))
+    # JAFAR / NAF: 151 classes, label 0 ("other") is class 0 and counts; labels keep their value
     data = make_dataset("ade20k", tmp_path, "val", image_size=None)
-    assert data.num_classes == 150 and len(data.class_names) == 150
-    assert data.class_names[0] == "wall" and data.class_names[12] == "person" and data.class_names[149] == "flag"
+    assert data.num_classes == 151 and len(data.class_names) == 151
+    assert data.class_names[0] == "other" and data.class_names[1] == "wall" and data.class_names[150] == "flag"
     assert data.ids == ["ADE_val_00000001", "ADE_val_00000002"]
-    assert _stripe_values(data[0]["label"], 5) == [255, 0, 12, 149, 2]
+    assert _stripe_values(data[0]["label"], 5) == [0, 1, 13, 150, 3]
+    # mmseg: 150 classes, label 0 ignored, the rest shifted down by one
+    mmseg = make_dataset("ade20k", tmp_path, "val", image_size=None, ade20k_classes=150)
+    assert mmseg.num_classes == 150 and mmseg.class_names[0] == "wall" and mmseg.class_names[12] == "person"
+    assert mmseg.class_names[149] == "flag"
+    assert _stripe_values(mmseg[0]["label"], 5) == [255, 0, 12, 149, 2]
+    with pytest.raises(ConfigError, match="ade20k_classes"):
+        make_dataset("ade20k", tmp_path, "val", ade20k_classes=149)
     with pytest.raises(DatasetError, match="ADEChallengeData2016/"):
         make_dataset("ade20k", tmp_path, "train")
 
@@ -232,7 +240,7 @@ def test_cocostuff_171_map(tmp_path):
 
 def test_cocostuff27_map(tmp_path):
     _coco(tmp_path, _blocks(0, 11, 2, 71, 91, 156, 100, 181, 255, 52))
-    data = make_dataset("cocostuff27", tmp_path, "val", image_size=None)
+    data = make_dataset("cocostuff27", tmp_path, "val", image_size=None, coco_images="all")
     assert data.num_classes == 27 and data.name == "cocostuff27"
     names = data.class_names
     got = _stripe_values(data[0]["label"], 10)
@@ -240,6 +248,31 @@ def test_cocostuff27_map(tmp_path):
     assert got == [255 if n is None else names.index(n) for n in expected]
     # STEGO/PiCIE numbering: things 0..11 then stuff 12..26
     assert got[:8] == [9, 255, 11, 0, 17, 23, 13, 24] and got[9] == 2
+
+
+def test_cocostuff27_curated_list_selects_exactly_its_images(tmp_path, caplog):
+    ids = ["000000000139", "000000000285", "000000000632", "000000000724"]
+    for k, item in enumerate(ids):
+        _rgb(tmp_path / "images" / "val2017" / f"{item}.jpg", seed=k)
+        _grey_png(tmp_path / "annotations" / "val2017" / f"{item}.png", _blocks(0, 156))
+    with pytest.raises(
+        DatasetError, match=r"(?s)curated/val2017/Coco164kFull_Stuff_Coarse.txt.*IIC.*--coco-images all"
+    ):
+        make_dataset("cocostuff27", tmp_path, "val")
+    curated = tmp_path / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse.txt"
+    curated.parent.mkdir(parents=True)
+    curated.write_text("000000000724\n000000000285\n\n")
+    with caplog.at_level("WARNING", logger="featlift.eval.datasets"):
+        data = make_dataset("cocostuff27", tmp_path, "val", image_size=None)
+    assert data.ids == ["000000000285", "000000000724"]  # the listed ones, sorted; the other two left out
+    assert "4172" in caplog.text  # fewer than the published curated val set: evaluated, with a warning
+    assert make_dataset("cocostuff27", tmp_path, "val", coco_images="all").ids == ids
+    # a listed image that is not there (a partial download) is left out and said, never refused
+    curated.write_text("000000000724\n000000099999\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="featlift.eval.datasets"):
+        assert make_dataset("cocostuff27", tmp_path, "val").ids == ["000000000724"]
+    assert "1 items found, the published set has 2" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------

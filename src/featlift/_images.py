@@ -275,7 +275,7 @@ def resize_and_crop(
     Returns:
         ``(image [C, S, S], target [S, S] or None)``, dtypes kept. The longer side becomes
         ``int(long * S / short)`` (as torchvision's ``Resize``) and the crop starts at
-        ``(new_long - S) // 2``.
+        ``int(round((new_long - S) / 2))`` (as torchvision's ``CenterCrop``: Python's round, halves to even).
     """
     if image.ndim != 3:
         raise ValueError(f"resize_and_crop: image must be [C, H, W], got shape {tuple(image.shape)}")
@@ -290,7 +290,8 @@ def resize_and_crop(
         new_h, new_w = size, int(w * size / h)
     else:
         new_h, new_w = int(h * size / w), size
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+    # torchvision's CenterCrop: int(round(excess / 2)), Python's round (halves to even)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
 
     if (new_h, new_w) != (h, w):
         image = resize_image(image[None], (new_h, new_w))[0]

@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._distributed import init_distributed
     from ..eval.probe import ProbeConfig
-    from ..eval.run import evaluate, evaluate_video, format_table
+    from ..eval.run import evaluate, format_table
+    from ..eval.video import evaluate_video
 
     def given(*names: str) -> dict:
         """The flags of these names, as keywords of the same names."""

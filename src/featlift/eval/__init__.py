@@ -30,7 +30,7 @@ __getattr__, __dir__ = lazy_attributes(
     {
         "ProbeConfig": ".probe",
         "evaluate": ".run",
-        "evaluate_video": ".run",
+        "evaluate_video": ".video",
         "format_table": ".run",
         "make_dataset": ".datasets",
         "make_source": ".upsamplers",

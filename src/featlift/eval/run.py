@@ -23,12 +23,10 @@ import torch
 from PIL import Image
 
 from .._atomic import atomic_write
-from .._distributed import Dist, init_distributed, process_device, shard
-from .._feature_cache import FeatureCache
-from .._images import resize_image
+from .._distributed import Dist
 from ..errors import ConfigError
+from ._common import make_sources, processes, write_report
 from .probe import ProbeConfig, evaluate_probe, slug, train_probe
-from .upsamplers import make_source
 
 __all__ = ["evaluate", "evaluate_video", "format_table", "save_picture"]
 
@@ -41,32 +39,6 @@ def _metric(task: str, dataset, device):
     if task == "seg":
         return SegmentationMetric(dataset.num_classes, dataset.ignore_index, dataset.class_names, device=device)
     return DepthMetric(device=device)
-
-
-def make_sources(upsamplers: list, options: dict):
-    """Each upsampler as a feature source, one at a time (only one model is held at once)."""
-    if not upsamplers:
-        raise ValueError("name at least one upsampler to evaluate (--upsampler, repeatable)")
-    named = [spec for spec in upsamplers if isinstance(spec, str)]
-    twice = sorted({spec for spec in named if named.count(spec) > 1})
-    if twice:  # before any model is loaded or probe trained
-        raise ValueError(f"upsampler(s) {twice} named twice; give each one once")
-    seen = set()
-    for spec in upsamplers:
-        source = make_source(spec, **options)
-        if source.name in seen:
-            raise ValueError(f"upsampler {source.name!r} is named twice; give each one once")
-        seen.add(source.name)
-        yield source
-
-
-def _processes(options: dict, feature_cache) -> Dist:
-    """Join the torchrun process group (if any), put this process on its device, attach the cache."""
-    d = init_distributed(None if options.get("device") is None else str(options["device"]))
-    options["device"] = process_device(options.get("device"), d)
-    if feature_cache is not None:
-        options["feature_cache"] = FeatureCache(feature_cache)
-    return d
 
 
 def _backbone_weights(options) -> str | None:
@@ -94,13 +66,6 @@ def _check_protocol(directory: Path, protocol: dict, resume: bool, d: Dist) -> N
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(protocol, indent=2) + "\n")
     d.barrier()
-
-
-def _write_report(report: dict, out: str | os.PathLike | None) -> None:
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(Path(out)) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def evaluate(
@@ -142,7 +107,7 @@ def evaluate(
     config = ProbeConfig() if config is None else config
     if resume and checkpoint_dir is None:
         raise ConfigError("resume needs the checkpoint folder of the run to continue (--checkpoint-dir)")
-    d = _processes(source_options, feature_cache)
+    d = processes(source_options, feature_cache)
     train_set = make_dataset(dataset, root, "train", image_size, limit=max_train)
     val_set = make_dataset(dataset, root, "val", image_size, limit=max_val)
     if getattr(train_set, "task", task) != task:
@@ -191,102 +156,9 @@ def evaluate(
         )
     report = {"task": task, "dataset": dataset, "protocol": {**protocol, "processes": d.world}, "results": results}
     if d.main:
-        _write_report(report, out)
+        write_report(report, out)
         if picture is not None and kept and all(kept.values()):
             save_picture(picture, kept, task, getattr(val_set, "num_classes", 0))
-    d.barrier()
-    return report
-
-
-@torch.no_grad()
-def evaluate_video(
-    dataset: str,
-    root: str | os.PathLike,
-    upsamplers: list,
-    *,
-    image_size: int = 448,
-    stride: int = 4,
-    topk: int = 5,
-    context: int = 7,
-    radius: int | None = 12,
-    temperature: float = 0.07,
-    max_val: int | None = None,
-    out: str | os.PathLike | None = None,
-    progress: bool = False,
-    feature_cache: str | os.PathLike | None = None,
-    **source_options,
-) -> dict:
-    """Video label propagation (DAVIS 2017 val) for each upsampler: J&F mean. ``source_options`` are
-    the keywords of :func:`featlift.eval.upsamplers.make_source`; under ``torchrun`` the sequences are
-    shared out across the processes.
-
-    Frames are resized so the shorter side is ``image_size`` (aspect kept); each upsampler's features at
-    that size are average-pooled by ``stride`` to the working grid, where the first frame's objects are
-    propagated (:func:`featlift.eval.video.propagate` with ``topk``, ``context``, ``radius`` in grid cells
-    and ``temperature``); predictions are resized (nearest) to the annotations' size and scored with
-    :func:`featlift.eval.video.j_and_f`.
-    """
-    import torch.nn.functional as F
-
-    from .datasets import make_dataset
-    from .video import j_and_f, propagate
-
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    sequences = make_dataset(dataset, root, "val", None, limit=max_val)
-    if getattr(sequences, "task", None) != "video":
-        raise ValueError(f"dataset {dataset!r} is not a video dataset; eval video reads davis")
-    d = _processes(source_options, feature_cache)
-    ids = [sequences.ids[i] if hasattr(sequences, "ids") else str(i) for i in range(len(sequences))]
-    results = {}
-    for source in make_sources(upsamplers, source_options):
-        scores = []
-        items = shard(len(sequences), d)
-        if progress and d.main:
-            from tqdm import tqdm
-
-            items = tqdm(items, unit="sequence", desc=f"video {source.name}", leave=False)
-        for i in items:
-            seq = sequences[i]
-            h, w = seq["masks"][0].shape
-            scale = image_size / min(h, w)
-            size = (max(stride, round(h * scale)), max(stride, round(w * scale)))
-            grid = (size[0] // stride, size[1] // stride)
-            feats = []
-            for frame in seq["frames"]:
-                image = resize_image(frame[None], size)
-                f = source.features(image)[0]
-                feats.append(F.adaptive_avg_pool2d(f, grid).cpu())
-            first = F.interpolate(seq["masks"][0][None, None].float(), size=grid, mode="nearest")[0, 0].long()
-            first[first == 255] = 0
-            preds = propagate(feats, first, topk=topk, context=context, radius=radius, temperature=temperature)
-            preds = [F.interpolate(p[None, None].float(), size=(h, w), mode="nearest")[0, 0].long() for p in preds]
-            scores.append(j_and_f(preds, seq["masks"], seq["num_objects"]))
-        scores = [s for part in d.gather(scores) for s in part]  # rank order: the single-process order
-        results[source.name] = {
-            "jf_mean": sum(s["jf_mean"] for s in scores) / len(scores),
-            "j_mean": sum(s["j_mean"] for s in scores) / len(scores),
-            "f_mean": sum(s["f_mean"] for s in scores) / len(scores),
-            "sequences": {ids[i]: s["jf_mean"] for i, s in enumerate(scores)},
-        }
-    report = {
-        "task": "video",
-        "dataset": dataset,
-        "protocol": {
-            "image_size": image_size,
-            "stride": stride,
-            "topk": topk,
-            "context": context,
-            "radius": radius,
-            "temperature": temperature,
-            "backbone": source_options.get("backbone"),
-            "val_images": len(sequences),
-            "processes": d.world,
-        },
-        "results": results,
-    }
-    if d.main:
-        _write_report(report, out)
     d.barrier()
     return report
 

@@ -9,8 +9,12 @@ the images' own size.
   coarse features resized to the image size;
 - ``"hub:REPO:ENTRY"``: a torch.hub model (``REPO`` a local checkout or ``owner/name`` on GitHub)
   called as ``model(image, lowres, output_size)``, the convention of AnyUp, JAFAR and NAF, with the
-  backbone named by ``backbone``;
-- any callable ``f(image, lowres, output_size)`` (the Python API), again with ``backbone``.
+  backbone named by ``backbone``. ``image`` is the guidance image normalised with ImageNet's statistics
+  whatever the backbone, as those models were trained (the backbone gets its own statistics). A GitHub
+  repository runs its code only once trusted: ``trust_repo=True`` (``--trust-repo``) trusts it, otherwise
+  torch.hub asks (``trust_repo="check"``: repositories trusted before are not asked again);
+- any callable ``f(image, lowres, output_size)`` (the Python API), again with ``backbone``; ``image`` is
+  normalised for the backbone unless ``guidance="imagenet"``.
 
 Images enter as float32 [B, 3, S, S] in [0, 1] (the protocol's crops); sides that are not a multiple
 of the backbone's patch are resized to the nearest multiple before the backbone, as
@@ -36,13 +40,15 @@ from .._builder import LoadOptions
 from .._feature_cache import FeatureCache
 from .._images import resize_to_patch_multiple
 from ..backbones import Backbone, load_backbone
-from ..config import BackboneConfig
+from ..backbones._normalisation import Stats, normalise
+from ..config import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig
 
-__all__ = ["INTERPOLATIONS", "FeatureSource", "make_source"]
+__all__ = ["GUIDANCE", "INTERPOLATIONS", "FeatureSource", "make_source"]
 
 logger = logging.getLogger(__name__)
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+GUIDANCE = ("backbone", "imagenet")
 
 UpsampleFn = Callable[[Tensor, Tensor, tuple[int, int]], Tensor]
 
@@ -110,8 +116,10 @@ class _BackboneSource(FeatureSource):
         keeps_channels: bool,
         cache: FeatureCache | None = None,
         amp: bool = False,
+        guidance: Stats | None = None,
     ) -> None:
         self.name = name
+        self.guidance = guidance  # the guidance image's statistics; None: the backbone's
         self.backbone = backbone.to(device).eval()
         self.upsample = upsample
         self.device = device
@@ -127,13 +135,15 @@ class _BackboneSource(FeatureSource):
     def features(self, images: Tensor) -> Tensor:
         images = images.to(self.device, torch.float32)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            normalised = self.backbone.normalise(resize_to_patch_multiple(images, self.backbone.patch))
+            resized = resize_to_patch_multiple(images, self.backbone.patch)
+            normalised = self.backbone.normalise(resized)
             if self.cache is None:
                 lowres = self.backbone(normalised)
             else:
                 variant = "bf16-autocast" if self.amp else ""
                 lowres = self.cache.lowres(self.backbone, normalised, variant=variant)
-            out = self.upsample(normalised, lowres, tuple(images.shape[-2:]))
+            guide = normalised if self.guidance is None else normalise(resized, self.guidance)
+            out = self.upsample(guide, lowres, tuple(images.shape[-2:]))
         if not isinstance(out, Tensor) or out.shape[0] != images.shape[0] or out.shape[-2:] != images.shape[-2:]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
@@ -152,14 +162,15 @@ def _interpolation(mode: str) -> UpsampleFn:
     return upsample
 
 
-def _hub_model(spec: str, device: torch.device) -> UpsampleFn:
+def _hub_model(spec: str, device: torch.device, trust_repo: bool) -> UpsampleFn:
     parts = spec.split(":")
     if len(parts) < 3 or not parts[-1] or not ":".join(parts[1:-1]):
         raise ValueError(f"{spec!r}: expected hub:REPO:ENTRY, e.g. hub:wimmerth/anyup:anyup or hub:./my-repo:model")
     repo, entry = ":".join(parts[1:-1]), parts[-1]
     local = Path(repo).expanduser()
     source = "local" if local.is_dir() else "github"
-    model = torch.hub.load(str(local) if source == "local" else repo, entry, source=source, trust_repo=True)
+    trust = True if trust_repo else "check"  # "check": torch.hub asks before running an untrusted repository
+    model = torch.hub.load(str(local) if source == "local" else repo, entry, source=source, trust_repo=trust)
     if isinstance(model, nn.Module):
         model = model.to(device).eval()
     return model
@@ -175,6 +186,9 @@ def make_source(
     name: str | None = None,
     feature_cache: FeatureCache | str | os.PathLike | None = None,
     amp: bool = True,
+    dtype: torch.dtype | None = None,
+    trust_repo: bool = False,
+    guidance: str = "backbone",
 ) -> FeatureSource:
     """The :class:`FeatureSource` that ``spec`` names (see the module docstring).
 
@@ -193,6 +207,11 @@ def make_source(
         feature_cache: a :class:`~featlift._feature_cache.FeatureCache` or its folder: backbone features
             are read from disk where cached (keyed on the backbone's weights and its exact input).
         amp: on CUDA, compute in bfloat16 (ignored on the CPU).
+        dtype: featlift models only: the compute dtype (e.g. ``torch.bfloat16`` on a CPU); default float32,
+            or bfloat16 on CUDA with ``amp``.
+        trust_repo: ``hub:`` specs from GitHub: run the repository's code without asking.
+        guidance: callables only: the guidance image's statistics, ``"backbone"`` (default) or
+            ``"imagenet"``. ``hub:`` models always get ImageNet's, as AnyUp, JAFAR and NAF expect.
 
     Raises:
         ValueError: a spec that needs ``backbone`` without one, or a malformed ``hub:`` spec.
@@ -204,26 +223,32 @@ def make_source(
     if cache is not None and not isinstance(cache, FeatureCache):
         cache = FeatureCache(cache)
     half = amp and device.type == "cuda"
+    if guidance not in GUIDANCE:
+        raise ValueError(f"guidance must be one of {GUIDANCE}, got {guidance!r}")
+    imagenet = (IMAGENET_MEAN, IMAGENET_STD)
     if callable(spec) and not isinstance(spec, str):
         label = name or getattr(spec, "__name__", type(spec).__name__)
         source = _backbone(backbone, options, label)
-        return _BackboneSource(label, source, spec, device, keeps_channels=False, cache=cache, amp=half)
+        stats = imagenet if guidance == "imagenet" else None
+        return _BackboneSource(label, source, spec, device, keeps_channels=False, cache=cache, amp=half, guidance=stats)
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"an upsampler spec is a name or a callable, got {spec!r}")
     label = name or spec
     if spec in INTERPOLATIONS:
         upsample = _interpolation(spec)
     elif spec.startswith("hub:"):
-        upsample = _hub_model(spec, device)
+        upsample = _hub_model(spec, device, trust_repo)
     else:
         from .._builder import load_upsampler
 
-        dtype = torch.bfloat16 if half else None
+        if dtype is None and half:
+            dtype = torch.bfloat16
         up = load_upsampler(spec, device=device, dtype=dtype, options=options)
         return _FeatliftSource(label, up, tile, cache)
     source = _backbone(backbone, options, label)
     keeps = spec in INTERPOLATIONS
-    return _BackboneSource(label, source, upsample, device, keeps_channels=keeps, cache=cache, amp=half)
+    stats = imagenet if spec.startswith("hub:") else None
+    return _BackboneSource(label, source, upsample, device, keeps_channels=keeps, cache=cache, amp=half, guidance=stats)
 
 
 def _backbone(name: str | None, options: LoadOptions, label: str) -> Backbone:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["BOUND_TH", "DEFAULT_MAX_AFFINITY_ELEMENTS", "boundary_map", "j_and_f", "propagate"]
+from .._distributed import shard
+from .._images import resize_image
+from ._common import make_sources, processes, write_report
+
+__all__ = ["BOUND_TH", "DEFAULT_MAX_AFFINITY_ELEMENTS", "boundary_map", "evaluate_video", "j_and_f", "propagate"]
 
 logger = logging.getLogger(__name__)
 
@@ -316,3 +321,93 @@ def j_and_f(pred: list[Tensor], gt: list[Tensor], num_objects: int, *, bound_th:
     j_mean = sum(o["j"] for o in per_object.values()) / num_objects
     f_mean = sum(o["f"] for o in per_object.values()) / num_objects
     return {"j_mean": j_mean, "f_mean": f_mean, "jf_mean": (j_mean + f_mean) / 2, "per_object": per_object}
+
+
+@torch.no_grad()
+def evaluate_video(
+    dataset: str,
+    root: str | os.PathLike,
+    upsamplers: list,
+    *,
+    image_size: int = 448,
+    stride: int = 4,
+    topk: int = 5,
+    context: int = 7,
+    radius: int | None = 12,
+    temperature: float = 0.07,
+    max_val: int | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool = False,
+    feature_cache: str | os.PathLike | None = None,
+    **source_options,
+) -> dict:
+    """Video label propagation (DAVIS 2017 val) for each upsampler: J&F mean. ``source_options`` are
+    the keywords of :func:`featlift.eval.upsamplers.make_source`; under ``torchrun`` the sequences are
+    shared out across the processes.
+
+    Frames are resized so the shorter side is ``image_size`` (aspect kept); each upsampler's features at
+    that size are average-pooled by ``stride`` to the working grid, where the first frame's objects are
+    propagated (:func:`featlift.eval.video.propagate` with ``topk``, ``context``, ``radius`` in grid cells
+    and ``temperature``); predictions are resized (nearest) to the annotations' size and scored with
+    :func:`featlift.eval.video.j_and_f`.
+    """
+    from .datasets import make_dataset
+
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    sequences = make_dataset(dataset, root, "val", None, limit=max_val)
+    if getattr(sequences, "task", None) != "video":
+        raise ValueError(f"dataset {dataset!r} is not a video dataset; eval video reads davis")
+    d = processes(source_options, feature_cache)
+    ids = [sequences.ids[i] if hasattr(sequences, "ids") else str(i) for i in range(len(sequences))]
+    results = {}
+    for source in make_sources(upsamplers, source_options):
+        scores = []
+        items = shard(len(sequences), d)
+        if progress and d.main:
+            from tqdm import tqdm
+
+            items = tqdm(items, unit="sequence", desc=f"video {source.name}", leave=False)
+        for i in items:
+            seq = sequences[i]
+            h, w = seq["masks"][0].shape
+            scale = image_size / min(h, w)
+            size = (max(stride, round(h * scale)), max(stride, round(w * scale)))
+            grid = (size[0] // stride, size[1] // stride)
+            feats = []
+            for frame in seq["frames"]:
+                image = resize_image(frame[None], size)
+                f = source.features(image)[0]
+                feats.append(F.adaptive_avg_pool2d(f, grid).cpu())
+            first = F.interpolate(seq["masks"][0][None, None].float(), size=grid, mode="nearest")[0, 0].long()
+            first[first == 255] = 0
+            preds = propagate(feats, first, topk=topk, context=context, radius=radius, temperature=temperature)
+            preds = [F.interpolate(p[None, None].float(), size=(h, w), mode="nearest")[0, 0].long() for p in preds]
+            scores.append(j_and_f(preds, seq["masks"], seq["num_objects"]))
+        scores = [s for part in d.gather(scores) for s in part]  # rank order: the single-process order
+        results[source.name] = {
+            "jf_mean": sum(s["jf_mean"] for s in scores) / len(scores),
+            "j_mean": sum(s["j_mean"] for s in scores) / len(scores),
+            "f_mean": sum(s["f_mean"] for s in scores) / len(scores),
+            "sequences": {ids[i]: s["jf_mean"] for i, s in enumerate(scores)},
+        }
+    report = {
+        "task": "video",
+        "dataset": dataset,
+        "protocol": {
+            "image_size": image_size,
+            "stride": stride,
+            "topk": topk,
+            "context": context,
+            "radius": radius,
+            "temperature": temperature,
+            "backbone": source_options.get("backbone"),
+            "val_images": len(sequences),
+            "processes": d.world,
+        },
+        "results": results,
+    }
+    if d.main:
+        write_report(report, out)
+    d.barrier()
+    return report
