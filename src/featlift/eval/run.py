@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ._common import make_sources, processes, write_report
 from .probe import ProbeConfig, evaluate_probe, slug, train_probe
 
-__all__ = ["evaluate", "evaluate_video", "format_table", "save_picture"]
+__all__ = ["evaluate", "format_table", "save_picture"]
 
 logger = logging.getLogger(__name__)
 
