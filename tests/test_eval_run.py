@@ -12,10 +12,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from featlift import LoadOptions
-from featlift.eval.probe import ProbeConfig, evaluate_probe, slug, train_probe
+from featlift.eval.probe import evaluate_probe, slug, train_probe
+from featlift.eval.protocols import protocol as _protocol
 from featlift.eval.upsamplers import FeatureSource, make_source
 
 from .conftest import TIMM_NAME
+
+SEG = _protocol(None, "seg")  # the default segmentation protocol (naf)
 
 RANDOM = LoadOptions(pretrained=False)  # random weights everywhere, nothing downloaded
 
@@ -143,12 +146,12 @@ def test_the_probe_learns_colour_coded_classes_and_saves_recomputable_prediction
     from featlift.eval.metrics import SegmentationMetric
 
     source = _Colours()
-    config = ProbeConfig(epochs=30, lr=5e-2, batch_size=4)
-    probe = train_probe(source, _Squares(12, 0), task="seg", outputs=3, config=config)
+    config = SEG.with_settings(epochs=30, lr=5e-2, batch_size=4)
+    probe = train_probe(source, _Squares(12, 0), task="seg", outputs=3, protocol=config)
     val = _Squares(4, 1)
     metric = SegmentationMetric(3, 255, val.class_names)
     result, kept = evaluate_probe(
-        source, probe, val, task="seg", metric=metric, config=config, save_dir=tmp_path, keep=2
+        source, probe, val, task="seg", metric=metric, protocol=config, save_dir=tmp_path, keep=2
     )
     assert result["miou"] > 0.9 and len(kept) == 2
     # the reported figure is recomputable from the written files (255 = ignored)
@@ -165,9 +168,9 @@ def test_the_probe_learns_colour_coded_classes_and_saves_recomputable_prediction
 
 
 def test_probe_runs_are_reproducible_from_the_seed():
-    source, config = _Colours(), ProbeConfig(epochs=2, lr=1e-2, batch_size=3, seed=4)
-    a = train_probe(source, _Squares(6, 0), task="seg", outputs=3, config=config)
-    b = train_probe(source, _Squares(6, 0), task="seg", outputs=3, config=config)
+    source, config = _Colours(), SEG.with_settings(epochs=2, lr=1e-2, batch_size=3, seed=4)
+    a = train_probe(source, _Squares(6, 0), task="seg", outputs=3, protocol=config)
+    b = train_probe(source, _Squares(6, 0), task="seg", outputs=3, protocol=config)
     assert torch.equal(a.weight, b.weight)
 
 
@@ -207,7 +210,10 @@ def test_featlift_eval_seg_end_to_end_on_a_synthetic_voc_layout(synthetic_voc, t
     assert "mIoU (%)" in table and "bilinear" in table and "nearest" in table
     report = json.loads(out.read_text())
     assert report["task"] == "seg" and report["dataset"] == "voc"
-    assert report["protocol"]["epochs"] == 4 and report["protocol"]["image_size"] == 56
+    settings = report["protocol"]["settings"]
+    assert settings["epochs"] == {"value": 4, "source": "set by the user"} and settings["image_size"]["value"] == 56
+    assert report["protocol"]["name"] == "naf" and settings["weight_decay"]["value"] == 1e-5
+    assert settings["flip"]["source"].startswith("PaulCouairon/JAFAR@94d4d54")
     assert set(report["results"]) == {"bilinear", "nearest"}
     assert out.with_suffix(".png").is_file()
 
@@ -299,19 +305,20 @@ def test_depth_probe_end_to_end_on_the_nyuv2_folder_layout(tmp_path):
     def brightness(image, lowres, size):
         return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
 
-    config = ProbeConfig(epochs=60, lr=5e-2, batch_size=3)
-    report = evaluate(
-        "depth", "nyuv2", tmp_path, [brightness], backbone=TIMM_NAME, options=RANDOM, image_size=28, config=config
-    )
+    config = _protocol(None, "depth").with_settings(epochs=60, lr=5e-2, batch_size=3, image_size=28)
+    report = evaluate("depth", "nyuv2", tmp_path, [brightness], backbone=TIMM_NAME, options=RANDOM, protocol=config)
     result = report["results"]["brightness"]
-    assert set(result) >= {"rmse", "abs_rel", "delta1"}
-    assert result["rmse"] < 0.5 and result["delta1"] > 0.8  # the mean-depth guess has an RMSE near 0.87
+    assert set(result) >= {"rmse", "abs_rel", "d1", "d2", "d3", "rmse_aligned", "d1_aligned"}
+    assert result["rmse"] < 0.5 and result["d1"] > 0.8  # the mean-depth guess has an RMSE near 0.87
+    assert report["protocol"]["name"] == "probe3d"
+    assert report["protocol"]["settings"]["lr"] == {"value": 5e-2, "source": "set by the user"}
+    assert report["protocol"]["settings"]["bins"]["source"].startswith("mbanani/probe3d")
     assert "RMSE" in format_table(report)
 
 
 def test_an_upsampler_named_twice_is_refused_before_any_work(monkeypatch):
-    from featlift.eval import run
+    from featlift.eval import _common
 
-    monkeypatch.setattr(run, "make_source", lambda *a, **k: pytest.fail("a source was built"))
+    monkeypatch.setattr(_common, "make_source", lambda *a, **k: pytest.fail("a source was built"))
     with pytest.raises(ValueError, match=r"\['bilinear'\] named twice"):
-        next(run.make_sources(["bilinear", "nearest", "bilinear"], {}))
+        next(_common.make_sources(["bilinear", "nearest", "bilinear"], {}))

@@ -16,9 +16,12 @@ import torch
 from featlift import LoadOptions
 from featlift._distributed import Dist, shard
 from featlift._feature_cache import FeatureCache, fingerprint
-from featlift.eval.probe import ProbeConfig, epoch_batches, share, train_probe
+from featlift.eval.probe import epoch_batches, share, train_probe
+from featlift.eval.protocols import protocol as _protocol
 
 from .conftest import TIMM_NAME
+
+SEG = _protocol(None, "seg")  # the default segmentation protocol (naf)
 
 RANDOM = LoadOptions(pretrained=False)  # random weights everywhere, nothing downloaded
 
@@ -120,14 +123,14 @@ def test_resume_refuses_another_protocol_and_needs_a_folder(tmp_path, voc):
     from featlift.eval.run import evaluate
 
     root, weights = voc
-    common = dict(backbone=TIMM_NAME, options=LoadOptions(backbone_weights=weights), image_size=SIZE, device="cpu")
+    common = dict(backbone=TIMM_NAME, options=LoadOptions(backbone_weights=weights), device="cpu")
     with pytest.raises(ConfigError, match="checkpoint folder"):
         evaluate("seg", "voc", root, ["bilinear"], resume=True, **common)
-    config = ProbeConfig(epochs=1, lr=1e-2)
-    evaluate("seg", "voc", root, ["bilinear"], config=config, checkpoint_dir=tmp_path / "c", **common)
+    config = SEG.with_settings(epochs=1, lr=1e-2, image_size=SIZE)
+    evaluate("seg", "voc", root, ["bilinear"], protocol=config, checkpoint_dir=tmp_path / "c", **common)
     with pytest.raises(ConfigError, match=r"other settings .*'epochs': \(1, 2\)"):
         evaluate(
-            "seg", "voc", root, ["bilinear"], config=ProbeConfig(epochs=2, lr=1e-2), checkpoint_dir=tmp_path / "c",
+            "seg", "voc", root, ["bilinear"], protocol=SEG.with_settings(epochs=2, lr=1e-2, image_size=SIZE), checkpoint_dir=tmp_path / "c",
             resume=True, **common,
         )  # fmt: skip
 
@@ -207,10 +210,10 @@ def test_probe_training_splits_batches_like_one_process_when_world_is_one():
             return images.float()
 
     data = [{"image": torch.rand(3, 4, 4), "label": torch.randint(0, 2, (4, 4)), "id": str(i)} for i in range(5)]
-    config = ProbeConfig(epochs=2, lr=1e-2, batch_size=2)
-    a = train_probe(Source(), data, task="seg", outputs=2, config=config)
-    b = train_probe(Source(), data, task="seg", outputs=2, config=config, dist=Dist())
-    c = train_probe(Source(), data, task="seg", outputs=2, config=ProbeConfig(epochs=2, lr=1e-2, seed=1))
+    config = SEG.with_settings(epochs=2, lr=1e-2, batch_size=2)
+    a = train_probe(Source(), data, task="seg", outputs=2, protocol=config)
+    b = train_probe(Source(), data, task="seg", outputs=2, protocol=config, dist=Dist())
+    c = train_probe(Source(), data, task="seg", outputs=2, protocol=SEG.with_settings(epochs=2, lr=1e-2, seed=1))
     assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
 
 

@@ -291,7 +291,7 @@ def resize_and_crop(
     else:
         new_h, new_w = int(h * size / w), size
     # torchvision's CenterCrop: int(round(excess / 2)), Python's round (halves to even)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
 
     if (new_h, new_w) != (h, w):
         image = resize_image(image[None], (new_h, new_w))[0]

@@ -32,8 +32,10 @@ from typing import Any, ClassVar
 from ..errors import ConfigError
 
 __all__ = [
+    "DEFAULT_PROTOCOLS",
     "PROTOCOLS",
     "SCHEDULES",
+    "SETTING_HELP",
     "DepthProtocol",
     "Protocol",
     "SegmentationProtocol",
@@ -405,14 +407,51 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 
-_DEFAULTS = {"seg": "naf", "depth": "probe3d", "video": "dino"}
+DEFAULT_PROTOCOLS = {"seg": "naf", "depth": "probe3d", "video": "dino"}
+
+# What each setting means (the command line's help; the README lists the values and sources).
+SETTING_HELP = {
+    "image_size": "shorter side resized to this, then the centre square crop (video: the shorter side only)",
+    "epochs": "probe training epochs",
+    "lr": "AdamW's base learning rate",
+    "weight_decay": "AdamW's weight decay",
+    "betas": "AdamW's betas",
+    "schedule": "learning-rate schedule: " + ", ".join(SCHEDULES),
+    "warmup_epochs": "linear warm-up length in epochs (warmup-cosine)",
+    "batch_size": "global training batch",
+    "eval_batch_size": "evaluation batch",
+    "shuffle": "shuffle the training set every epoch (from the seed)",
+    "flip": "probability of flipping a training batch left-right (image and target)",
+    "probe_dtype": "the probe's precision: float32, or bfloat16 (autocast, CUDA only)",
+    "seed": "seed of the data order, flips and the probe's initialisation",
+    "ade20k_classes": "ADE20K: 151 (label 0 'other' is a class) or 150 (label 0 ignored)",
+    "coco_images": "cocostuff27: curated (IIC's lists) or all images",
+    "head": "depth head: bins (expectation over depth bins) or linear (metres)",
+    "bins": "number of depth bins",
+    "min_depth": "first bin centre, metres",
+    "max_depth": "last bin centre, metres; deeper ground truth is invalid",
+    "loss": "depth loss: sig+gradient or l1",
+    "sig_weight": "weight of the scale-invariant log loss",
+    "sig_lambda": "lambda of the scale-invariant log loss",
+    "gradient_weight": "weight of the multi-scale gradient loss",
+    "gradient_scales": "scales of the gradient loss (strides 1, 2, 4, 6, ...)",
+    "train_frames": "NYUv2 training frames: geonet (probe3d's, where present) or labelled (the 795)",
+    "raw_depth": "NYUv2 labelled frames: raw depths rather than the in-painted ones",
+    "stride": "upsampled features average-pooled by this before propagation",
+    "topk": "source positions voting for each target position",
+    "context": "previous frames used as sources besides the first",
+    "radius": "neighbourhood half-side in grid cells",
+    "temperature": "softmax temperature of the affinities",
+    "upsample": "soft labels to the frame: bilinear (+ min-max normalisation) or nearest, then the argmax",
+    "bound_th": "DAVIS boundary tolerance (fraction of the diagonal; >= 1: pixels)",
+}
 
 
 def task_default(task: str) -> Protocol:
     """The protocol a task runs unless told otherwise."""
-    if task not in _DEFAULTS:
-        raise ConfigError(f"task: one of {tuple(_DEFAULTS)}, got {task!r}")
-    return PROTOCOLS[_DEFAULTS[task]]
+    if task not in DEFAULT_PROTOCOLS:
+        raise ConfigError(f"task: one of {tuple(DEFAULT_PROTOCOLS)}, got {task!r}")
+    return PROTOCOLS[DEFAULT_PROTOCOLS[task]]
 
 
 def protocol(name: str | None, task: str) -> Protocol:

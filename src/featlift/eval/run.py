@@ -3,8 +3,11 @@
 :func:`evaluate` trains and evaluates one probe per upsampler on one dataset and returns (and with
 ``out`` writes) the report::
 
-    {"task": "seg", "dataset": "voc", "protocol": {...every setting...},
+    {"task": "seg", "dataset": "voc",
+     "protocol": {"name": "naf", "settings": {SETTING: {"value": ..., "source": "repo: file"}}, ...},
      "results": {UPSAMPLER: {"miou": 0.61, "pixel_accuracy": 0.90, "iou": {CLASS: 0.7 or None}}}}
+
+(depth: ``{"d1", "d2", "d3", "rmse", "abs_rel"}`` and the same with ``_aligned``, per image then averaged).
 
 :func:`format_table` prints it as papers do (mIoU in percent); :func:`save_picture` draws a grid of
 validation images, their labels and each upsampler's prediction.
@@ -15,30 +18,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .._atomic import atomic_write
 from .._distributed import Dist
 from ..errors import ConfigError
 from ._common import make_sources, processes, write_report
-from .probe import ProbeConfig, evaluate_probe, slug, train_probe
+from .probe import evaluate_probe, slug, train_probe
+from .protocols import ProbeProtocol
+from .protocols import protocol as named_protocol
+from .tasks import Task, get_task
 
 __all__ = ["evaluate", "format_table", "save_picture"]
 
 logger = logging.getLogger(__name__)
-
-
-def _metric(task: str, dataset, device):
-    from .metrics import DepthMetric, SegmentationMetric
-
-    if task == "seg":
-        return SegmentationMetric(dataset.num_classes, dataset.ignore_index, dataset.class_names, device=device)
-    return DepthMetric(device=device)
 
 
 def _backbone_weights(options) -> str | None:
@@ -74,8 +70,7 @@ def evaluate(
     root: str | os.PathLike,
     upsamplers: list,
     *,
-    image_size: int = 448,
-    config: ProbeConfig | None = None,
+    protocol: ProbeProtocol | str | None = None,
     max_train: int | None = None,
     max_val: int | None = None,
     save_predictions: str | os.PathLike | None = None,
@@ -89,12 +84,14 @@ def evaluate(
     **source_options,
 ) -> dict:
     """Train and evaluate the probe for each of ``upsamplers`` on ``dataset`` (see
-    :func:`featlift.eval.datasets.make_dataset`), with the same protocol and seed.
+    :func:`featlift.eval.datasets.make_dataset`) under one protocol and seed.
 
-    ``task`` is ``"seg"`` or ``"depth"``. ``source_options`` are the keywords of
-    :func:`featlift.eval.upsamplers.make_source` (``backbone``, ``options``, ``device``, ``tile``,
-    ``amp``). Returns the report (module docstring); ``out`` also writes it as
-    JSON, ``picture`` a PNG grid, ``save_predictions`` the predicted and target label PNGs.
+    ``task`` is ``"seg"`` or ``"depth"``; ``protocol`` a :class:`~featlift.eval.protocols.ProbeProtocol`
+    or its name (default: the task's, :func:`~featlift.eval.protocols.task_default`).
+    ``source_options`` are the keywords of :func:`featlift.eval.upsamplers.make_source` (``backbone``,
+    ``options``, ``device``, ``tile``, ``amp``, ``dtype``, ``trust_repo``). Returns the report (module
+    docstring); ``out`` also writes it as JSON, ``picture`` a PNG grid, ``save_predictions`` the predicted
+    and target PNGs.
 
     ``feature_cache`` (a folder) caches backbone features on disk (:mod:`featlift._feature_cache`).
     ``checkpoint_dir`` saves each probe after every epoch; ``resume`` continues from there (the settings
@@ -102,20 +99,24 @@ def evaluate(
     Under ``torchrun`` the processes share the work (:mod:`featlift.eval.probe`); the main process
     writes the report and picture, and every process returns it.
     """
-    from .datasets import make_dataset
+    from .datasets import READERS, make_dataset
 
-    config = ProbeConfig() if config is None else config
+    kind = get_task(task)
+    if protocol is None or isinstance(protocol, str):
+        protocol = named_protocol(protocol, kind.name)
+    if protocol.task != kind.name:
+        raise ConfigError(f"protocol {protocol.name!r} is a {protocol.task} protocol, not a {kind.name} one")
     if resume and checkpoint_dir is None:
         raise ConfigError("resume needs the checkpoint folder of the run to continue (--checkpoint-dir)")
+    reader = READERS.get(dataset.lower())
+    if reader is not None and reader.task != kind.name:
+        raise ValueError(f"dataset {dataset!r} is for the {reader.task!r} task, not {kind.name!r}")
     d = processes(source_options, feature_cache)
-    train_set = make_dataset(dataset, root, "train", image_size, limit=max_train)
-    val_set = make_dataset(dataset, root, "val", image_size, limit=max_val)
-    if getattr(train_set, "task", task) != task:
-        raise ValueError(f"dataset {dataset!r} is for the {train_set.task!r} task, not {task!r}")
-    outputs = train_set.num_classes if task == "seg" else 1
-    protocol = {
-        **asdict(config),
-        "image_size": image_size,
+    conventions = {k: getattr(protocol, k) for k in (reader.conventions if reader else ())}
+    train_set = make_dataset(dataset, root, "train", protocol.image_size, limit=max_train, **conventions)
+    val_set = make_dataset(dataset, root, "val", protocol.image_size, limit=max_val, **conventions)
+    record = {
+        **protocol.record(),
         "backbone": source_options.get("backbone"),
         "backbone_weights": _backbone_weights(source_options.get("options")),
         "upsamplers": [spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec)) for spec in upsamplers],
@@ -125,93 +126,90 @@ def evaluate(
     }
     checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if checkpoints is not None:
-        _check_protocol(checkpoints, {"task": task, "dataset": dataset, **protocol}, resume, d)
+        settings = {key: entry["value"] for key, entry in record["settings"].items()}
+        identity = {k: v for k, v in record.items() if k not in ("settings", "summary")}
+        _check_protocol(checkpoints, {"task": kind.name, "dataset": dataset, **identity, **settings}, resume, d)
     results, kept = {}, {}
     for source in make_sources(upsamplers, source_options):
         logger.info("training the probe on %s features (%d images)", source.name, len(train_set))
         probe = train_probe(
             source,
             train_set,
-            task=task,
-            outputs=outputs,
-            config=config,
+            task=kind,
+            protocol=protocol,
             ignore_index=getattr(train_set, "ignore_index", 255),
             progress=progress,
             checkpoint=checkpoints / f"{slug(source.name)}.probe.pt" if checkpoints is not None else None,
             resume=resume,
             dist=d,
         )
-        metric = _metric(task, val_set, source.device)
         results[source.name], kept[source.name] = evaluate_probe(
             source,
             probe,
             val_set,
-            task=task,
-            metric=metric,
-            config=config,
+            task=kind,
+            metric=kind.metric(val_set, protocol, source.device),
+            protocol=protocol,
             save_dir=save_predictions,
             keep=picture_items if picture else 0,
             progress=progress,
             dist=d,
         )
-    report = {"task": task, "dataset": dataset, "protocol": {**protocol, "processes": d.world}, "results": results}
+    report = {"task": kind.name, "dataset": dataset, "protocol": {**record, "processes": d.world}, "results": results}
     if d.main:
         write_report(report, out)
         if picture is not None and kept and all(kept.values()):
-            save_picture(picture, kept, task, getattr(val_set, "num_classes", 0))
+            save_picture(picture, kept, kind)
     d.barrier()
     return report
 
 
+# Each task's table columns: (header, result key, scale). Percentages as papers print them.
+_COLUMNS = {
+    "seg": [("mIoU (%)", "miou", 100), ("pixel acc (%)", "pixel_accuracy", 100)],
+    "depth": [
+        ("RMSE", "rmse", 1),
+        ("AbsRel", "abs_rel", 1),
+        ("d1 (%)", "d1", 100),
+        ("d2 (%)", "d2", 100),
+        ("d3 (%)", "d3", 100),
+        ("RMSE aligned", "rmse_aligned", 1),
+        ("d1 aligned (%)", "d1_aligned", 100),
+    ],
+    "video": [("J&F (%)", "jf_mean", 100), ("J (%)", "j_mean", 100), ("F (%)", "f_mean", 100)],
+}
+
+
 def format_table(report: dict) -> str:
-    """The report's side-by-side table: mIoU and pixel accuracy in percent (segmentation), or the depth
-    errors."""
+    """The report's side-by-side table: mIoU and pixel accuracy in percent (segmentation), the depth metrics
+    (per image, averaged; as predicted and scale-and-shift aligned), or J&F (video)."""
+    columns = _COLUMNS[report["task"]]
+    header = f"{'upsampler':<32} " + " ".join(f"{title:>{max(9, len(title))}}" for title, _, _ in columns)
     rows = []
-    if report["task"] == "seg":
-        header = f"{'upsampler':<32} {'mIoU (%)':>9} {'pixel acc (%)':>14}"
-        for name, r in report["results"].items():
-            rows.append(f"{name:<32} {100 * r['miou']:>9.2f} {100 * r['pixel_accuracy']:>14.2f}")
-    elif report["task"] == "video":
-        header = f"{'upsampler':<32} {'J&F (%)':>9} {'J (%)':>9} {'F (%)':>9}"
-        for name, r in report["results"].items():
-            rows.append(f"{name:<32} {100 * r['jf_mean']:>9.2f} {100 * r['j_mean']:>9.2f} {100 * r['f_mean']:>9.2f}")
-    else:
-        header = f"{'upsampler':<32} {'RMSE':>9} {'AbsRel':>9} {'d<1.25 (%)':>11}"
-        for name, r in report["results"].items():
-            rows.append(f"{name:<32} {r['rmse']:>9.4f} {r['abs_rel']:>9.4f} {100 * r['delta1']:>11.2f}")
-    title = f"{report['dataset']} ({report['task']}, {report['protocol']['val_images']} val images)"
+    for name, r in report["results"].items():
+        cells = []
+        for title, key, scale in columns:
+            width = max(9, len(title))
+            cells.append(f"{scale * r[key]:>{width}.2f}" if scale == 100 else f"{r[key]:>{width}.4f}")
+        rows.append(f"{name:<32} " + " ".join(cells))
+    protocol = report["protocol"]
+    title = (
+        f"{report['dataset']} ({report['task']}, protocol {protocol.get('name')}, {protocol['val_images']} val items)"
+    )
     return "\n".join([title, header, *rows])
 
 
-def _palette(n: int) -> np.ndarray:
-    """``n`` distinct colours (a fixed pseudo-random palette), plus black for ignored pixels at 255."""
-    rng = np.random.default_rng(0)
-    colours = rng.integers(40, 256, size=(256, 3), dtype=np.uint8)
-    colours[255] = 0
-    return colours
-
-
-def _to_rgb(x: torch.Tensor, task: str, palette: np.ndarray, depth_range: tuple[float, float]) -> np.ndarray:
-    if task == "seg":
-        return palette[x.clamp(0, 255).to(torch.int64).numpy()]
-    lo, hi = depth_range
-    grey = ((x.float().numpy() - lo) / max(hi - lo, 1e-6)).clip(0, 1)
-    return np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
-
-
-def save_picture(path: str | os.PathLike, kept: dict[str, list[dict]], task: str, num_classes: int) -> Path:
-    """A grid: one row per kept validation image; columns image, target, then each upsampler's prediction."""
+def save_picture(path: str | os.PathLike, kept: dict[str, list[dict]], task: str | Task) -> Path:
+    """A grid: one row per kept validation image; columns image, target, then each upsampler's prediction
+    (coloured by the task's :attr:`~featlift.eval.tasks.Task.colour`)."""
+    kind = task if isinstance(task, Task) else get_task(task)
     names = list(kept)
-    first = kept[names[0]]
-    palette = _palette(num_classes)
     rows = []
-    for i, item in enumerate(first):
+    for i, item in enumerate(kept[names[0]]):
         target = item["target"]
-        valid = target[target > 0] if task == "depth" else target
-        depth_range = (float(valid.min()), float(valid.max())) if task == "depth" and valid.numel() else (0.0, 1.0)
         image = (item["image"].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
-        cells = [image, _to_rgb(target, task, palette, depth_range)]
-        cells += [_to_rgb(kept[name][i]["pred"], task, palette, depth_range) for name in names]
+        cells = [image, kind.colour(target, target)]
+        cells += [kind.colour(kept[name][i]["pred"], target) for name in names]
         rows.append(np.concatenate(cells, axis=1))
     grid = np.concatenate(rows, axis=0)
     path = Path(path)
