@@ -304,13 +304,23 @@ def test_nyuv2_folder_millimetres_to_metres(tmp_path):
     assert len(small) == 1 and small[0]["depth"].shape == (10, 10) and small[0]["image"].shape == (3, 10, 10)
 
 
-def _nyu_mat(root: Path, rgb: np.ndarray, depth: np.ndarray, train: list[int], test: list[int]) -> None:
-    """Write ``rgb [N, 3, H, W]`` / ``depth [N, H, W]`` the way MATLAB v7.3 stores them (last two axes swapped),
-    and the split file with column vectors (which h5py sees as [1, n])."""
+def _nyu_mat(
+    root: Path,
+    rgb: np.ndarray,
+    depth: np.ndarray,
+    train: list[int],
+    test: list[int],
+    raw: np.ndarray | None = None,
+) -> None:
+    """Write ``rgb [N, 3, H, W]`` / ``depth [N, H, W]`` (the in-painted ``depths``) and ``raw`` (``rawDepths``;
+    default ``depth``) the way MATLAB v7.3 stores them (last two axes swapped), and the split file with
+    column vectors (which h5py sees as [1, n]). ``raw=False`` leaves ``rawDepths`` out."""
     h5py = pytest.importorskip("h5py")
     with h5py.File(root / "nyu_depth_v2_labeled.mat", "w") as f:
         f["images"] = rgb.transpose(0, 1, 3, 2)
         f["depths"] = depth.transpose(0, 2, 1)
+        if raw is not False:
+            f["rawDepths"] = (depth if raw is None else raw).transpose(0, 2, 1)
     with h5py.File(root / "splits.mat", "w") as f:
         f["trainNdxs"] = np.asarray(train, dtype=np.float64)[None, :]
         f["testNdxs"] = np.asarray(test, dtype=np.float64)[None, :]
@@ -324,17 +334,28 @@ def test_nyuv2_mat_transposed_layout_and_splits(tmp_path):
         rgb[k, 0] = np.arange(h * w).reshape(h, w) + 10 * k  # red: row-major counter, distinct per frame
         rgb[k, 2] = 255
         depth[k] = np.arange(h * w).reshape(h, w) / 4 + k
-    _nyu_mat(tmp_path, rgb, depth, train=[3, 1], test=[2])
-    train = make_dataset("nyuv2", tmp_path, "train", image_size=None)
+    _nyu_mat(tmp_path, rgb, depth, train=[3, 1], test=[2], raw=depth + 100)
+    train = make_dataset("nyuv2", tmp_path, "train", image_size=None, train_frames="labelled")
     assert train.ids == ["0001", "0003"]
     item = train[1]  # frame 3 (1-based) = rgb[2]
     assert item["id"] == "0003" and item["image"].shape == (3, h, w) and item["depth"].shape == (h, w)
     # red of pixel (row 1, col 2) = 1*6 + 2 + 20
     assert round(float(item["image"][0, 1, 2]) * 255) == 28
     assert float(item["image"][2].min()) == 1.0
-    assert float(item["depth"][1, 2]) == 8 / 4 + 2
+    # rawDepths by default (probe3d): 8 / 4 + 2 + 100; the in-painted depths with raw_depth=False
+    assert float(item["depth"][1, 2]) == 8 / 4 + 2 + 100
+    inpainted = make_dataset("nyuv2", tmp_path, "train", image_size=None, train_frames="labelled", raw_depth=False)
+    assert float(inpainted[1]["depth"][1, 2]) == 8 / 4 + 2
     val = make_dataset("nyuv2", tmp_path, "val", image_size=2)
     assert val.ids == ["0002"] and val[0]["depth"].shape == (2, 2)
+    assert float(val[0]["depth"].min()) >= 101  # frame 2's raw depths are 1 + 100 and up
+
+
+def test_nyuv2_mat_without_raw_depths_names_the_fix(tmp_path):
+    _nyu_mat(tmp_path, np.zeros((1, 3, 2, 2), np.uint8), np.ones((1, 2, 2), np.float32), [1], [1], raw=False)
+    with pytest.raises(DatasetFormatError, match=r"no 'rawDepths' array.*pass raw_depth=False to read 'depths'"):
+        make_dataset("nyuv2", tmp_path, "val")
+    assert float(make_dataset("nyuv2", tmp_path, "val", raw_depth=False)[0]["depth"].min()) == 1.0
 
 
 def test_nyuv2_mat_without_splits_names_fix(tmp_path):
@@ -431,5 +452,5 @@ def test_nyuv2_v5_splits_are_read_with_scipy(tmp_path):
     rgb = np.zeros((3, 3, 2, 2), np.uint8)
     _nyu_mat(tmp_path, rgb, np.ones((3, 2, 2), np.float32), [1], [1])
     scipy_io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[3], [1]]), "testNdxs": np.array([[2]])})
-    assert make_dataset("nyuv2", tmp_path, "train").ids == ["0001", "0003"]
+    assert make_dataset("nyuv2", tmp_path, "train", train_frames="labelled").ids == ["0001", "0003"]
     assert make_dataset("nyuv2", tmp_path, "val").ids == ["0002"]

@@ -142,39 +142,38 @@ def test_missing_torchmetrics_names_the_extra(monkeypatch):
 
 def test_depth_metrics_by_hand_with_invalid_pixels():
     nan = float("nan")
-    target = torch.tensor([[[1.0, 1.0, 2.0], [0.0, nan, 4.0]]])
-    pred = torch.tensor([[[1.0, 2.0, 0.0], [7.0, 3.0, 4.5]]])
-    # valid: (p 1, t 1), (2, 1), (0 -> clamped to 1e-3, 2), (4.5, 4); target 0 and NaN are skipped
+    target = torch.tensor([[[1.0, 1.0, 2.0, 2.0], [0.0, nan, 4.0, 12.0]]])
+    pred = torch.tensor([[[1.0, 1.5, 3.5, 0.0], [7.0, 3.0, 4.5, 5.0]]])
+    # valid (pred, target): (1, 1) (1.5, 1) (3.5, 2) (0, 2) (4.5, 4); target 0, NaN and 12 > max_depth 10 skipped
+    # thr = max(t / p, p / t), p floored at 1e-9 in t / p: 1, 1.5, 1.75, 2e9, 1.125
+    # d1 (< 1.25): 1, 1.125 -> 2/5; d2 (< 1.5625): + 1.5 -> 3/5; d3 (< 1.953125): + 1.75 -> 4/5
+    # squared errors 0, 0.25, 2.25, 4, 0.25 -> rmse sqrt(6.75 / 5); abs_rel (0 + 0.5 + 0.75 + 1 + 0.125) / 5
     m = DepthMetric()
     m.update(pred, target)
     out = m.compute()
-    sq = 0 + 1 + 1.999**2 + 0.25
-    assert out["rmse"] == pytest.approx(math.sqrt(sq / 4), rel=1e-12)
-    assert out["abs_rel"] == pytest.approx((0 + 1 + 1.999 / 2 + 0.125) / 4, rel=1e-12)
-    assert out["delta1"] == pytest.approx(2 / 4)  # ratios 1, 2, 2000, 1.125
-
-
-def test_depth_is_pixel_weighted_over_the_set():
-    m = DepthMetric()
-    m.update(torch.tensor([[[2.0]]]), torch.tensor([[[1.0]]]))  # one pixel, abs_rel 1
-    m.update(torch.ones(1, 1, 3), torch.ones(1, 1, 3))  # three exact pixels
-    out = m.compute()
-    assert out["abs_rel"] == pytest.approx(1 / 4)  # not the per-image mean (1 + 0) / 2
-    assert out["rmse"] == pytest.approx(math.sqrt(1 / 4))
-    assert out["delta1"] == pytest.approx(3 / 4)
+    assert out["images"] == 1
+    assert out["d1"] == pytest.approx(2 / 5) and out["d2"] == pytest.approx(3 / 5) and out["d3"] == pytest.approx(4 / 5)
+    assert out["rmse"] == pytest.approx(math.sqrt(6.75 / 5), rel=1e-12)
+    assert out["abs_rel"] == pytest.approx(2.375 / 5, rel=1e-12)
+    assert set(out) == {
+        "d1", "d2", "d3", "rmse", "abs_rel",
+        "d1_aligned", "d2_aligned", "d3_aligned", "rmse_aligned", "abs_rel_aligned",
+        "images",
+    }  # fmt: skip
     m.reset()
     m.update(torch.ones(1, 1, 3), torch.ones(1, 1, 3))
-    assert m.compute() == {"rmse": 0.0, "abs_rel": 0.0, "delta1": 1.0}
+    out = m.compute()
+    assert (out["rmse"], out["abs_rel"], out["d1"], out["images"]) == (0.0, 0.0, 1.0, 1)
 
 
 def test_depth_bad_inputs_raise():
     m = DepthMetric()
-    with pytest.raises(ValueError, match="no valid pixel"):
+    with pytest.raises(ValueError, match="no image was counted"):
         m.compute()
     with pytest.raises(ValueError, match="NaN or infinite"):
         m.update(torch.tensor([[[float("inf")]]]), torch.tensor([[[1.0]]]))
     m.update(torch.tensor([[[float("nan")]]]), torch.tensor([[[0.0]]]))  # NaN where the target is invalid is fine
-    with pytest.raises(ValueError, match="no valid pixel"):
+    with pytest.raises(ValueError, match="no image was counted"):
         m.compute()
     with pytest.raises(ValueError, match="float tensor"):
         m.update(torch.ones(1, 2, 2, dtype=torch.int64), torch.ones(1, 2, 2))

@@ -1,4 +1,4 @@
-"""Dense-probe metrics: semantic segmentation (mIoU, pixel accuracy) and monocular depth (RMSE, AbsRel, δ1).
+"""Dense-probe metrics: semantic segmentation (mIoU, pixel accuracy) and monocular depth (δ1-3, RMSE, AbsRel).
 
 Both metrics accumulate over a whole validation set and sync across DDP processes through torchmetrics
 (the optional ``eval`` extra, imported on first use). Call :meth:`update` once per batch, :meth:`compute`
@@ -10,17 +10,17 @@ IoU of class ``k`` = TP / (TP + FP + FN) from that matrix; mIoU = the mean over 
 TP + FP + FN is non-zero (a class absent from both targets and predictions reports ``None`` and does not count);
 pixel accuracy = trace / counted pixels. No per-image averaging.
 
-Depth errors are pixel-weighted over the whole set (every valid pixel of every image weighs the same, so large
-images weigh more than small ones; this is not the per-image mean some papers report). A pixel is valid where
-its target is finite and ``> 0``. Predictions are clamped to at least :data:`MIN_DEPTH` (1e-3 m) before any
-error is computed, so that ratios stay finite.
+Depth follows probe3d (``mbanani/probe3d``, ``evals/utils/metrics.py``): every error is computed per image over
+that image's valid pixels (target finite, ``> 0`` and ``<= max_depth``), then averaged over the images, so every
+image weighs the same whatever its size (this is not a pixel-weighted mean over the set). Each is reported as
+predicted ("scale-aware") and after a per-image least-squares scale and shift ("aligned"). Images without a
+valid pixel are skipped.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import warnings
 from typing import Any
 
@@ -29,15 +29,15 @@ from torch import Tensor
 
 from featlift.errors import require
 
-__all__ = ["DELTA1_THRESHOLD", "MIN_DEPTH", "DepthMetric", "SegmentationMetric"]
+__all__ = ["DELTA1_THRESHOLD", "DEPTH_KEYS", "PRED_FLOOR", "DepthMetric", "SegmentationMetric"]
 
 logger = logging.getLogger(__name__)
 
-MIN_DEPTH = 1e-3
-"""Predictions are clamped to at least this many metres before the depth errors are computed."""
+PRED_FLOOR = 1e-9
+"""In ``target / pred`` the prediction is floored at this many metres (probe3d's ``clamp(min=1e-9)``)."""
 
 DELTA1_THRESHOLD = 1.25
-"""δ1 counts the valid pixels with ``max(pred / target, target / pred) < DELTA1_THRESHOLD``."""
+"""δK counts the valid pixels with ``max(pred / target, target / pred) < DELTA1_THRESHOLD ** K``."""
 
 
 def require_torchmetrics() -> Any:
@@ -185,12 +185,18 @@ class SegmentationMetric(_Summed):
         return {"miou": miou, "pixel_accuracy": float(tp.sum() / total), "iou": per_class}
 
 
+DEPTH_KEYS = ("d1", "d2", "d3", "rmse", "abs_rel")
+"""The per-image depth errors; each is also reported after alignment, as ``KEY + "_aligned"``."""
+
+_DEPTH_STATES = DEPTH_KEYS + tuple(f"{key}_aligned" for key in DEPTH_KEYS)
+
+
 @functools.cache
 def _depth_sums_class() -> type:
     tm = require_torchmetrics()
 
     class _DepthSums(tm.Metric):
-        """Sum states over every valid pixel; ``dist_reduce_fx="sum"`` makes them add up across processes."""
+        """Sums of per-image values and the image count; ``dist_reduce_fx="sum"`` adds them up across processes."""
 
         full_state_update = False
         is_differentiable = False
@@ -199,76 +205,137 @@ def _depth_sums_class() -> type:
         def __init__(self) -> None:
             super().__init__()
             zero = torch.zeros((), dtype=torch.float64)
-            self.add_state("sq_err", default=zero.clone(), dist_reduce_fx="sum")
-            self.add_state("abs_rel", default=zero.clone(), dist_reduce_fx="sum")
-            self.add_state("delta1", default=zero.clone(), dist_reduce_fx="sum")
-            self.add_state("count", default=zero.clone(), dist_reduce_fx="sum")
+            for key in (*_DEPTH_STATES, "images"):
+                self.add_state(key, default=zero.clone(), dist_reduce_fx="sum")
 
-        def update(self, sq_err: Tensor, abs_rel: Tensor, delta1: Tensor, count: Tensor) -> None:
-            self.sq_err += sq_err
-            self.abs_rel += abs_rel
-            self.delta1 += delta1
-            self.count += count
+        def update(self, sums: dict[str, Tensor]) -> None:
+            for key, value in sums.items():
+                setattr(self, key, getattr(self, key) + value)
 
         def compute(self) -> dict[str, Tensor]:
-            return {"sq_err": self.sq_err, "abs_rel": self.abs_rel, "delta1": self.delta1, "count": self.count}
+            return {key: getattr(self, key) for key in (*_DEPTH_STATES, "images")}
 
     return _DepthSums
 
 
+def _align(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """``s * pred + t`` per image, with the least-squares scale ``s`` and shift ``t`` over the valid pixels
+    (minimising ``Σ (s p + t - g)²``); ``s = 1, t = 0`` where that system is singular (a constant prediction,
+    one valid pixel). Inputs ``[B, H, W]`` float64."""
+    w = valid.to(pred.dtype)
+    n = w.sum(dim=(1, 2)).clamp(min=1)
+    p_mean = (w * pred).sum(dim=(1, 2)) / n
+    g_mean = (w * target.nan_to_num(0.0)).sum(dim=(1, 2)) / n
+    pc = torch.where(valid, pred - p_mean[:, None, None], torch.zeros_like(pred))
+    gc = torch.where(valid, target - g_mean[:, None, None], torch.zeros_like(target))
+    spread = pc.pow(2).sum(dim=(1, 2))  # n * var(p) = det(normal equations) / n
+    energy = torch.where(valid, pred, torch.zeros_like(pred)).pow(2).sum(dim=(1, 2))
+    solvable = spread > 1e-12 * energy  # relative: rounding makes an exactly constant prediction's spread tiny
+    scale = torch.where(solvable, (pc * gc).sum(dim=(1, 2)) / spread.clamp(min=1e-300), torch.ones_like(spread))
+    shift = torch.where(solvable, g_mean - scale * p_mean, torch.zeros_like(spread))
+    return pred * scale[:, None, None] + shift[:, None, None]
+
+
+def _per_image(pred: Tensor, target: Tensor, valid: Tensor, n: Tensor) -> dict[str, Tensor]:
+    """Each image's d1, d2, d3, rmse, abs_rel over its valid pixels (``[B]`` each; ``n`` = valid counts,
+    at least 1)."""
+    gt = torch.where(valid, target, torch.ones_like(target))
+    p = torch.where(valid, pred, torch.ones_like(pred))
+    thr = torch.maximum(gt / p.clamp(min=PRED_FLOOR), p / gt)
+    w = valid.to(pred.dtype)
+
+    def mean(x: Tensor) -> Tensor:
+        return (x * w).sum(dim=(1, 2)) / n
+
+    out = {f"d{k}": mean((thr < DELTA1_THRESHOLD**k).to(pred.dtype)) for k in (1, 2, 3)}
+    out["rmse"] = mean((gt - p).pow(2)).sqrt()
+    out["abs_rel"] = mean((p - gt).abs() / gt)
+    return out
+
+
 class DepthMetric(_Summed):
-    """Depth errors over every valid pixel of a set: RMSE (metres), AbsRel, δ1.
+    """probe3d's depth metrics, per image then averaged over the images: δ1, δ2, δ3, RMSE (metres), AbsRel,
+    scale-aware (the prediction as it is) and after a per-image scale-and-shift alignment.
 
-    ``update(pred, target)``: float ``[B, H, W]`` depths in metres on the same grid. A pixel counts where
-    ``target`` is finite and ``> 0``; ``pred`` there must be finite (else ``ValueError``) and is clamped to at
-    least :data:`MIN_DEPTH` first. ``compute()`` returns ``{"rmse", "abs_rel", "delta1"}`` as floats:
+    ``update(pred, target)``: float ``[B, H, W]`` depths in metres on the same grid. A pixel is valid where
+    ``target`` is finite, ``> 0`` and ``<= max_depth`` (probe3d zeroes deeper ground truth); ``pred`` there
+    must be finite (else ``ValueError``). For each image, over its valid pixels:
 
-    - ``rmse = sqrt(Σ (p - t)² / N)``, ``abs_rel = Σ |p - t| / t / N``,
-      ``delta1 = #{max(p / t, t / p) < 1.25} / N``, with N the valid pixels of the whole set (pixel-weighted,
-      not a mean of per-image values). Sums are kept in float64.
+    - ``thr = max(t / p, p / t)`` (``p`` floored at :data:`PRED_FLOOR` in the denominator); ``dK`` = the fraction
+      with ``thr < 1.25**K``;
+    - ``rmse = sqrt(mean (t - p)²)``, ``abs_rel = mean |p - t| / t``;
+    - the same after alignment: ``p -> s p + t0`` with the least-squares scale ``s`` and shift ``t0`` of that
+      image (on depth, not inverse depth; ``s = 1, t0 = 0`` where the fit is singular), not clamped.
+
+    ``compute()`` returns the mean over the counted images of each value: ``{"d1", "d2", "d3", "rmse",
+    "abs_rel", "d1_aligned", "d2_aligned", "d3_aligned", "rmse_aligned", "abs_rel_aligned"}`` as floats plus
+    ``"images"`` (int). Every image weighs the same, whatever its size or valid-pixel count. **An image with
+    no valid pixel is skipped: it is not counted in ``images`` and adds nothing** (probe3d would count it with
+    zeros; the NYU test frames all have depth). The per-image values are float64 and their sums are
+    torchmetrics sum states, so under DDP the processes' sums and counts add up.
+
+    Predictions are scored as given: to score what is saved, pass :func:`featlift.eval.depth.quantise_mm` of
+    the prediction.
 
     Args:
+        max_depth: ground truth deeper than this (metres) is invalid (default 10, probe3d's NYU setting;
+            ``math.inf`` keeps every depth).
         device: where the sums live (default CPU); inputs are moved there.
     """
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
+    def __init__(self, max_depth: float = 10.0, device: torch.device | str | None = None) -> None:
+        if isinstance(max_depth, bool) or not isinstance(max_depth, (int, float)) or not max_depth > 0:
+            raise ValueError(
+                f"DepthMetric: max_depth must be a positive number of metres (math.inf for no limit), got {max_depth!r}"
+            )
+        self.max_depth = float(max_depth)
         self._hold(_depth_sums_class()(), device)
 
     def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add a batch: ``pred`` and ``target`` float ``[B, H, W]`` metres (see the class docstring)."""
+        """Add a batch of images: ``pred`` and ``target`` float ``[B, H, W]`` metres (see the class docstring)."""
         _check_same_shape(pred, target, "DepthMetric.update")
         for name, t in (("pred", pred), ("target", target)):
             if not t.dtype.is_floating_point:
                 raise ValueError(f"DepthMetric.update: {name} must be a float tensor of metres, got {t.dtype}")
         pred = pred.detach().to(device=self.device, dtype=torch.float64)
         target = target.detach().to(device=self.device, dtype=torch.float64)
-        valid = torch.isfinite(target) & (target > 0)
-        p = pred[valid]
-        t = target[valid]
-        if not bool(torch.isfinite(p).all()):
+        valid = torch.isfinite(target) & (target > 0) & (target <= self.max_depth)
+        bad = valid & ~torch.isfinite(pred)
+        if bool(bad.any()):
             raise ValueError(
-                f"DepthMetric.update: pred is NaN or infinite at {int((~torch.isfinite(p)).sum())} valid pixels"
+                f"DepthMetric.update: pred is NaN or infinite at {int(bad.sum())} valid pixels (a diverged probe? "
+                "check the training loss)"
             )
-        p = p.clamp(min=MIN_DEPTH)
-        ratio = torch.maximum(p / t, t / p)
-        self._state.update(
-            ((p - t) ** 2).sum(),
-            ((p - t).abs() / t).sum(),
-            (ratio < DELTA1_THRESHOLD).sum().to(torch.float64),
-            torch.tensor(float(p.numel()), dtype=torch.float64, device=self.device),
+        pred = torch.where(valid, pred, torch.zeros_like(pred))
+        counts = valid.sum(dim=(1, 2))
+        counted = counts > 0
+        if not bool(counted.all()):
+            logger.debug("DepthMetric.update: %d image(s) without a valid pixel skipped", int((~counted).sum()))
+            if not bool(counted.any()):
+                return
+        pred, target, valid, counts = pred[counted], target[counted], valid[counted], counts[counted]
+        n = counts.to(torch.float64)
+        values = _per_image(pred, target, valid, n)
+        values.update(
+            {f"{key}_aligned": v for key, v in _per_image(_align(pred, target, valid), target, valid, n).items()}
         )
+        sums = {key: v.sum() for key, v in values.items()}
+        sums["images"] = n.new_tensor(float(n.numel()))
+        self._state.update(sums)
 
-    def compute(self) -> dict[str, float]:
-        """``{"rmse": float, "abs_rel": float, "delta1": float}``; ``ValueError`` when no pixel was valid."""
+    def compute(self) -> dict[str, float | int]:
+        """The per-image means (see the class docstring) and ``"images"``; ``ValueError`` when no image was
+        counted."""
         # Sync first (every process must join, even one that saw no batch), then check.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sums = {k: float(v) for k, v in self._state.compute().items()}
-        n = sums["count"]
-        if n == 0:
-            raise ValueError("DepthMetric.compute: no valid pixel (no update, or no target finite and > 0)")
-        return {
-            "rmse": math.sqrt(sums["sq_err"] / n),
-            "abs_rel": sums["abs_rel"] / n,
-            "delta1": sums["delta1"] / n,
-        }
+        images = round(sums.pop("images"))
+        if images == 0:
+            raise ValueError(
+                "DepthMetric.compute: no image was counted (no update, or no target pixel finite, > 0 and "
+                f"<= max_depth={self.max_depth})"
+            )
+        out: dict[str, float | int] = {key: sums[key] / images for key in _DEPTH_STATES}
+        out["images"] = images
+        return out

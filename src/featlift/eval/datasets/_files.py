@@ -49,7 +49,11 @@ ROOT/
 or
 ROOT/
   nyuv2/{train,val}/rgb/ID.png
-  nyuv2/{train,val}/depth/ID.png   (16-bit PNG, millimetres, 0 = invalid)""",
+  nyuv2/{train,val}/depth/ID.png   (16-bit PNG, millimetres, 0 = invalid)
+and, for probe3d's training frames (train_frames "geonet"; without them train reads the labelled frames):
+ROOT/
+  nyuv2_geonet/*.mat   (or ROOT/nyuv2/geonet/*.mat: GeoNet's NYU training frames, MATLAB v5,
+                        keys img / depth / norm; from the xjqi/GeoNet repository, as probe3d's README says)""",
     "davis": """\
 ROOT/                    (or ROOT is the DAVIS folder itself)
   DAVIS/
