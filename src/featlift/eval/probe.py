@@ -243,7 +243,7 @@ def evaluate_probe(
 
         items = tqdm(loader, unit="batch", desc=f"eval {source.name}", leave=False)
     for batch in items:
-        target = task.target(batch).to(source.device)
+        target = task.as_saved(task.target(batch).to(source.device))
         out = at_label_size(source.predict(batch["image"], probe).to(source.device).float(), target)
         pred = task.predict(out, protocol)
         metric.update(pred, target)

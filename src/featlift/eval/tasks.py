@@ -52,6 +52,7 @@ class Task:
     outputs: Callable[[Any, ProbeProtocol], int]  # (dataset, protocol) -> probe output channels
     loss_terms: Callable[[Tensor, Tensor, ProbeProtocol, int], tuple[Tensor, Tensor]]
     predict: Callable[[Tensor, ProbeProtocol], Tensor]  # probe output at label size -> prediction
+    as_saved: Callable[[Tensor], Tensor]  # a target as its saved file holds it (what the metric scores)
     metric: Callable[[Any, ProbeProtocol, torch.device], Any]
     save: Callable[[Path, Tensor], None]  # one prediction or target as a file
     colour: Callable[[Tensor, Tensor], np.ndarray]  # (prediction or target, target) -> RGB uint8 [H, W, 3]
@@ -92,6 +93,7 @@ SEGMENTATION = Task(
     outputs=lambda dataset, protocol: dataset.num_classes,
     loss_terms=_seg_loss,
     predict=lambda out, protocol: out.argmax(1),
+    as_saved=lambda target: target,
     metric=_seg_metric,
     save=save_png8,
     colour=_class_colours,
@@ -124,6 +126,14 @@ def _depth_predict(out: Tensor, protocol) -> Tensor:
     return quantise_mm(decode(out.float(), protocol))
 
 
+def _depth_as_saved(target: Tensor) -> Tensor:
+    """Ground truth in whole millimetres, as its 16-bit PNG holds it (at most 0.5 mm from the raw value),
+    so the saved files give back exactly the reported numbers."""
+    from .depth import quantise_mm
+
+    return quantise_mm(torch.nan_to_num(target.float(), nan=0.0, posinf=0.0, neginf=0.0))
+
+
 def _depth_metric(dataset, protocol, device: torch.device):
     from .metrics import DepthMetric
 
@@ -150,6 +160,7 @@ DEPTH = Task(
     outputs=_depth_outputs,
     loss_terms=_depth_loss,
     predict=_depth_predict,
+    as_saved=_depth_as_saved,
     metric=_depth_metric,
     save=_save_depth,
     colour=_depth_grey,

@@ -11,6 +11,25 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "ADE20K_CLASSES",
+    "ADE20K_CLASSES_WITH_OTHER",
+    "ADE20K_TABLE",
+    "ADE20K_TABLE_WITH_OTHER",
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_LABELID_TO_TRAINID",
+    "CITYSCAPES_TABLE",
+    "COCOSTUFF27_CLASSES",
+    "COCOSTUFF27_TABLE",
+    "COCOSTUFF_CLASSES",
+    "COCOSTUFF_RAW",
+    "COCOSTUFF_TABLE",
+    "IGNORE_INDEX",
+    "VOC_CLASSES",
+    "VOC_TABLE",
+    "lookup_table",
+]
+
 IGNORE_INDEX = 255
 """The label value left out of training and scoring (VOC's border value; every table maps unknowns to it)."""
 
