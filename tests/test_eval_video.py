@@ -252,6 +252,15 @@ def test_decay_uses_the_toolkits_overlapping_bins_rounded_half_up():
         assert out[f"{key}_decay"] == pytest.approx(2 / 3 - 1 / 2)
 
 
+def test_recall_counts_frames_strictly_above_one_half():
+    gt = square(20, 20, 5, 5)  # 4 x 4
+    half = torch.zeros(20, 20, dtype=torch.int64)
+    half[5:9, 5:7] = 1  # its left half: J = 8 / 16 = 0.5 exactly
+    out = j_and_f([gt, half, gt, gt], [gt] * 4, 1)  # scored: frame 1 (J 0.5) and frame 2 (J 1)
+    assert out["j_mean"] == pytest.approx(0.75)
+    assert out["j_recall"] == 0.5
+
+
 def test_void_in_the_ground_truth_counts_as_background():
     gt = square(20, 20, 5, 5)
     gt[5, 5:9] = 255  # the square's top row is void: the prediction's top row is then a false positive
@@ -535,3 +544,16 @@ def test_saved_predictions_rescore_to_the_report(tmp_path, colour_source):
     for stat in ("j", "f"):
         assert result[f"{stat}_mean"] == pytest.approx(np.mean([v[stat] for v in expected.values()]))
         assert result[f"{stat}_decay"] == pytest.approx(np.mean([v[f"{stat}_decay"] for v in expected.values()]))
+
+
+def test_indexed_png_keeps_the_ids_with_a_short_or_default_palette(tmp_path):
+    mask = torch.tensor([[0, 1, 2], [3, 8, 255]])
+    video.save_indexed_png(tmp_path / "a" / "x.png", mask, None)
+    with Image.open(tmp_path / "a" / "x.png") as im:
+        assert im.mode == "P" and np.array_equal(np.array(im), mask.numpy())
+        # the DAVIS / VOC colours: 1 dark red, 2 dark green, 3 olive, 8 = bit 1 of red (64, 0, 0)
+        colours = np.array(im.getpalette()).reshape(-1, 3)
+        assert colours[[0, 1, 2, 3, 8]].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [64, 0, 0]]
+    video.save_indexed_png(tmp_path / "y.png", mask, [0, 0, 0, 9, 9, 9])  # a palette as short as Pillow may give
+    with Image.open(tmp_path / "y.png") as im:
+        assert np.array_equal(np.array(im), mask.numpy()) and im.getpalette()[:6] == [0, 0, 0, 9, 9, 9]
