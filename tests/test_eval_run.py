@@ -266,18 +266,21 @@ def _write_davis(root, frames: int = 5, size=(48, 72)):
 
 def test_video_propagation_follows_an_object_with_colour_features(tmp_path, capsys):
     from featlift.cli import main
-    from featlift.eval.run import evaluate_video, format_table
+    from featlift.eval.protocols import protocol
+    from featlift.eval.run import format_table
+    from featlift.eval.video import evaluate_video
 
     root = _write_davis(tmp_path / "davis")
 
     def colours(image, lowres, size):  # features = the (normalised) pixel colour: objects are colours here
         return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
 
-    report = evaluate_video(
-        "davis", root, [colours], backbone=TIMM_NAME, options=RANDOM, image_size=48, stride=2, radius=None
-    )
+    settings = protocol(None, "video").with_settings(image_size=48, stride=2, radius=24)  # 24 x 36 grid
+    report = evaluate_video("davis", root, [colours], backbone=TIMM_NAME, options=RANDOM, protocol=settings)
     result = report["results"]["colours"]
-    assert result["jf_mean"] > 0.8 and set(result["sequences"]) == {"square"}
+    assert result["jf_mean"] > 0.8 and set(result["sequences"]) == {"square"} and set(result["objects"]) == {"square_1"}
+    assert result["jf_mean"] == pytest.approx((result["j_mean"] + result["f_mean"]) / 2)
+    assert report["protocol"]["objects"] == 1 and report["protocol"]["settings"]["radius"]["value"] == 24
     assert "J&F (%)" in format_table(report)
     out = tmp_path / "video.json"
     argv = ["eval", "video", "--dataset", "davis", "--root", str(root), "--upsampler", "bilinear"]
@@ -285,6 +288,7 @@ def test_video_propagation_follows_an_object_with_colour_features(tmp_path, caps
     assert main(argv) == 0
     saved = json.loads(out.read_text())
     assert saved["task"] == "video" and 0.0 <= saved["results"]["bilinear"]["jf_mean"] <= 1.0
+    assert set(saved["results"]["bilinear"]["objects"]) == {"square_1"}
     assert "bilinear" in capsys.readouterr().out
 
 

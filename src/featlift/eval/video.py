@@ -2,8 +2,10 @@
 evaluate frozen features) and its J&F score.
 
 :func:`propagate` carries the first frame's object masks through a sequence using only feature affinities;
-:func:`j_and_f` scores predicted masks against ground truth as the DAVIS 2017 toolkit does (region IoU J and
-boundary F-measure F, first and last frames excluded).
+:func:`labels_from_probabilities` turns its soft labels into masks at the annotation's size (DINO's bilinear
+upsampling and :func:`norm_mask`); :func:`j_and_f` scores predicted masks against ground truth as the DAVIS 2017
+toolkit does (region IoU J and boundary F-measure F with their mean, recall and decay per object, first and last
+frames excluded); :func:`evaluate_video` runs it all for a list of upsamplers and averages over all objects.
 """
 
 from __future__ import annotations
@@ -11,21 +13,43 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
+from .._atomic import atomic_write
 from .._distributed import shard
-from .._images import resize_image
+from .._images import _nearest_index, resize_image
 from ._common import make_sources, processes, write_report
+from .protocols import VideoProtocol
+from .protocols import protocol as get_protocol
 
-__all__ = ["BOUND_TH", "DEFAULT_MAX_AFFINITY_ELEMENTS", "boundary_map", "evaluate_video", "j_and_f", "propagate"]
+__all__ = [
+    "BOUND_TH",
+    "DEFAULT_MAX_AFFINITY_ELEMENTS",
+    "VOID",
+    "boundary_map",
+    "davis_palette",
+    "evaluate_video",
+    "j_and_f",
+    "labels_from_probabilities",
+    "mask_to_grid",
+    "norm_mask",
+    "propagate",
+    "resize_labels",
+    "save_indexed_png",
+]
 
 logger = logging.getLogger(__name__)
 
 BOUND_TH = 0.008
 """Boundary tolerance of the F-measure, as a fraction of the image diagonal (DAVIS's ``bound_th``)."""
+
+VOID = 255
+"""DAVIS's void label: scored as background."""
 
 DEFAULT_MAX_AFFINITY_ELEMENTS = 2**24
 """Default cap on the affinity block of one chunk of target positions (64 MiB of float32)."""
@@ -122,7 +146,7 @@ def propagate(
     topk: int = 5,
     context: int = 7,
     radius: int | None = 12,
-    temperature: float = 0.07,
+    temperature: float = 0.1,
     return_probabilities: bool = False,
     max_affinity_elements: int = DEFAULT_MAX_AFFINITY_ELEMENTS,
 ) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
@@ -268,22 +292,49 @@ def _boundary_f(pred: Tensor, gt: Tensor, disk: Tensor) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _statistics(values: list[float]) -> tuple[float, float, float]:
+    """The DAVIS toolkit's ``db_statistics`` of one object's per-frame values: mean, recall (the fraction of
+    frames above 0.5) and decay.
+
+    Decay: the frames are cut into 4 bins at ``ids = round(linspace(1, n, 5)) - 1`` (halves rounded up); bin i
+    holds frames ``ids[i] .. ids[i + 1]`` *inclusive* (so neighbouring bins share a frame), and the decay is
+    the mean of bin 0 minus the mean of bin 3. (The toolkit stores ``ids`` as uint8, which wraps past 256
+    scored frames; no DAVIS sequence is that long, and here the indices do not wrap.)
+    """
+    n = len(values)
+    mean = sum(values) / n
+    recall = sum(v > 0.5 for v in values) / n
+    ids = [math.floor(1 + i * (n - 1) / 4 + 0.5) - 1 for i in range(5)]  # linspace(1, n, 5), halves up
+    first, last = values[ids[0] : ids[1] + 1], values[ids[3] : ids[4] + 1]
+    return mean, recall, sum(first) / len(first) - sum(last) / len(last)
+
+
 def j_and_f(pred: list[Tensor], gt: list[Tensor], num_objects: int, *, bound_th: float = BOUND_TH) -> dict:
-    """DAVIS 2017 J&F of one sequence.
+    """DAVIS 2017 J&F of one sequence, as the official toolkit (``davis2017-evaluation``, semi-supervised task)
+    scores it.
 
     Args:
         pred, gt: T >= 3 int ``[H, W]`` masks each (object ids, 0 = background), pairwise on the same grid.
+            Void pixels (255) in ``gt`` count as background, as in the toolkit (which sets them to 0 and does
+            not use its void masks in the semi-supervised task).
         num_objects: the objects scored are ids ``1 .. num_objects`` (an id absent from both masks of a frame
-            scores J = F = 1 there; ids above ``num_objects`` are ignored).
+            scores J = F = 1 there; ids above ``num_objects`` are ignored, where the toolkit refuses the
+            prediction).
         bound_th: boundary tolerance; below 1 it is a fraction of the diagonal, the disk radius being
             ``ceil(bound_th · sqrt(H² + W²))`` pixels; from 1 up it is the radius itself.
 
-    The first and last frames are left out. J is the region IoU of each object's binary masks; F the boundary
-    F-measure: boundaries (:func:`boundary_map`) matched within the disk dilation of the other's, precision and
-    recall from the matched fractions. Both are averaged over frames per object, then over objects.
+    The first and last frames are left out. Per frame and object, J is the region IoU of the binary masks (an
+    empty union scores 1) and F the boundary F-measure: boundaries (:func:`boundary_map`) matched within the
+    disk dilation of the other's, precision and recall from the matched fractions (both boundaries empty:
+    F = 1; one empty: F = 0). Per object, over the scored frames: the mean, the recall (fraction of frames
+    above 0.5) and the decay (mean of the first quarter of the frames minus that of the last; see
+    :func:`_statistics` for the toolkit's exact, overlapping bins).
 
     Returns:
-        ``{"j_mean", "f_mean", "jf_mean": (j_mean + f_mean) / 2, "per_object": {id: {"j", "f"}}}`` (floats).
+        ``{"j_mean", "f_mean", "jf_mean", "j_recall", "f_recall", "j_decay", "f_decay", "per_object": {id:
+        {"j", "f", "j_recall", "f_recall", "j_decay", "f_decay"}}}`` (floats). The sequence-level values are
+        plain means over its objects (``jf_mean = (j_mean + f_mean) / 2``); a dataset's score is the mean over
+        all its objects, not over sequences (see :func:`evaluate_video`).
     """
     if len(pred) != len(gt):
         raise ValueError(f"pred has {len(pred)} frames but gt has {len(gt)}")
@@ -306,21 +357,118 @@ def j_and_f(pred: list[Tensor], gt: list[Tensor], num_objects: int, *, bound_th:
     h, w = gt[0].shape
     radius = int(bound_th) if bound_th >= 1 else math.ceil(bound_th * math.hypot(h, w))
     disk = _disk(radius, gt[0].device)
-    j_sum = [0.0] * num_objects
-    f_sum = [0.0] * num_objects
-    frames = range(1, len(gt) - 1)
-    for t in frames:
+    j_frames: list[list[float]] = [[] for _ in range(num_objects)]
+    f_frames: list[list[float]] = [[] for _ in range(num_objects)]
+    for t in range(1, len(gt) - 1):
         p = pred[t].to(gt[0].device)
         g = gt[t].to(gt[0].device)
+        g = g.masked_fill(g == VOID, 0)
         for obj in range(1, num_objects + 1):
             pm, gm = p == obj, g == obj
-            j_sum[obj - 1] += _region_j(pm, gm)
-            f_sum[obj - 1] += _boundary_f(pm, gm, disk)
-    n = len(frames)
-    per_object = {obj: {"j": j_sum[obj - 1] / n, "f": f_sum[obj - 1] / n} for obj in range(1, num_objects + 1)}
-    j_mean = sum(o["j"] for o in per_object.values()) / num_objects
-    f_mean = sum(o["f"] for o in per_object.values()) / num_objects
-    return {"j_mean": j_mean, "f_mean": f_mean, "jf_mean": (j_mean + f_mean) / 2, "per_object": per_object}
+            j_frames[obj - 1].append(_region_j(pm, gm))
+            f_frames[obj - 1].append(_boundary_f(pm, gm, disk))
+    per_object = {}
+    for obj in range(1, num_objects + 1):
+        jm, jr, jd = _statistics(j_frames[obj - 1])
+        fm, fr, fd = _statistics(f_frames[obj - 1])
+        per_object[obj] = {"j": jm, "f": fm, "j_recall": jr, "f_recall": fr, "j_decay": jd, "f_decay": fd}
+    out = _object_means(list(per_object.values()))
+    out["per_object"] = per_object
+    return out
+
+
+def _object_means(objects: list[dict]) -> dict:
+    """Plain means over ``objects`` (each ``{"j", "f", "j_recall", ...}``), as the toolkit's global table."""
+    n = len(objects)
+    means = {
+        f"{key}_{stat}": sum(o[name] for o in objects) / n
+        for key in ("j", "f")
+        for stat, name in (("mean", key), ("recall", f"{key}_recall"), ("decay", f"{key}_decay"))
+    }
+    return {"jf_mean": (means["j_mean"] + means["f_mean"]) / 2, **means}
+
+
+def norm_mask(probabilities: Tensor) -> Tensor:
+    """DINO's ``norm_mask``: each channel of ``[L, H, W]`` soft labels whose maximum is above 0 is min-max
+    scaled to [0, 1] (``(x - min) / max(x - min)``); channels with maximum <= 0 are left as they are. A new
+    tensor.
+
+    Where DINO divides 0 by 0 (a constant positive channel) and gets NaN, the channel becomes 0 here.
+    """
+    out = probabilities.clone()
+    for c in range(out.shape[0]):
+        channel = out[c]
+        if channel.max() > 0:
+            shifted = channel - channel.min()
+            top = shifted.max()
+            out[c] = shifted / top if top > 0 else shifted
+    return out
+
+
+def resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Integer labels ``[H, W]`` resized to ``size`` by pixel-centre nearest sampling (PIL's ``NEAREST``,
+    PyTorch's ``nearest-exact``: output pixel i takes input pixel ``floor((i + 0.5) · in / out)``)."""
+    rows = _nearest_index(labels.shape[0], size[0]).to(labels.device)
+    cols = _nearest_index(labels.shape[1], size[1]).to(labels.device)
+    return labels[rows][:, cols]
+
+
+def mask_to_grid(mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """The first frame's annotation ``[H, W]`` on the feature grid: pixel-centre nearest sampling (as DINO's
+    PIL ``NEAREST``; PyTorch's legacy ``nearest`` would sample each cell's top-left pixel, half a cell off),
+    void (255) set to background. int64."""
+    _check_int_mask(mask, "mask")
+    small = resize_labels(mask.to(torch.int64), grid)
+    return small.masked_fill(small == VOID, 0)
+
+
+def labels_from_probabilities(
+    probabilities: Tensor, frame_size: tuple[int, int], out_size: tuple[int, int], *, upsample: str = "bilinear"
+) -> Tensor:
+    """One propagated frame's mask at the annotation's size from its soft labels ``[L, h, w]`` on the grid.
+
+    ``upsample="bilinear"`` (DINO): the soft labels are resized bilinearly (``align_corners=False``) to the
+    frame's (resized) size ``frame_size``, scaled by :func:`norm_mask`, and the argmax is taken there.
+    ``"nearest"`` (featlift's earlier way): the argmax is taken on the grid. Either way the labels are then
+    resized to ``out_size`` by pixel-centre nearest (:func:`resize_labels`). Returns int64 ``[H, W]``.
+    """
+    if probabilities.ndim != 3 or not probabilities.dtype.is_floating_point:
+        raise ValueError(
+            f"probabilities must be float [L, h, w], got {probabilities.dtype} {tuple(probabilities.shape)}"
+        )
+    if upsample == "bilinear":
+        up = F.interpolate(probabilities[None].float(), size=tuple(frame_size), mode="bilinear", align_corners=False)
+        labels = norm_mask(up[0]).argmax(dim=0)
+    elif upsample == "nearest":
+        labels = probabilities.argmax(dim=0)
+    else:
+        raise ValueError(f"upsample must be 'bilinear' or 'nearest', got {upsample!r}")
+    return resize_labels(labels, tuple(out_size))
+
+
+def davis_palette() -> list[int]:
+    """The DAVIS / PASCAL VOC colour map (768 ints): index i's colour spreads the bits of i over R, G and B,
+    most significant first (1 = dark red, 2 = dark green, 3 = olive, ...)."""
+    palette = []
+    for i in range(256):
+        rgb = [0, 0, 0]
+        for bit in range(8):
+            for channel in range(3):
+                rgb[channel] |= ((i >> (3 * bit + channel)) & 1) << (7 - bit)
+        palette.extend(rgb)
+    return palette
+
+
+def save_indexed_png(path: Path, mask: Tensor, palette: list[int] | None) -> None:
+    """An int ``[H, W]`` mask (ids 0..255) as an indexed (mode ``P``) PNG with ``palette`` (default
+    :func:`davis_palette`), written atomically."""
+    array = mask.to("cpu", torch.uint8).numpy()
+    image = Image.frombytes("P", (array.shape[1], array.shape[0]), array.tobytes())
+    colours = list(palette) if palette is not None else davis_palette()
+    image.putpalette((colours + [0] * 768)[:768])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 @torch.no_grad()
@@ -329,40 +477,75 @@ def evaluate_video(
     root: str | os.PathLike,
     upsamplers: list,
     *,
-    image_size: int = 448,
-    stride: int = 4,
-    topk: int = 5,
-    context: int = 7,
-    radius: int | None = 12,
-    temperature: float = 0.07,
+    protocol: VideoProtocol | None = None,
     max_val: int | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = False,
     feature_cache: str | os.PathLike | None = None,
+    save_predictions: str | os.PathLike | None = None,
     **source_options,
 ) -> dict:
-    """Video label propagation (DAVIS 2017 val) for each upsampler: J&F mean. ``source_options`` are
-    the keywords of :func:`featlift.eval.upsamplers.make_source`; under ``torchrun`` the sequences are
-    shared out across the processes.
+    """Video object segmentation by label propagation (DAVIS 2017 val, semi-supervised) for each upsampler,
+    scored as the DAVIS 2017 toolkit does.
 
-    Frames are resized so the shorter side is ``image_size`` (aspect kept); each upsampler's features at
-    that size are average-pooled by ``stride`` to the working grid, where the first frame's objects are
-    propagated (:func:`featlift.eval.video.propagate` with ``topk``, ``context``, ``radius`` in grid cells
-    and ``temperature``); predictions are resized (nearest) to the annotations' size and scored with
-    :func:`featlift.eval.video.j_and_f`.
+    Args:
+        dataset, root: the video dataset (``"davis"``) and its folder.
+        upsamplers: what :func:`featlift.eval.upsamplers.make_source` builds, one source at a time.
+        protocol: the settings (:class:`~featlift.eval.protocols.VideoProtocol`; default the task's default,
+            ``"dino"``). Change one with ``protocol.with_settings(radius=6)``, which the report records.
+        max_val: score only the first ``max_val`` sequences.
+        out: where the JSON report goes (optional).
+        progress: a progress bar over the sequences.
+        feature_cache: a folder caching the backbone's low-resolution features.
+        save_predictions: a folder; every frame's predicted mask (frame 0 included, the given annotation with
+            void set to 0) is written to ``DIR/<upsampler>/SEQ/FRAME.png`` as an indexed PNG at the
+            annotation's size with the sequence's palette, the layout the DAVIS toolkit reads.
+        source_options: the keywords of :func:`~featlift.eval.upsamplers.make_source` (``backbone``,
+            ``device``, ``options``, ...).
+
+    Per sequence: frames are resized so the shorter side is ``protocol.image_size`` (aspect kept); each
+    upsampler's features at that size are average-pooled by ``protocol.stride`` to the grid; the first
+    annotation goes to the grid by pixel-centre nearest (:func:`mask_to_grid`); :func:`propagate` carries it
+    through the sequence (``topk``, ``context``, ``radius`` in grid cells, ``temperature``); every later frame's
+    soft labels become a mask (:func:`labels_from_probabilities` with ``protocol.upsample``: DINO's bilinear +
+    :func:`norm_mask` at the frame size, or ``"nearest"``, featlift's earlier argmax on the grid) at the
+    annotation's size, scored by :func:`j_and_f` with ``protocol.bound_th``. Under ``torchrun`` the sequences
+    are shared out across the processes and the per-object scores gathered.
+
+    Returns:
+        ``{"task": "video", "dataset", "protocol": {**protocol.record(), "val_images": sequences, "objects",
+        "backbone", "processes"}, "results": {upsampler: {"jf_mean", "j_mean", "f_mean", "j_recall",
+        "f_recall", "j_decay", "f_decay", "objects": {"SEQ_k": {"j", "f", "j_recall", "f_recall", "j_decay",
+        "f_decay"}}, "sequences": {SEQ: the mean of (j + f) / 2 over its objects}}}}``. The top-level means
+        are over all objects of the dataset (61 in DAVIS 2017 val), as the toolkit's J&F-Mean, not over
+        sequences.
     """
     from .datasets import make_dataset
+    from .probe import slug
 
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    settings = get_protocol(None, "video")
+    if protocol is None:
+        protocol = settings
+    elif not isinstance(protocol, VideoProtocol):
+        raise ValueError(
+            f"protocol must be a VideoProtocol (featlift.eval.protocols.protocol(name, 'video')), got "
+            f"{type(protocol).__name__}"
+        )
+    loose = sorted(set(source_options) & set(settings.settings()))
+    if loose:
+        raise TypeError(
+            f"evaluate_video no longer takes {loose} as keywords; pass them in the protocol: "
+            f"protocol=protocol(None, 'video').with_settings({', '.join(f'{k}=...' for k in loose)})"
+        )
     sequences = make_dataset(dataset, root, "val", None, limit=max_val)
     if getattr(sequences, "task", None) != "video":
         raise ValueError(f"dataset {dataset!r} is not a video dataset; eval video reads davis")
     d = processes(source_options, feature_cache)
-    ids = [sequences.ids[i] if hasattr(sequences, "ids") else str(i) for i in range(len(sequences))]
+    saves = None if save_predictions is None else Path(save_predictions)
     results = {}
+    objects_total = 0
     for source in make_sources(upsamplers, source_options):
-        scores = []
+        scored = []  # (SEQ, j_and_f of the sequence) for this process's share
         items = shard(len(sequences), d)
         if progress and d.main:
             from tqdm import tqdm
@@ -370,39 +553,45 @@ def evaluate_video(
             items = tqdm(items, unit="sequence", desc=f"video {source.name}", leave=False)
         for i in items:
             seq = sequences[i]
-            h, w = seq["masks"][0].shape
-            scale = image_size / min(h, w)
-            size = (max(stride, round(h * scale)), max(stride, round(w * scale)))
-            grid = (size[0] // stride, size[1] // stride)
-            feats = []
-            for frame in seq["frames"]:
-                image = resize_image(frame[None], size)
-                f = source.features(image)[0]
-                feats.append(F.adaptive_avg_pool2d(f, grid).cpu())
-            first = F.interpolate(seq["masks"][0][None, None].float(), size=grid, mode="nearest")[0, 0].long()
-            first[first == 255] = 0
-            preds = propagate(feats, first, topk=topk, context=context, radius=radius, temperature=temperature)
-            preds = [F.interpolate(p[None, None].float(), size=(h, w), mode="nearest")[0, 0].long() for p in preds]
-            scores.append(j_and_f(preds, seq["masks"], seq["num_objects"]))
-        scores = [s for part in d.gather(scores) for s in part]  # rank order: the single-process order
+            masks = _predict_sequence(source, seq, protocol)
+            if saves is not None:
+                folder = saves / slug(source.name) / seq["id"]
+                for frame_id, mask in zip(seq["frame_ids"], masks, strict=True):
+                    save_indexed_png(folder / f"{frame_id}.png", mask, seq.get("palette"))
+            if seq["num_objects"] < 1:
+                logger.warning("sequence %s has no object in its first annotation; it is not scored", seq["id"])
+                continue
+            score = j_and_f(masks, seq["masks"], seq["num_objects"], bound_th=protocol.bound_th)
+            logger.debug(
+                "%s %s: J&F %.4f over %d objects", source.name, seq["id"], score["jf_mean"], len(score["per_object"])
+            )
+            scored.append((seq["id"], score))
+        scored = [s for part in d.gather(scored) for s in part]  # rank order: the single-process order
+        objects = {f"{seq_id}_{k}": values for seq_id, score in scored for k, values in score["per_object"].items()}
+        if not objects:
+            raise ValueError(f"{dataset} at {root}: no object to score (every first annotation is empty)")
+        objects_total = len(objects)
         results[source.name] = {
-            "jf_mean": sum(s["jf_mean"] for s in scores) / len(scores),
-            "j_mean": sum(s["j_mean"] for s in scores) / len(scores),
-            "f_mean": sum(s["f_mean"] for s in scores) / len(scores),
-            "sequences": {ids[i]: s["jf_mean"] for i, s in enumerate(scores)},
+            **_object_means(list(objects.values())),
+            "objects": objects,
+            "sequences": {
+                seq_id: sum((o["j"] + o["f"]) / 2 for o in score["per_object"].values()) / len(score["per_object"])
+                for seq_id, score in scored
+            },
         }
+        logger.info(
+            "%s: J&F %.4f (J %.4f, F %.4f) over %d objects",
+            source.name, results[source.name]["jf_mean"], results[source.name]["j_mean"],
+            results[source.name]["f_mean"], objects_total,
+        )  # fmt: skip
     report = {
         "task": "video",
         "dataset": dataset,
         "protocol": {
-            "image_size": image_size,
-            "stride": stride,
-            "topk": topk,
-            "context": context,
-            "radius": radius,
-            "temperature": temperature,
-            "backbone": source_options.get("backbone"),
+            **protocol.record(),
             "val_images": len(sequences),
+            "objects": objects_total,
+            "backbone": source_options.get("backbone"),
             "processes": d.world,
         },
         "results": results,
@@ -411,3 +600,31 @@ def evaluate_video(
         write_report(report, out)
     d.barrier()
     return report
+
+
+def _predict_sequence(source, seq: dict, protocol: VideoProtocol) -> list[Tensor]:
+    """Every frame's predicted mask (int64, the annotation's size) of one sequence; frame 0 is the given
+    annotation with void set to 0."""
+    first = seq["masks"][0]
+    h, w = first.shape
+    stride = protocol.stride
+    scale = protocol.image_size / min(h, w)
+    size = (max(stride, round(h * scale)), max(stride, round(w * scale)))
+    grid = (size[0] // stride, size[1] // stride)
+    feats = []
+    for frame in seq["frames"]:
+        f = source.features(resize_image(frame[None], size))[0]
+        feats.append(F.adaptive_avg_pool2d(f, grid).cpu())
+    _, probabilities = propagate(
+        feats,
+        mask_to_grid(first, grid),
+        topk=protocol.topk,
+        context=protocol.context,
+        radius=protocol.radius,
+        temperature=protocol.temperature,
+        return_probabilities=True,
+    )
+    masks = [first.to(torch.int64).masked_fill(first == VOID, 0)]
+    for p in probabilities[1:]:
+        masks.append(labels_from_probabilities(p, size, (h, w), upsample=protocol.upsample))
+    return masks
