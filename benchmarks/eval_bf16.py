@@ -3,7 +3,8 @@ per-pixel cosine between the two feature maps, on the same validation crops.
 
 Run on the synthetic set of ``examples/synthetic_eval.py`` (its docstring trains the model):
 
-    python benchmarks/eval_bf16.py --root synth --model synth/uplift --image-size 112 --epochs 5
+    python benchmarks/eval_bf16.py --root synth --model synth/uplift --image-size 112 --epochs 5 \
+        --backbone-weights synth/backbone.safetensors
 
 Prints one table (mIoU per dtype, and the cosine's mean / 1st percentile / minimum over every pixel of
 every validation crop) and writes it as JSON with ``--out``.
@@ -24,18 +25,23 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="a VOC-layout dataset (examples/synthetic_eval.py)")
     parser.add_argument("--model", required=True, help="a featlift model directory or name")
     parser.add_argument("--dataset", default="voc")
+    parser.add_argument("--backbone-weights", default=None, help="local backbone weights (offline)")
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--max-val", type=int, default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--no-probe", action="store_true", help="only the feature cosine (the mIoU from two `featlift eval` runs)"
+    )
     args = parser.parse_args()
 
     import featlift
     from featlift.eval import evaluate, make_dataset, protocol
 
+    options = featlift.LoadOptions(backbone_weights=args.backbone_weights)
     chosen = protocol(None, "seg").with_settings(image_size=args.image_size, epochs=args.epochs)
     miou = {}
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    for name, dtype in () if args.no_probe else (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         report = evaluate(
             "seg",
             args.dataset,
@@ -49,8 +55,8 @@ def main() -> None:
         miou[name] = report["results"][args.model]["miou"]
 
     val = make_dataset(args.dataset, args.root, "val", args.image_size, limit=args.max_val)
-    fp32 = featlift.load_upsampler(args.model, device="cpu")
-    bf16 = featlift.load_upsampler(args.model, device="cpu", dtype=torch.bfloat16)
+    fp32 = featlift.load_upsampler(args.model, device="cpu", options=options)
+    bf16 = featlift.load_upsampler(args.model, device="cpu", dtype=torch.bfloat16, options=options)
     cosines = []
     with torch.inference_mode():
         for i in range(len(val)):

@@ -22,8 +22,9 @@ from .._lazy import lazy_attributes
 if TYPE_CHECKING:
     from .datasets import make_dataset
     from .protocols import PROTOCOLS, protocol
-    from .run import evaluate, evaluate_video, format_table
+    from .run import evaluate, format_table
     from .upsamplers import make_source
+    from .video import evaluate_video
 
 __all__ = ["PROTOCOLS", "evaluate", "evaluate_video", "format_table", "make_dataset", "make_source", "protocol"]
 

@@ -35,6 +35,8 @@ from torch import Tensor
 
 from .._atomic import atomic_write
 from ..errors import DatasetFormatError
+from .protocols import DEPTH_HEADS as HEADS
+from .protocols import DEPTH_LOSSES as LOSSES
 
 if TYPE_CHECKING:
     from .protocols import DepthProtocol
@@ -58,8 +60,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HEADS = ("bins", "linear")
-LOSSES = ("sig+gradient", "l1")
 
 BIN_EPS = 0.1
 """Added to every bin's ``relu`` before normalising (probe3d's ``DepthBinPrediction``, after AdaBins)."""

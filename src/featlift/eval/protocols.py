@@ -33,9 +33,12 @@ from ..errors import ConfigError
 
 __all__ = [
     "DEFAULT_PROTOCOLS",
+    "DEPTH_HEADS",
+    "DEPTH_LOSSES",
     "PROTOCOLS",
     "SCHEDULES",
     "SETTING_HELP",
+    "TRAIN_FRAMES",
     "DepthProtocol",
     "Protocol",
     "SegmentationProtocol",
@@ -208,6 +211,7 @@ class SegmentationProtocol(ProbeProtocol):
 
 DEPTH_HEADS = ("bins", "linear")
 DEPTH_LOSSES = ("sig+gradient", "l1")
+TRAIN_FRAMES = ("geonet", "labelled")
 
 
 @dataclass(frozen=True)
@@ -237,8 +241,8 @@ class DepthProtocol(ProbeProtocol):
             raise ConfigError(f"loss: one of {DEPTH_LOSSES}, got {self.loss!r}")
         if not 0 < self.min_depth < self.max_depth:
             raise ConfigError(f"min_depth, max_depth: need 0 < min < max, got {self.min_depth}, {self.max_depth}")
-        if self.train_frames not in ("geonet", "labelled"):
-            raise ConfigError(f"train_frames: geonet or labelled, got {self.train_frames!r}")
+        if self.train_frames not in TRAIN_FRAMES:
+            raise ConfigError(f"train_frames: one of {TRAIN_FRAMES}, got {self.train_frames!r}")
 
 
 @dataclass(frozen=True)

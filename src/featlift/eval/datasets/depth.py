@@ -26,10 +26,11 @@ from featlift._images import read_image
 from featlift.errors import ConfigError, DatasetFormatError, MissingDependencyError, require
 
 from ..depth import read_depth_png
+from ..protocols import TRAIN_FRAMES
 from ._files import apply_limit, missing, need, pair_by_stem, warn_if_short
 from .transform import resize_and_crop
 
-__all__ = ["GEONET_BAD_POSITIONS", "GEONET_MEAN_TWICE", "TRAIN_FRAMES", "NYUGeoNet", "NYUv2Depth"]
+__all__ = ["GEONET_BAD_POSITIONS", "GEONET_MEAN_TWICE", "NYUGeoNet", "NYUv2Depth"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ _EXPECTED = {"train": 795, "val": 654}
 _NYU_MAT = "nyu_depth_v2_labeled.mat"
 _NYU_SPLITS = "splits.mat"
 
-TRAIN_FRAMES = ("geonet", "labelled")
 
 _GEONET_DIRS = ("nyuv2_geonet", "nyuv2/geonet")
 
