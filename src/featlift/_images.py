@@ -43,6 +43,7 @@ __all__ = [
     "PendingImage",
     "image_batch",
     "list_image_files",
+    "nearest_index",
     "patch_multiple",
     "read_image",
     "resize_and_crop",
@@ -253,7 +254,7 @@ def resize_to_patch_multiple(pixels: Tensor, patch: int) -> Tensor:
     return resize_image(pixels, size)
 
 
-def _nearest_index(n_in: int, n_out: int) -> Tensor:
+def nearest_index(n_in: int, n_out: int) -> Tensor:
     """Source indices of a pixel-centre nearest resize ``n_in -> n_out`` (PyTorch's ``nearest-exact``)."""
     scale = n_in / n_out
     return ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale).floor().long().clamp_(0, n_in - 1)
@@ -299,8 +300,8 @@ def resize_and_crop(
 
     if target is not None:
         if target_mode == "nearest":
-            rows = _nearest_index(h, new_h)[top : top + size]
-            cols = _nearest_index(w, new_w)[left : left + size]
+            rows = nearest_index(h, new_h)[top : top + size]
+            cols = nearest_index(w, new_w)[left : left + size]
             target = target[rows][:, cols].contiguous()
         else:
             if not target.is_floating_point():

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .._atomic import atomic_write
 from .._distributed import shard
-from .._images import _nearest_index, resize_image
+from .._images import nearest_index, resize_image
 from ._common import make_sources, processes, write_report
 from .protocols import VideoProtocol
 from .protocols import protocol as get_protocol
@@ -408,8 +408,8 @@ def norm_mask(probabilities: Tensor) -> Tensor:
 def resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
     """Integer labels ``[H, W]`` resized to ``size`` by pixel-centre nearest sampling (PIL's ``NEAREST``,
     PyTorch's ``nearest-exact``: output pixel i takes input pixel ``floor((i + 0.5) · in / out)``)."""
-    rows = _nearest_index(labels.shape[0], size[0]).to(labels.device)
-    cols = _nearest_index(labels.shape[1], size[1]).to(labels.device)
+    rows = nearest_index(labels.shape[0], size[0]).to(labels.device)
+    cols = nearest_index(labels.shape[1], size[1]).to(labels.device)
     return labels[rows][:, cols]
 
 
