@@ -58,6 +58,18 @@ def _import_h5py() -> Any:
     return require("h5py", feature=f"nyuv2: reading {_NYU_MAT} (MATLAB v7.3 / HDF5)", extra="eval")
 
 
+def _import_loadmat(what: str, also: str = "") -> Any:
+    """scipy's ``loadmat`` (MATLAB v5 files), or the missing-dependency error naming ``what`` needs it."""
+    try:
+        from scipy.io import loadmat
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{what} is a MATLAB v5 file, which needs scipy to read; install it with "
+            f'pip install "featlift[eval]" (or pip install scipy{also})'
+        ) from exc
+    return loadmat
+
+
 def _read_nyu_split(path: Path, split: str) -> list[int]:
     """The 1-based indices of ``split`` (``trainNdxs`` for train, ``testNdxs`` for val) in ``splits.mat``."""
     key = "trainNdxs" if split == "train" else "testNdxs"
@@ -68,13 +80,7 @@ def _read_nyu_split(path: Path, split: str) -> list[int]:
                 raise DatasetFormatError(f"{path}: no {key!r} array (found {sorted(f.keys())})")
             values = np.asarray(f[key][()]).ravel()
     else:
-        try:
-            from scipy.io import loadmat
-        except ImportError as exc:
-            raise MissingDependencyError(
-                f"{path}: this splits file is a MATLAB v5 file, which needs scipy to read; install it with "
-                'pip install "featlift[eval]" (or pip install scipy; or save it as MATLAB v7.3, which h5py reads)'
-            ) from exc
+        loadmat = _import_loadmat(f"{path}: this splits file", "; or save it as MATLAB v7.3, which h5py reads")
         content = loadmat(path)
         if key not in content:
             raise DatasetFormatError(f"{path}: no {key!r} array")
@@ -85,7 +91,32 @@ def _read_nyu_split(path: Path, split: str) -> list[int]:
     return indices
 
 
-class NYUv2Depth(Dataset):
+class _DepthFrames(Dataset):
+    """What both NYU readers share: ``ids``, and items ``{"image", "depth", "id"}`` from ``_load(i)``,
+    resized and cropped to ``image_size`` (depth nearest: no invented depths)."""
+
+    task = "depth"
+    name = "nyuv2"
+    image_size: int | None
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _load(self, index: int) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, depth = self._load(index)
+        if self.image_size is not None:
+            image, depth = resize_and_crop(image, depth, self.image_size, target_mode="nearest")
+        return {"image": image, "depth": depth, "id": self.ids[index]}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} items)"
+
+
+class NYUv2Depth(_DepthFrames):
     """NYU Depth v2 (the 1449 labelled frames), from the official ``.mat`` file or a PNG folder layout.
 
     ``__getitem__(i)`` returns ``{"image": float32 [3, S, S] in [0, 1], "depth": float32 [S, S] in metres
@@ -94,9 +125,6 @@ class NYUv2Depth(Dataset):
     (``"0001"``...), train = ``trainNdxs`` (795), val = ``testNdxs`` (654), and the depth is the array
     ``depth_key``: ``"rawDepths"`` (the sensor's, probe3d) or ``"depths"`` (in-painted).
     """
-
-    task = "depth"
-    name = "nyuv2"
 
     def __init__(
         self,
@@ -117,8 +145,8 @@ class NYUv2Depth(Dataset):
         else:
             self.ids = [item_id for item_id, _, _ in self._pairs]
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    def _load(self, index: int) -> tuple[Tensor, Tensor]:
+        return self._load_mat(index) if self._mat_path is not None else self._load_folder(index)
 
     def _load_mat(self, index: int) -> tuple[Tensor, Tensor]:
         h5py = _import_h5py()
@@ -146,31 +174,8 @@ class NYUv2Depth(Dataset):
             )
         return image, depth
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if self._mat_path is not None:
-            image, depth = self._load_mat(index)
-        else:
-            image, depth = self._load_folder(index)
-        if self.image_size is not None:
-            image, depth = resize_and_crop(image, depth, self.image_size, target_mode="nearest")
-        return {"image": image, "depth": depth, "id": self.ids[index]}
 
-    def __repr__(self) -> str:
-        return f"NYUv2Depth({len(self)} items)"
-
-
-def _import_loadmat(what: str) -> Any:
-    try:
-        from scipy.io import loadmat
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{what} is a MATLAB v5 file, which needs scipy to read; install it with "
-            'pip install "featlift[eval]" (or pip install scipy)'
-        ) from exc
-    return loadmat
-
-
-class NYUGeoNet(Dataset):
+class NYUGeoNet(_DepthFrames):
     """probe3d's NYU training frames: GeoNet's MATLAB v5 ``.mat`` files, one per frame.
 
     Each file holds ``"img"`` (``H x W x 3``, stored with the channel means subtracted twice: the values of
@@ -180,16 +185,10 @@ class NYUGeoNet(Dataset):
     [0, 1], "depth": float32 [S, S] metres (0 = invalid), "id": file stem}``, resized as :class:`NYUv2Depth`.
     """
 
-    task = "depth"
-    name = "nyuv2"
-
     def __init__(self, image_size: int | None, files: Sequence[Path]) -> None:
         self.image_size = image_size
         self._files = list(files)
         self.ids = [path.stem for path in self._files]
-
-    def __len__(self) -> int:
-        return len(self._files)
 
     def _load(self, index: int) -> tuple[Tensor, Tensor]:
         path = self._files[index]
@@ -211,15 +210,6 @@ class NYUGeoNet(Dataset):
         rgb = np.clip(rgb, 0, 255).astype(np.uint8)  # truncation, as probe3d's astype(np.uint8)
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
         return image, torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, depth = self._load(index)
-        if self.image_size is not None:
-            image, depth = resize_and_crop(image, depth, self.image_size, target_mode="nearest")
-        return {"image": image, "depth": depth, "id": self.ids[index]}
-
-    def __repr__(self) -> str:
-        return f"NYUGeoNet({len(self)} items)"
 
 
 def _geonet_folder(root: Path) -> Path | None:
