@@ -110,7 +110,7 @@ def train_probe(
     from it when it exists. ``dist`` (:func:`featlift._distributed.init_distributed`) splits every batch
     across processes.
     """
-    task = task if isinstance(task, Task) else get_task(task)
+    task = get_task(task)
     protocol = task_default(task.name) if protocol is None else protocol
     outputs = task.outputs(dataset, protocol) if outputs is None else outputs
     d = dist or Dist()
@@ -231,7 +231,7 @@ def evaluate_probe(
     process evaluates a contiguous share of ``dataset`` (the main process the first items) and
     ``metric.compute()`` sums the shares.
     """
-    task = task if isinstance(task, Task) else get_task(task)
+    task = get_task(task)
     protocol = task_default(task.name) if protocol is None else protocol
     d = dist or Dist()
     probe = probe.to(source.device).eval()

@@ -202,7 +202,7 @@ def format_table(report: dict) -> str:
 def save_picture(path: str | os.PathLike, kept: dict[str, list[dict]], task: str | Task) -> Path:
     """A grid: one row per kept validation image; columns image, target, then each upsampler's prediction
     (coloured by the task's :attr:`~featlift.eval.tasks.Task.colour`)."""
-    kind = task if isinstance(task, Task) else get_task(task)
+    kind = get_task(task)
     names = list(kept)
     rows = []
     for i, item in enumerate(kept[names[0]]):

@@ -25,6 +25,8 @@ from PIL import Image
 from torch import Tensor
 
 from .._atomic import atomic_write
+from .depth import decode, depth_loss, outputs, quantise_mm, save_depth_png
+from .metrics import DepthMetric, SegmentationMetric
 from .protocols import ProbeProtocol
 
 __all__ = ["TASKS", "Task", "get_task"]
@@ -75,8 +77,6 @@ def _seg_loss(out: Tensor, target: Tensor, protocol: ProbeProtocol, ignore_index
 
 
 def _seg_metric(dataset, protocol: ProbeProtocol, device: torch.device):
-    from .metrics import SegmentationMetric
-
     return SegmentationMetric(dataset.num_classes, dataset.ignore_index, dataset.class_names, device=device)
 
 
@@ -105,45 +105,25 @@ SEGMENTATION = Task(
 # --------------------------------------------------------------------------------------------------
 
 
-def _depth_outputs(dataset, protocol) -> int:
-    from .depth import outputs
-
-    return outputs(protocol)
-
-
 def _depth_loss(out: Tensor, target: Tensor, protocol, ignore_index: int) -> tuple[Tensor, Tensor]:
     """The protocol's depth loss of this batch, weighing one (a process's share under torchrun: the
     processes' losses are averaged)."""
-    from .depth import decode, depth_loss
-
     loss = depth_loss(decode(out.float(), protocol), target.float(), protocol)
     return loss, torch.ones((), dtype=torch.int64, device=loss.device)
 
 
 def _depth_predict(out: Tensor, protocol) -> Tensor:
-    from .depth import decode, quantise_mm
-
     return quantise_mm(decode(out.float(), protocol))
 
 
 def _depth_as_saved(target: Tensor) -> Tensor:
     """Ground truth in whole millimetres, as its 16-bit PNG holds it (at most 0.5 mm from the raw value),
     so the saved files give back exactly the reported numbers."""
-    from .depth import quantise_mm
-
     return quantise_mm(torch.nan_to_num(target.float(), nan=0.0, posinf=0.0, neginf=0.0))
 
 
 def _depth_metric(dataset, protocol, device: torch.device):
-    from .metrics import DepthMetric
-
     return DepthMetric(max_depth=protocol.max_depth, device=device)
-
-
-def _save_depth(path: Path, depth: Tensor) -> None:
-    from .depth import save_depth_png
-
-    save_depth_png(path, depth)
 
 
 def _depth_grey(values: Tensor, target: Tensor) -> np.ndarray:
@@ -157,19 +137,22 @@ def _depth_grey(values: Tensor, target: Tensor) -> np.ndarray:
 DEPTH = Task(
     name="depth",
     target_key="depth",
-    outputs=_depth_outputs,
+    outputs=lambda dataset, protocol: outputs(protocol),
     loss_terms=_depth_loss,
     predict=_depth_predict,
     as_saved=_depth_as_saved,
     metric=_depth_metric,
-    save=_save_depth,
+    save=save_depth_png,
     colour=_depth_grey,
 )
 
 TASKS: dict[str, Task] = {t.name: t for t in (SEGMENTATION, DEPTH)}
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str | Task) -> Task:
+    """The task ``name`` (a :class:`Task` is returned as it is)."""
+    if isinstance(name, Task):
+        return name
     if name not in TASKS:
         raise ValueError(f"unknown probe task {name!r}; choose one of {tuple(TASKS)}")
     return TASKS[name]
