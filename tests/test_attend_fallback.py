@@ -99,14 +99,14 @@ def test_kernel_that_raises_falls_back_to_fused_with_one_warning(cpu_is_candidat
 
 
 def test_kernel_with_wrong_values_falls_back_to_fused_with_one_warning(cpu_is_candidate, caplog):
-    def wrong(logits, values, offsets, scale):
+    def wrong(logits, values, offsets, scale, **kwargs):
         return fused_forward(logits, values, offsets, scale, channels_last=False) + 0.01
 
     _check_fallback(cpu_is_candidate, caplog, wrong, "differs from the fused path by up to 0.01")
 
 
 def test_kernel_returning_nan_is_refused(cpu_is_candidate, caplog):
-    def nan(logits, values, offsets, scale):
+    def nan(logits, values, offsets, scale, **kwargs):
         out = fused_forward(logits, values, offsets, scale, channels_last=False)
         out[0, 0, 0, 0] = float("nan")
         return out
@@ -149,9 +149,9 @@ def test_self_test_never_records_autograd(cpu_is_candidate):
     seen = []
     real = cpu_is_candidate.kernel
 
-    def spy(logits, values, offsets, scale):
+    def spy(logits, values, offsets, scale, **kwargs):
         seen.append(torch.is_grad_enabled())
-        return real(logits, values, offsets, scale)
+        return real(logits, values, offsets, scale, **kwargs)
 
     cpu_is_candidate.kernel = spy
     values = _inputs()[1].requires_grad_()
@@ -176,7 +176,7 @@ def test_env_var_and_impl_force_the_choice_without_a_self_test(monkeypatch, env,
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     calls = []
 
-    def off_by_one(logits, values, offsets, scale):
+    def off_by_one(logits, values, offsets, scale, **kwargs):
         calls.append(1)
         return fused_forward(logits, values, offsets, scale, channels_last=False) + 1.0
 
@@ -197,7 +197,9 @@ def test_env_var_and_impl_force_the_choice_without_a_self_test(monkeypatch, env,
 @pytest.mark.parametrize("env", ["auto", " AUTO ", ""])
 def test_env_var_set_to_auto_keeps_the_self_test(monkeypatch, caplog, env):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    wrong = _cpu_policy({la.ENV_VAR: env}, kernel=lambda *args: fused_forward(*args, channels_last=False) + 1.0)
+    wrong = _cpu_policy(
+        {la.ENV_VAR: env}, kernel=lambda *args, **kwargs: fused_forward(*args, channels_last=False) + 1.0
+    )
     with la.use_attend_policy(wrong), caplog.at_level(logging.WARNING, logger=LOGGER):
         assert resolve_impl("auto", _inputs()[1]) == "fused"
     assert len(_warnings(caplog)) == 1
@@ -258,3 +260,49 @@ def test_the_process_policy_traces_under_a_fullgraph_compile():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "(1, 5, 6, 8)"
+
+
+def test_verdicts_are_kept_per_dtype_and_index_width(cpu_is_candidate, monkeypatch, caplog):
+    """A kernel that fails only in bfloat16, or only with 64-bit indexing, loses only those calls: float32
+    and 32-bit calls keep the kernel."""
+    real = cpu_is_candidate.kernel
+    calls = []
+
+    def bad_in_bf16_and_wide(logits, values, offsets, scale, *, wide):
+        calls.append((values.dtype, wide))
+        out = real(logits, values, offsets, scale, wide=wide)
+        return out + 1.0 if values.dtype == torch.bfloat16 or wide else out
+
+    cpu_is_candidate.kernel = bad_in_bf16_and_wide
+    logits, values = _inputs()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert resolve_impl("auto", values.bfloat16()) == "fused"
+        assert resolve_impl("auto", values) == "triton"
+        assert resolve_impl("auto", values.bfloat16()) == "fused"
+        monkeypatch.setattr(triton_kernel, "INT32_LIMIT", 1)  # every call now needs 64-bit indexing
+        wide_out = local_attend(logits, values, OFFSETS, 2)
+    assert calls == [(torch.bfloat16, False), (torch.float32, False), (torch.float32, True)]
+    assert cpu_is_candidate.verdict("cpu", torch.bfloat16) is False
+    assert cpu_is_candidate.verdict("cpu", torch.float32) is True
+    assert cpu_is_candidate.verdict("cpu", torch.float32, wide=True) is False
+    assert torch.equal(wide_out, fused_forward(logits, values, OFFSETS, 2, channels_last=False))
+    messages = [w.getMessage() for w in _warnings(caplog)]
+    assert len(messages) == 2 and "bfloat16 with 32-bit" in messages[0] and "float32 with 64-bit" in messages[1]
+
+
+def test_a_graph_traced_on_the_cpu_chooses_its_implementation_when_it_runs(cpu_is_candidate):
+    """``impl="auto"`` reaches the op as "auto", whatever the device at tracing: a .pt2 exported on the CPU
+    takes the Triton kernel when it runs on CUDA."""
+
+    class Attend(torch.nn.Module):
+        def forward(self, logits, values):
+            return local_attend(logits, values, OFFSETS, 2)
+
+    with la.use_attend_policy(la.AttendPolicy()):  # the default: the CPU is no candidate
+        exported = torch.export.export(Attend(), _inputs())
+    impls = [n.args[4] for n in exported.graph.nodes if n.target is torch.ops.featlift.local_attend.default]
+    assert impls == ["auto"]
+    logits, values = _inputs()
+    got = exported.module()(logits, values)  # cpu_is_candidate is in force again: the op takes the kernel
+    assert cpu_is_candidate.verdict("cpu") is True
+    assert (got - fused_forward(logits, values, OFFSETS, 2, channels_last=False)).abs().max().item() <= 1e-5

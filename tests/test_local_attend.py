@@ -335,3 +335,59 @@ def test_the_caller_alone_decides_the_output_layout(impl):
         assert plain.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last)
         assert not last.is_contiguous()
         assert (plain - last).abs().max().item() <= 1e-6
+
+
+@needs_triton
+@pytest.mark.parametrize("impl", ["triton", "fused", "reference"])
+def test_minus_infinity_logits_are_masked_out(monkeypatch, impl):
+    """A -inf logit (a masked offset) gets weight 0 in every implementation, in the first offset too:
+    the kernel's online softmax must not compute exp(-inf - -inf)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    gen = torch.Generator().manual_seed(3)
+    offsets = neighbourhood_offsets(9)
+    values = torch.randn(2, 5, 3, 4, generator=gen)
+    logits = torch.randn(2, 9, 6, 8, generator=gen)
+    logits[:, 0] = float("-inf")  # the first offset, everywhere
+    logits[1, 1:4, 2:5] = float("-inf")  # more, in some pixels
+    got = local_attend(logits, values, offsets, 2, impl=impl)
+    assert torch.isfinite(got).all()
+    # The same sum without those offsets: masked logits replaced by a very low finite value.
+    want = local_attend_reference(logits.clamp_min(-1e4), values, offsets, 2)
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+@needs_triton
+def test_batches_past_the_grid_limit_launch_in_chunks(monkeypatch):
+    """CUDA caps a grid's z axis at 65,535: larger batches launch in chunks (the limit lowered to 2 here)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(triton_kernel, "MAX_GRID_YZ", 2)
+    gen = torch.Generator().manual_seed(4)
+    offsets = neighbourhood_offsets(5)
+    values = torch.randn(5, 3, 2, 3, generator=gen)
+    logits = torch.randn(5, 5, 4, 6, generator=gen)
+    launches = list(triton_kernel.kernel_launches(logits, values, torch.empty(5, 3, 4, 6), offsets, 2, wide=False))
+    assert [grid[2] for grid, _, _ in launches] == [2, 2, 1]
+    got = local_attend(logits, values, offsets, 2, impl="triton")
+    assert (got - local_attend_reference(logits, values, offsets, 2)).abs().max().item() <= 1e-5
+
+
+@needs_triton
+@pytest.mark.parametrize(("channels", "block_c", "block_p"), [(1, 1, 1024), (4, 4, 1024), (67, 64, 64), (384, 64, 64)])
+def test_the_channel_block_follows_the_channel_count(channels, block_c, block_p):
+    """A 4-channel map (the SD VAE) gets 4-channel blocks with more pixels each, not 64-channel blocks
+    that are mostly masked."""
+    plan = triton_kernel.launch_plan(2, channels, 1000, wide=False)
+    assert (plan.block_c, plan.block_p) == (block_c, block_p)
+    assert plan.channel_blocks * plan.block_c >= channels > (plan.channel_blocks - 1) * plan.block_c
+    assert plan.pixel_blocks * plan.block_p >= 1000
+
+
+@needs_triton
+def test_the_vae_channel_count_matches_the_oracle_in_the_kernel(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    gen = torch.Generator().manual_seed(5)
+    offsets = neighbourhood_offsets(17)
+    values = torch.randn(3, 4, 1, 9, generator=gen)
+    logits = 3 * torch.randn(3, 17, 2, 18, generator=gen)
+    got = local_attend(logits, values, offsets, 2, impl="triton")
+    assert (got - local_attend_reference(logits, values, offsets, 2)).abs().max().item() <= 1e-5

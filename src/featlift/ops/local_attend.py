@@ -20,10 +20,12 @@ dtype (:func:`resolve_impl`):
   all shifted copies); the oracle the others are tested against.
 
 A kernel that compiles but misbehaves on some GPU, driver or Triton release must not strand anyone, so
-``"auto"`` only trusts the Triton kernel after a self-test: on first use on each device the kernel runs
-on a small random input and is compared with the fused path (in float32 and in the dtype being used).
-Any exception or mismatch logs one warning and sends that device to the fused path for the rest of the
-process. ``impl=`` other than ``"auto"``, or the environment variable ``FEATLIFT_ATTEND_IMPL``
+``"auto"`` only trusts the Triton kernel after a self-test. What differs between launches is the dtype
+and the index width (32-bit, or 64-bit for tensors past 2**31 elements: two compiled variants), so the
+self-test is keyed on the device, the dtype and the width: on the first call with a new key the kernel
+runs in that variant on a small random input and is compared with the fused path. Any exception or
+mismatch logs one warning and sends calls with that key to the fused path for the rest of the process;
+other dtypes and widths keep their own verdicts. ``impl=`` other than ``"auto"``, or the environment variable ``FEATLIFT_ATTEND_IMPL``
 (``auto``, ``fused``, ``triton`` or ``reference``), force a choice and skip the self-test. The variable is
 read once, and the verdicts kept, by one :class:`AttendPolicy` (:func:`attend_policy`); tests and
 embedders install their own with :func:`use_attend_policy`.
@@ -32,7 +34,6 @@ embedders install their own with :func:`use_attend_policy`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
@@ -45,7 +46,7 @@ from torch import Tensor
 from .._neighbourhood import Offsets, neighbourhood_offsets
 from ._fused import accumulation_dtype, fused_backward, fused_forward
 from ._portable import portable_local_attend
-from ._triton import triton_available, triton_forward
+from ._triton import needs_wide, triton_available, triton_forward
 
 __all__ = [
     "ENV_VAR",
@@ -104,12 +105,6 @@ def _cuda_with_triton(device: torch.device) -> bool:
     return device.type == "cuda" and triton_available(device)
 
 
-@dataclasses.dataclass
-class _DeviceCheck:
-    usable: bool = True
-    tested: set[torch.dtype] = dataclasses.field(default_factory=set)
-
-
 class AttendPolicy:
     """What ``impl="auto"`` means in this process, and the Triton self-test's verdicts.
 
@@ -118,12 +113,13 @@ class AttendPolicy:
             device and self-test). :meth:`from_environment` takes it from ``FEATLIFT_ATTEND_IMPL``.
         source: who forced it, for error messages.
         candidate: whether ``"auto"`` considers the Triton kernel on a device (default: CUDA with Triton).
-        kernel: the Triton forward, ``kernel(logits, values, offsets, scale) -> [B, C, H, W]``, used by the
-            self-test and by the op.
+        kernel: the Triton forward, ``kernel(logits, values, offsets, scale, *, wide) -> [B, C, H, W]``
+            (``wide``: 64-bit index arithmetic), used by the self-test and by the op.
 
     One policy serves the process (:func:`attend_policy`, built from the environment on first use); tests
-    and embedders inject their own with :func:`use_attend_policy`. Verdicts are kept per device; the first
-    failure logs one warning and sends that device to the fused path for the policy's lifetime.
+    and embedders inject their own with :func:`use_attend_policy`. Verdicts are kept per device, dtype and
+    index width; a failure logs one warning and sends calls with that key to the fused path for the
+    policy's lifetime.
     """
 
     def __init__(
@@ -139,7 +135,7 @@ class AttendPolicy:
         self.candidate = candidate
         self.kernel = kernel
         self._invalid: str | None = None
-        self._checks: dict[str, _DeviceCheck] = {}
+        self._verdicts: dict[tuple[str, torch.dtype, bool], bool] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -169,24 +165,27 @@ class AttendPolicy:
             raise ValueError(self._invalid)
         return self.forced, (self.source if self.forced != "auto" else "impl='auto'")
 
-    def verdict(self, device: torch.device | str) -> bool | None:
-        """Whether the kernel passed its self-test on ``device``: None when it never ran there."""
-        check = self._checks.get(str(device))
-        return None if check is None else check.usable
+    def verdict(
+        self, device: torch.device | str, dtype: torch.dtype = torch.float32, wide: bool = False
+    ) -> bool | None:
+        """Whether the kernel passed its self-test on ``device`` in ``dtype`` with 32-bit (``wide=False``)
+        or 64-bit index arithmetic: None when that test never ran."""
+        return self._verdicts.get((str(device), dtype, bool(wide)))
 
-    def _self_test_problem(self, device: torch.device, dtype: torch.dtype) -> str | None:
-        """Run the kernel once on a small input on ``device`` and compare it with the fused path.
+    def _self_test_problem(self, device: torch.device, dtype: torch.dtype, wide: bool) -> str | None:
+        """Run the kernel once on a small input on ``device`` in ``dtype`` (64-bit indexing when ``wide``)
+        and compare it with the fused path.
 
-        The input has an odd channel count spanning two channel blocks, a non-square map whose pixel count
-        is not a multiple of the pixel block, scale 2 and the 17-offset neighbourhood. Returns None when
-        the two agree, otherwise why not.
+        The input has three images, an odd channel count spanning two channel blocks, a non-square map
+        whose pixel count is not a multiple of the pixel block, scale 2 and the 17-offset neighbourhood.
+        Returns None when the two agree, otherwise why not.
         """
         gen = torch.Generator().manual_seed(0)
-        values = torch.randn(2, 67, 5, 7, generator=gen).to(device=device, dtype=dtype)
-        logits = (4 * torch.randn(2, 17, 10, 14, generator=gen)).to(device=device, dtype=dtype)
+        values = torch.randn(3, 67, 5, 7, generator=gen).to(device=device, dtype=dtype)
+        logits = (4 * torch.randn(3, 17, 10, 14, generator=gen)).to(device=device, dtype=dtype)
         offsets = neighbourhood_offsets(17)
         try:
-            got = self.kernel(logits, values, offsets, 2)
+            got = self.kernel(logits, values, offsets, 2, wide=wide)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # surface asynchronous launch errors here, not later
         except Exception as err:  # compilation, launch or driver failures: all mean "do not use it"
@@ -206,34 +205,36 @@ class AttendPolicy:
         return None
 
     @torch.compiler.disable
-    def auto(self, device: torch.device, dtype: torch.dtype) -> str:
-        """``"triton"`` if the kernel passed its self-test on ``device`` (float32 and ``dtype``), else
-        ``"fused"``. Tests run once per device and dtype, never under autograd."""
+    def auto(self, device: torch.device, dtype: torch.dtype, wide: bool = False) -> str:
+        """``"triton"`` if ``device`` is a candidate and the kernel passed its self-test there in ``dtype``
+        with that index width, else ``"fused"``. Each test runs once, never under autograd."""
+        if not self.candidate(device):
+            return "fused"
+        key = (str(device), dtype, bool(wide))
         with self._lock, torch.no_grad():
-            check = self._checks.setdefault(str(device), _DeviceCheck())
-            for wanted in dict.fromkeys((torch.float32, dtype)):
-                if not check.usable or wanted in check.tested:
-                    continue
-                check.tested.add(wanted)
-                problem = self._self_test_problem(device, wanted)
+            if key not in self._verdicts:
+                problem = self._self_test_problem(device, dtype, bool(wide))
+                self._verdicts[key] = problem is None
                 if problem is not None:
-                    check.usable = False
                     logger.warning(
-                        "the Triton local-attend kernel failed its self-test on %s (%s); using the fused "
-                        "PyTorch path on this device from now on. Set %s=fused to skip the test, or %s=triton "
-                        "to force the kernel.",
+                        "the Triton local-attend kernel failed its self-test on %s in %s with %s-bit indexing "
+                        "(%s); using the fused PyTorch path for such calls from now on. Set %s=fused to skip "
+                        "the test, or %s=triton to force the kernel.",
                         device,
+                        dtype,
+                        64 if wide else 32,
                         problem,
                         ENV_VAR,
                         ENV_VAR,
                     )
-            return "triton" if check.usable else "fused"
+            return "triton" if self._verdicts[key] else "fused"
 
     def resolve(self, impl: str, values: Tensor) -> str:
-        """The implementation ``impl`` stands for on ``values``' device and dtype (see :func:`resolve_impl`)."""
+        """The implementation ``impl`` stands for on ``values``' device and dtype, for a call with 32-bit
+        indexing (see :func:`resolve_impl`)."""
         choice, source = self.requested(impl)
         if choice == "auto":
-            return self.auto(values.device, values.dtype) if self.candidate(values.device) else "fused"
+            return self.auto(values.device, values.dtype)
         if choice == "triton" and not triton_available(values.device):
             raise RuntimeError(
                 f"the Triton local-attend kernel cannot run on {values.device} ({source}): it needs a CUDA "
@@ -312,9 +313,10 @@ def local_attend(
     _check_inputs(logits, values, offsets, scale)
     policy = attend_policy()
     choice, _ = policy.requested(impl)
-    if choice == "auto" and policy.candidate(values.device):
-        # Decided inside the op, at run time: the self-test then never runs under a compiler's tracing;
-        # either outcome writes the layout asked for.
+    if choice == "auto":
+        # Decided inside the op, at run time on the device it runs on: the self-test never runs under a
+        # compiler's tracing, and a graph exported on the CPU still takes the kernel on CUDA. Either
+        # outcome writes the layout asked for.
         impl = "auto"
     else:
         impl = policy.resolve(impl, values)
@@ -337,10 +339,11 @@ def _local_attend_op(
     logits: Tensor, values: Tensor, offsets: list[int], scale: int, impl: str, channels_last: bool
 ) -> Tensor:
     policy = attend_policy()
+    wide = needs_wide(logits, values, scale)
     if impl == "auto":
-        impl = policy.auto(values.device, values.dtype)
+        impl = policy.auto(values.device, values.dtype, wide)
     if impl == "triton":
-        out = policy.kernel(logits, values, _pairs(offsets), scale)  # always NCHW
+        out = policy.kernel(logits, values, _pairs(offsets), scale, wide=wide)  # always NCHW
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
     return fused_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
 
