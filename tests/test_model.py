@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import featlift
 from featlift._registry import get_variant
@@ -17,6 +18,8 @@ from featlift.config import (
     EncoderStageConfig,
     RefinerConfig,
 )
+from featlift.modeling import _inference as inference
+from featlift.modeling._inference import FoldedConv, fold_batchnorm
 from featlift.modeling.guidance import RESAMPLES
 
 from .configs import random_inputs, tiny_config
@@ -295,10 +298,6 @@ def test_folded_batchnorm_never_goes_stale():
     lean, plain = _lean_and_plain(model, image, features)
     _assert_close(lean, plain)
     block = model.decoder_step.input_blocks[0]
-    first = block._folded[0]._value[0]
-    with torch.no_grad():
-        _lean_and_plain(model, image, features)
-    assert block._folded[0]._value[0] is first, "the fold is reused while the weights stay the same"
 
     other = featlift.UPLiFT(cfg).eval()
     _random_batchnorm_statistics(other, seed=4)
@@ -338,22 +337,98 @@ def test_folded_batchnorm_never_goes_stale():
     _assert_close(lean, plain)
 
 
-def test_stale_folds_would_be_caught():
-    """Negative control: with the cache check disabled, an in-place edit leaves the lean path behind."""
+def test_stale_folds_would_be_caught(monkeypatch):
+    """Negative control: with each fold kept from the first call, an in-place edit leaves the lean path
+    behind."""
     model = featlift.UPLiFT(get_variant("dinov2_s14").config).eval()
     _random_batchnorm_statistics(model, seed=5)
     image, features = torch.randn(1, 3, 42, 56), torch.randn(1, 384, 3, 4)
+    kept = {}
+    real_get = FoldedConv.get
+
+    def keep_forever(self, conv, norm):
+        if id(self) not in kept:
+            kept[id(self)] = real_get(self, conv, norm)
+        return kept[id(self)]
+
+    monkeypatch.setattr(FoldedConv, "get", keep_forever)
     _lean_and_plain(model, image, features)
-    for block in model.modules():
-        if hasattr(block, "_folded"):
-            for folded in block._folded:
-                folded.get = lambda conv, norm, value=folded._value: value
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_var.mul_(4.0)
     lean, plain = _lean_and_plain(model, image, features)
     assert (lean - plain).abs().max().item() > 1e-2
+
+
+def test_each_conv_folds_once_per_call(monkeypatch):
+    """The decoder's convs run once per iteration but fold once per call; the next call folds again
+    (from the weights as they are then), and a block called outside a forward call folds on each use."""
+    model = featlift.UPLiFT(get_variant("dinov2_s14").config).eval()
+    _random_batchnorm_statistics(model, seed=7)
+    image, features = torch.randn(1, 3, 42, 56), torch.randn(1, 384, 3, 4)
+    folds = []
+    monkeypatch.setattr(
+        inference, "fold_batchnorm", lambda conv, norm: folds.append(conv) or fold_batchnorm(conv, norm)
+    )
+    with torch.no_grad():
+        model(image, features, iters=3)
+        first = list(folds)
+        model(image, features, iters=3)
+    assert first, "the lean path folded nothing"
+    assert len({id(conv) for conv in first}) == len(first), "a conv folded twice in one call"
+    decoder_convs = {id(m) for m in model.decoder_step.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert decoder_convs & {id(conv) for conv in first}, "the decoder's folds are among them"
+    assert folds[len(first) :] == first, "the second call folds every conv again"
+
+    folds.clear()
+    block = model.decoder_step.input_blocks[0]
+    x = [torch.randn(1, 384, 3, 4), torch.randn(1, 128, 3, 4)]
+    with torch.no_grad():
+        block(x, lean=True)
+        block(x, lean=True)
+    convs = [block.conv1] if block.conv2 is None else [block.conv1, block.conv2]
+    assert folds == convs + convs
+
+
+# Tensor reads that make the host wait for a CUDA device: a bool or number read back, or a comparison.
+SYNCING_OPS = {
+    torch.ops.aten.equal.default,
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.is_nonzero.default,
+    torch.ops.aten.item.default,
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.allclose.default,
+}
+
+
+class _CountSyncs(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in SYNCING_OPS or (func is torch.ops.aten._to_copy.default and (kwargs or {}).get("device")):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("variant", ["dinov2_s14", "sd15_vae"])
+def test_a_lean_forward_reads_no_tensor_value_back(variant):
+    """No synchronising read (torch.equal, .item(), bool(tensor), ...) in a lean forward after the first:
+    on CUDA each would wait for the GPU. The counter sees them (checked on a deliberate .item())."""
+    model = featlift.UPLiFT(get_variant(variant).config).eval()
+    _random_batchnorm_statistics(model, seed=8)
+    image, features = random_inputs(model.config, b=1)
+    with torch.no_grad():
+        model(image, features)
+        with _CountSyncs() as counter:
+            model(image, features)
+            model(image, features, tile=2)
+        assert counter.seen == []
+        with _CountSyncs() as counter:
+            features.sum().item()
+        assert counter.seen == ["aten._local_scalar_dense.default"]
 
 
 def test_a_model_made_under_inference_mode_runs_lean():

@@ -159,12 +159,6 @@ class ConvBlock(nn.Module):
         self.stride = stride
         self._folded = (FoldedConv(), FoldedConv())
 
-    def _apply(self, fn, *args, **kwargs):
-        # .to() / .half() / .cuda() replace the parameters: drop the folded copies with them.
-        for folded in self._folded:
-            folded.clear()
-        return super()._apply(fn, *args, **kwargs)
-
     def reach(self) -> int:
         """Cells a border difference travels inward: one per 3x3 conv (1x1 convs and norms are per pixel)."""
         if self.stride != 1:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..config import UpliftConfig
 from ..errors import UntileableError
-from ._inference import AUTOGRAD, Plan, plan
+from ._inference import AUTOGRAD, Plan, fold_scope, plan
 from ._noise import Noise
 from ._region import Region
 from ._tiling import Tile, apply_head, tile_pair, tiled
@@ -200,6 +200,13 @@ class UPLiFT(nn.Module):
         if tile is not None and return_steps:
             raise ValueError("return_steps needs every whole intermediate map; it cannot be combined with tile")
         run = plan(self, features, self.channels_last)
+        if not run.lean or torch.compiler.is_compiling():  # compiled code folds in the graph, on each call
+            return self._run(image, features, iters, run, generator, return_steps, tile, head)
+        with fold_scope():
+            return self._run(image, features, iters, run, generator, return_steps, tile, head)
+
+    def _run(self, image, features, iters, run, generator, return_steps, tile, head):
+        """:meth:`forward` after its checks and plan, inside the fold scope when lean."""
         if run.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
             features = features.contiguous(memory_format=torch.channels_last)
