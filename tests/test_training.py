@@ -589,3 +589,17 @@ def test_training_with_a_feature_cache(workdir, tmp_path):
     c = load_file(str(tmp_path / "other" / "model.safetensors"))
     d = load_file(str(tmp_path / "plain" / "model.safetensors"))
     assert max((c[k] - d[k]).abs().max().item() for k in c) <= 1e-5
+
+
+@pytest.mark.parametrize(("visible", "local_rank", "index"), [(4, 3, 3), (1, 3, 0), (2, 3, 1)])
+def test_each_process_takes_its_own_visible_gpu(monkeypatch, visible, local_rank, index):
+    """Under torchrun every process sees the node's GPUs (index = LOCAL_RANK); a launcher that gives each
+    process one visible GPU leaves it index 0, where set_device(LOCAL_RANK) would fail."""
+    from featlift._distributed import cuda_index, process_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cuda_index(local_rank) == index
+    d = Dist(rank=local_rank, world=4, local_rank=local_rank)
+    assert process_device("cuda", d) == torch.device("cuda", index)
+    assert process_device(None, d) == torch.device("cuda", index)

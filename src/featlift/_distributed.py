@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Dist", "init_distributed", "process_device", "shard"]
+__all__ = ["Dist", "cuda_index", "init_distributed", "process_device", "shard"]
 
 
 @dataclass(frozen=True)
@@ -89,20 +89,28 @@ def init_distributed(device_hint: str | None = None) -> Dist:
     use_cuda = torch.cuda.is_available() and (device_hint is None or str(device_hint).startswith("cuda"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:  # NCCL's collectives run on the current device: make it this process's own GPU
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(cuda_index(local_rank))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
+def cuda_index(local_rank: int) -> int:
+    """The CUDA device of the process with ``local_rank``: ``LOCAL_RANK`` modulo the devices this process
+    sees. Under torchrun every process sees every GPU of its node (index = local rank); a launcher that
+    gives each process one visible GPU (``CUDA_VISIBLE_DEVICES`` per task) leaves it index 0."""
+    count = torch.cuda.device_count()
+    return local_rank % count if count else local_rank
+
+
 def process_device(requested: str | torch.device | None, d: Dist) -> torch.device:
     """The device this process computes on: ``requested`` (default: CUDA when available, else the CPU);
-    under torchrun a CUDA request means this process's own GPU, ``cuda:LOCAL_RANK``."""
+    under torchrun a CUDA request means this process's own GPU (:func:`cuda_index`)."""
     if requested is None:
-        return torch.device("cuda", d.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        return torch.device("cuda", cuda_index(d.local_rank)) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(requested)
     if device.type == "cuda" and d.world > 1:
-        return torch.device("cuda", d.local_rank)
+        return torch.device("cuda", cuda_index(d.local_rank))
     return device
 
 
