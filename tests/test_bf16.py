@@ -1,0 +1,111 @@
+"""bfloat16 keeps the answer: against float32, per-pixel cosine at least 0.999 and mean relative error at
+most 1%, on the authors' fixture weights and on a real photo; a negative control shows the check fails
+for a path that keeps fewer bits than bfloat16."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import featlift
+from featlift.backbones import Backbone
+from featlift.modeling.blocks import ConvBlock
+
+MIN_COSINE = 0.999
+MAX_RELATIVE_ERROR = 0.01
+
+
+def agreement(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
+    """(smallest per-pixel cosine, mean per-pixel relative error ``|got - want| / |want|``) over the
+    channel vectors of two [B, C, H, W] maps, computed in float64."""
+    got, want = got.double(), want.double()
+    cosine = torch.nn.functional.cosine_similarity(got, want, dim=1)
+    relative = (got - want).norm(dim=1) / want.norm(dim=1).clamp_min(1e-12)
+    return cosine.min().item(), relative.mean().item()
+
+
+def _fixture_models(case, dtype):
+    return featlift.build_upsampler(case.config_path, weights=case.weights_path, dtype=dtype)
+
+
+def test_bfloat16_agrees_with_float32_on_the_fixture_weights(case):
+    want_model = _fixture_models(case, None)
+    model = _fixture_models(case, torch.bfloat16)
+    image, features = case.inputs["image"], case.inputs["features"]
+    with torch.no_grad():
+        want = want_model(image, features)
+        got = model(image.bfloat16(), features.bfloat16())
+    assert got.dtype == torch.bfloat16
+    cosine, relative = agreement(got, want)
+    assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (case.name, cosine, relative)
+
+
+def _photo(size: int) -> np.ndarray:
+    gradio = pytest.importorskip("gradio", reason="the photo ships with gradio (the dev extra)")
+    path = Path(gradio.__file__).parent / "media_assets" / "images" / "cheetah1.jpg"
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC))
+
+
+class PatchEmbedding(Backbone):
+    """A stand-in backbone whose features vary over a photo as real ones do: a fixed random linear map of
+    each 14x14 patch (a ViT's patch embedding). A randomly initialised ViT is no stand-in here: its tokens
+    are uncorrelated between neighbours, so where the attender averages them the output nearly cancels
+    (a third of the usual norm) and bfloat16's rounding of the weights turns the vector; pretrained
+    features are smooth where the photo is."""
+
+    patch, channels = 14, 384
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, self.channels, self.patch, stride=self.patch)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.proj(image)
+
+
+def test_bfloat16_agrees_with_float32_on_a_photo(dinov2_case):
+    """A real photo through the whole Upsampler (backbone, normalisation, guidance, attender, resize)."""
+    backbone = PatchEmbedding().eval()
+    want_up = featlift.Upsampler(backbone, _fixture_models(dinov2_case, None))
+    up = featlift.Upsampler(copy.deepcopy(backbone), _fixture_models(dinov2_case, None)).to(torch.bfloat16)
+    photo = _photo(448)
+    with torch.no_grad():
+        want = want_up(photo)
+        got = up(photo)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape == (1, 384, 448, 448)
+    cosine, relative = agreement(got, want)
+    assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (cosine, relative)
+
+
+def _keep_mantissa_bits(t: torch.Tensor, bits: int) -> torch.Tensor:
+    """``t`` (float32) with its mantissa cut to ``bits`` bits (bfloat16 keeps 7, float16 10)."""
+    as_int = t.float().contiguous().view(torch.int32)
+    return (as_int & ~((1 << (23 - bits)) - 1)).view(torch.float32).to(t.dtype)
+
+
+def test_the_check_fails_for_a_path_that_keeps_too_few_bits(dinov2_case):
+    """Negative control: every conv block's output truncated to 3 mantissa bits (a deliberately broken
+    low-precision path) fails the same check; truncated to 10 bits (float16's) it passes."""
+    want_model = _fixture_models(dinov2_case, None)
+    image, features = dinov2_case.inputs["image"], dinov2_case.inputs["features"]
+
+    def truncated_run(bits):
+        model = _fixture_models(dinov2_case, None)
+        for module in model.modules():
+            if isinstance(module, ConvBlock):
+                module.register_forward_hook(lambda m, args, out: _keep_mantissa_bits(out, bits))
+        with torch.no_grad():
+            return model(image, features)
+
+    with torch.no_grad():
+        want = want_model(image, features)
+    cosine, relative = agreement(truncated_run(3), want)
+    assert cosine < MIN_COSINE or relative > MAX_RELATIVE_ERROR, (cosine, relative)
+    cosine, relative = agreement(truncated_run(10), want)
+    assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (cosine, relative)
