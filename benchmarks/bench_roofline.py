@@ -14,7 +14,9 @@ so it is counted by hand from the shapes of each call, 2*n*C per output pixel (n
 per channel) plus 5*n for the softmax (max, subtract, exp, sum, divide). Each time is then read as an
 achieved rate (GFLOP/s) and as a share of the roofline of its own dtype, printed as markdown tables.
 The attender's part is memory-bound, so a share well under 100% is expected there; the convolutions
-are where bfloat16 hardware (AMX, AVX512-BF16, tensor cores) should show.
+are where bfloat16 hardware (AMX, AVX512-BF16, tensor cores) should show. On CUDA the float32 matmul
+runs without TF32 (PyTorch's default) while cuDNN's float32 convolutions use it (also the default), so
+a float32 share can pass 100%: the table adds the matmul rate with TF32 allowed to compare them with.
 
     python benchmarks/bench_roofline.py                          # 448 px, CPU, torch's thread count
     python benchmarks/bench_roofline.py --threads 16 --json roofline.json
@@ -321,6 +323,17 @@ def main(argv: list[str] | None = None) -> dict | None:
                 torch.mm(a, b)
 
         calls[("matmul", dtype_name)] = matmul
+        if device.type == "cuda" and dtype_name == "float32":
+
+            def matmul_tf32(matmul=matmul):
+                allowed = torch.backends.cuda.matmul.allow_tf32
+                torch.backends.cuda.matmul.allow_tf32 = True
+                try:
+                    matmul()
+                finally:
+                    torch.backends.cuda.matmul.allow_tf32 = allowed
+
+            calls[("matmul TF32", dtype_name)] = matmul_tf32
         inputs = random_inputs(args.size, device, dtype)
         for variant in args.variants:
             model, _ = build_variant(variant, device, dtype)
@@ -358,6 +371,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         )
     ]
     results = {"roofline_gflops": {d: roof[d] / 1e9 for d in args.dtypes}, "variants": {}}
+    if ("matmul TF32", "float32") in median:  # what cuDNN's float32 convolutions use unless TF32 is off
+        tf32 = matmul_flops / median[("matmul TF32", "float32")]
+        values = [f"{tf32 / 1e9:.1f}" if d == "float32" else "-" for d in args.dtypes]
+        rows.append(row("matmul with TF32 allowed: GFLOP/s", values, ""))
+        results["roofline_gflops"]["float32 TF32"] = tf32 / 1e9
     for variant in args.variants:
         t = {d: median[(variant, d)] for d in args.dtypes}
         rate = {d: work[variant] / t[d] for d in args.dtypes}
