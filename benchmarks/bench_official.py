@@ -10,8 +10,10 @@ the script prints "not found" and exits 0, so a check script can always run it.
     python benchmarks/bench_official.py --uplift-root ../UPLiFT --device cuda
     python benchmarks/bench_official.py --uplift-root ../UPLiFT --device cuda --dtype float32 --size 896
 
-What is timed, round-robin after ``--warmup`` calls each (the fast mode's first call compiles: tens of
-seconds, more with ``--compile-mode max-autotune``, the authors' default):
+What is timed, one variant after the other, each after ``--warmup`` calls (the fast mode's first call
+compiles: tens of seconds, more with ``--compile-mode max-autotune``, the authors' default; each
+variant's line is printed as soon as it is measured, so a timeout during that compilation keeps the
+others' figures):
 
 * ``official``: their ``UPLiFT`` module as published (``low_mem=False``: all shifted copies stacked);
 * ``official fast``: the same model through their ``uplift.fast.make_fast`` (BatchNorm folded,
@@ -115,6 +117,32 @@ def _official_models(root: Path, args, device, dtype) -> dict:
     return models
 
 
+def _measure(model, image, features, device, args) -> tuple[dict, object]:
+    """Warm-up calls (the first one timed on its own: compilation), then ``args.repeats`` timed calls with
+    their peak memory; (figures, the output)."""
+    import torch
+
+    from featlift._peak_memory import PeakMemory
+
+    times, peaks = [], []
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = model(image, features)
+        synchronize(device)
+        first = time.perf_counter() - t0
+        for _ in range(args.warmup - 1):
+            out = model(image, features)
+        for _ in range(args.repeats):
+            with PeakMemory(device) as peak, Stopwatch(device) as watch:
+                model(image, features)
+            times.append(watch.seconds)
+            peaks.append(peak.peak)
+    known = [p for p in peaks if p is not None]
+    row = {"first_call_s": first, "time_s": statistics.median(times), "times_s": times}
+    row["peak_bytes"] = max(known) if known else None
+    return row, out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--uplift-root", type=Path, default=None, help="a checkout of the official code")
@@ -122,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="calls before the timed ones (at least 1)")
     parser.add_argument("--no-compile", action="store_true", help="their fast mode without torch.compile")
     parser.add_argument("--compile-mode", default="max-autotune")
     parser.add_argument("--weights", type=Path, default=FIXTURE / "weights.safetensors")
@@ -139,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import featlift
-    from featlift._peak_memory import PeakMemory
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -154,48 +181,41 @@ def main(argv: list[str] | None = None) -> int:
     image, features = random_inputs(args.size, device, dtype)
     print(f"one 2x step, {tuple(features.shape)} features, {tuple(image.shape)} image, {args.dtype}, {device}")
 
-    outputs, first_call, times, peaks = {}, {}, {name: [] for name in models}, {name: [] for name in models}
-    try:
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                for _ in range(max(1, args.warmup)):
-                    outputs[name] = model(image, features)
-                    synchronize(device)
-                    first_call.setdefault(name, time.perf_counter() - t0)
-            print(f"{name}: warmed up (first call {first_call[name]:.1f} s)", flush=True)
-        for _ in range(args.repeats):
-            for name, model in models.items():
-                with torch.inference_mode(), PeakMemory(device) as peak, Stopwatch(device) as watch:
-                    model(image, features)
-                times[name].append(watch.seconds)
-                peaks[name].append(peak.peak)
-    except Exception as err:
-        print(f"running the official code failed: {type(err).__name__}: {err}")
-        return 2
-
-    reference = outputs["featlift"].float()
-    scale = reference.abs().max().item() or 1.0
-    base = statistics.median(times["featlift"])
-    rows, mismatched = [], []
-    print(
-        "\n| variant | first call (s) | median time (ms) | vs featlift | peak memory (MB) | max diff (share of featlift's range) |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name in models:
-        t = statistics.median(times[name])
+    # One variant after the other, each finished (warm-ups, timed calls, its line printed) before the next
+    # starts: the fast mode compiles in its first call, and a step timeout there keeps the others' lines.
+    rows, outputs, mismatched = [], {}, []
+    for name, model in models.items():
+        try:
+            row, outputs[name] = _measure(model, image, features, device, args)
+        except Exception as err:
+            print(f"{name} failed: {type(err).__name__}: {err}", flush=True)
+            return 2
+        reference = outputs["featlift"].float()
         out = outputs[name]
-        if out.shape != reference.shape:
-            diff = float("inf")
-        else:
-            diff = (out.float() - reference).abs().max().item() / scale
+        scale = reference.abs().max().item() or 1.0
+        diff = (out.float() - reference).abs().max().item() / scale if out.shape == reference.shape else float("inf")
         if diff > tolerance:
             mismatched.append(name)
-        known = [p for p in peaks[name] if p is not None]
-        peak = f"{max(known) / 1e6:.1f}" if known else "-"
-        rows.append({"variant": name, "first_call_s": first_call[name], "time_s": t, "times_s": times[name]})
-        rows[-1].update(peak_bytes=max(known) if known else None, relative_diff=diff, shape=list(out.shape))
-        print(f"| {name} | {first_call[name]:.1f} | {t * 1e3:.3f} | {t / base:.2f}x | {peak} | {diff:.2e} |")
+        row.update(variant=name, relative_diff=diff, shape=list(out.shape))
+        rows.append(row)
+        peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 1e6:.1f} MB peak"
+        print(
+            f"{name}: first call {row['first_call_s']:.1f} s, median {row['time_s'] * 1e3:.3f} ms, {peak}, "
+            f"max difference from featlift {diff:.2e} of its range",
+            flush=True,
+        )
+
+    base = rows[0]["time_s"]
+    print(
+        "\n| variant | first call (s) | median time (ms) | vs featlift | peak memory (MB) | max diff / featlift's range |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 1e6:.1f}"
+        print(
+            f"| {row['variant']} | {row['first_call_s']:.1f} | {row['time_s'] * 1e3:.3f} | {row['time_s'] / base:.2f}x "
+            f"| {peak} | {row['relative_diff']:.2e} |"
+        )
     if args.json:
         meta = {"size": args.size, "dtype": args.dtype, "device": str(device), "tolerance": tolerance}
         Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
