@@ -8,6 +8,10 @@ Compare implementations within one run.
 
     python benchmarks/bench_attend.py                                  # CPU: fused vs reference
     python benchmarks/bench_attend.py --device cuda --dtype bfloat16   # triton vs fused vs reference
+    python benchmarks/bench_attend.py --device cuda:1                  # waits for and times cuda:1 itself
+
+On CUDA the times come from events on the ``--device``'s own stream, read after synchronising that
+device (not the current one; ``benchmarks/_common.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+
+from _common import Stopwatch
 
 
 def _peak_bandwidth(device) -> float | None:
@@ -66,10 +71,6 @@ def main() -> None:
     elem = values.element_size()
     moved = (logits.numel() + values.numel() + args.batch * args.channels * h * s * w * s) * elem
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     rows = []
     reference = None
     for impl in impls:
@@ -78,13 +79,11 @@ def main() -> None:
             continue
         with torch.inference_mode():
             out = local_attend(logits, values, offsets, s, impl=impl, channels_last=out_cl)
-            sync()
             times = []
             for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                out = local_attend(logits, values, offsets, s, impl=impl, channels_last=out_cl)
-                sync()
-                times.append(time.perf_counter() - t0)
+                with Stopwatch(device) as watch:
+                    out = local_attend(logits, values, offsets, s, impl=impl, channels_last=out_cl)
+                times.append(watch.seconds)
         if reference is None:
             reference = out.float()
             err = 0.0

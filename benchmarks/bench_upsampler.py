@@ -21,6 +21,10 @@ pixel-dense feature map the call never holds). Compare figures as ratios within 
     python benchmarks/bench_upsampler.py --json bench.json                 # 224 448 896 1344, CPU
     python benchmarks/bench_upsampler.py --sizes 4096 --variants tiled     # 4096 px, tiled + 21 classes
     python benchmarks/bench_upsampler.py --device cuda --dtypes float32 bfloat16
+    python benchmarks/bench_upsampler.py --device cuda:1 --sizes 448 2048 --variants featlift
+
+Every CUDA event, synchronisation and peak-memory reading names the ``--device`` given (see
+``benchmarks/_common.py``), so ``cuda:1`` is timed correctly while ``cuda:0`` is the current device.
 """
 
 from __future__ import annotations
@@ -31,33 +35,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
-VARIANTS = ("featlift", "plain", "convs", "tiled")
-CHANNELS = 384
-PATCH = 14
-
-
-def _build(variant: str, device, dtype, args):
-    """The model call for one variant: (callable, kwargs for the model)."""
-    import torch
-    import torch.nn.functional as F
-
-    import featlift
-
-    model = featlift.build_upsampler("dinov2_s14", device=device, dtype=dtype)
-    kwargs = {}
-    if variant == "plain":
-        model.attender.impl = "reference"
-    elif variant == "convs":
-        # the output keeps the values' layout, channels_last on the CPU's lean path, as the attender's would
-        model.attender.attend = lambda logits, values, channels_last=False: F.interpolate(
-            values, size=logits.shape[-2:], mode="nearest"
-        )
-    elif variant == "tiled":
-        head = torch.nn.Conv2d(CHANNELS, args.head_classes, 1).to(device, dtype)
-        kwargs = {"tile": args.tile, "head": head}
-    return model, kwargs
+from _common import CHANNELS, VARIANTS, Stopwatch, build_variant, random_inputs, synchronize
 
 
 def _worker(args: argparse.Namespace) -> list[dict]:
@@ -71,13 +50,10 @@ def _worker(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     variants = args.variant.split(",")
-    built = {v: _build(v, device, dtype, args) for v in variants}
+    built = {v: build_variant(v, device, dtype, tile=args.tile, head_classes=args.head_classes) for v in variants}
 
-    cells = args.size // PATCH
-    gen = torch.Generator().manual_seed(0)
-    image = torch.randn(1, 3, cells * PATCH, cells * PATCH, generator=gen).to(device, dtype)
-    features = torch.randn(1, CHANNELS, cells, cells, generator=gen).to(device, dtype)
-    out_side = cells * 2**args.iters
+    image, features = random_inputs(args.size, device, dtype)
+    out_side = features.shape[-1] * 2**args.iters
     elem = torch.finfo(dtype).bits // 8
 
     def call(variant):
@@ -92,22 +68,12 @@ def _worker(args: argparse.Namespace) -> list[dict]:
         out = call(v)
         out_bytes[v] = out.numel() * out.element_size()
         del out
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     for _ in range(args.repeats):
         for v in variants:
-            with PeakMemory(device) as peak:
-                if device.type == "cuda":
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    out = call(v)
-                    end.record()
-                    torch.cuda.synchronize(device)
-                    times[v].append(start.elapsed_time(end) / 1000)
-                else:
-                    t0 = time.perf_counter()
-                    out = call(v)
-                    times[v].append(time.perf_counter() - t0)
+            with PeakMemory(device) as peak, Stopwatch(device) as watch:
+                out = call(v)
+            times[v].append(watch.seconds)
             peaks[v].append(float("nan") if peak.peak is None else peak.peak)
             del out
     return [

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ._registry import list_upsamplers
     from ._upsampler import Upsampler
     from .config import UpliftConfig
+    from .hardware import cpu_supports_bf16
     from .modeling.uplift import UPLiFT
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Upsampler",
     "__version__",
     "build_upsampler",
+    "cpu_supports_bf16",
     "list_upsamplers",
     "load_upsampler",
 ]
@@ -40,6 +42,7 @@ __getattr__, __dir__ = lazy_attributes(
         "load_upsampler": "._builder",
         "UpliftConfig": ".config",
         "UPLiFT": ".modeling.uplift",
+        "cpu_supports_bf16": ".hardware",
         "list_upsamplers": "._registry",
         "Upsampler": "._upsampler",
     },
