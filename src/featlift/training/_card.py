@@ -30,7 +30,7 @@ license: mit
 
 # UPLiFT upsampler for `{bb.name}`
 
-Pixel-dense features for the frozen backbone `{bb.name}` ({bb.channels} channels, patch {bb.patch}),
+Pixel-dense features for the frozen {bb.source} backbone `{bb.name}` ({bb.channels} channels, stride {bb.patch}),
 trained with [featlift](https://pypi.org/project/featlift/)'s self-supervised multi-depth objective.
 
 ```python
