@@ -28,7 +28,7 @@ from ._sources import (
     load_backbone,
     parse_backbone,
 )
-from .base import Backbone
+from .base import Backbone, BuildOptions
 from .custom import ModuleBackbone, UserModule
 from .hf_transformers import TransformersBackbone
 from .openclip import OpenClipBackbone
@@ -39,6 +39,7 @@ from .torch_hub import HubBackbone
 __all__ = [
     "BACKBONE_CLASSES",
     "Backbone",
+    "BuildOptions",
     "DiffusersVAE",
     "HubBackbone",
     "ModuleBackbone",

@@ -34,7 +34,7 @@ import os
 from ..config import BackboneConfig
 from ..errors import ConfigError
 from ._normalisation import IDENTITY, Stats, same_stats
-from .base import Backbone
+from .base import Backbone, BuildOptions
 from .custom import ModuleBackbone, UserModule
 from .hf_transformers import TransformersBackbone
 from .openclip import OpenClipBackbone
@@ -140,11 +140,8 @@ def create_backbone(
         result.check_stride(stride)
         return _finish(result)
     source, name = parse_backbone(backbone)
-    cls = backbone_class(source)
-    built = cls.create(
-        name, stride=stride, pretrained=pretrained, weights=weights, cache_dir=cache_dir, trust_repo=trust_repo
-    )
-    return _finish(built)
+    options = BuildOptions(stride, pretrained, weights, cache_dir, trust_repo)
+    return _finish(backbone_class(source).create(name, options))
 
 
 def load_backbone(
@@ -182,10 +179,8 @@ def load_backbone(
             "this upsampler's config names no backbone (backbone.source / backbone.name); run your backbone "
             "yourself and call featlift.build_upsampler(...)(image, features)"
         )
-    cls = backbone_class(config.source)
-    backbone = cls.from_config(
-        config, pretrained=pretrained, weights=weights, cache_dir=cache_dir, trust_repo=trust_repo
-    )
+    options = BuildOptions(pretrained=pretrained, weights=weights, cache_dir=cache_dir, trust_repo=trust_repo)
+    backbone = backbone_class(config.source).from_config(config, options)
     backbone.normalisation = image_normalisation(config)
     return _finish(backbone)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,7 +16,25 @@ from ..config import BackboneConfig
 from ..errors import CheckpointError, ConfigError, FeatliftError
 from ._normalisation import Stats, normalise
 
-__all__ = ["Backbone", "load_weights", "tokens_to_grid"]
+__all__ = ["Backbone", "BuildOptions", "load_weights", "tokens_to_grid"]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a backbone is built by name (:meth:`Backbone.create`), one value for every source."""
+
+    stride: int | None = None  # the output stride asked for (None: the model's own, or its deepest stage's)
+    pretrained: bool = True  # the published weights (each library's own download); False: random weights
+    weights: str | os.PathLike | None = None  # local weights (a file or folder, as the source reads them)
+    cache_dir: str | os.PathLike | None = None  # the Hugging Face cache directory (None: the standard one)
+    trust_repo: bool = False  # a torch.hub entry from GitHub runs its code without asking
+
+    def local_weights(self, cls: type[Backbone], name: str) -> str | os.PathLike | Path | None:
+        """``weights``, else (``pretrained``) the published file of ``name`` (``cls.published_weights``),
+        else None."""
+        if self.weights is None and self.pretrained:
+            return cls.published_weights(name, cache_dir=self.cache_dir)
+        return self.weights
 
 
 class Backbone(nn.Module):
@@ -37,7 +57,7 @@ class Backbone(nn.Module):
     keeping the result itself: the backbone object is never changed.
 
     Subclasses that featlift can build by name set :attr:`source` (their key in
-    :data:`featlift.backbones.BACKBONE_CLASSES`) and implement :meth:`create` (or the default's
+    :data:`featlift.backbones.BACKBONE_CLASSES`) and override :meth:`build` (or keep the default's
     ``cls(name, weights)`` with :meth:`published_weights`).
     """
 
@@ -51,54 +71,34 @@ class Backbone(nn.Module):
     # -- building ----------------------------------------------------------------------------------
 
     @classmethod
-    def create(
-        cls,
-        name: str,
-        *,
-        stride: int | None = None,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        trust_repo: bool = False,
-    ) -> Backbone:
-        """The backbone ``name``: ``weights`` when given, else (``pretrained``) its published weights, else a
-        random initialisation. ``stride`` (None: the model's own) is the output stride asked for; a source
-        whose models have one stride refuses another. ``trust_repo`` lets a torch.hub entry from GitHub run.
-
-        The default builds ``cls(name, weights)`` with :meth:`published_weights` for ``pretrained``.
+    def create(cls, name: str, options: BuildOptions | None = None) -> Backbone:
+        """The backbone ``name`` built as ``options`` say (:class:`BuildOptions`; default: published weights,
+        the model's own stride), its stride checked against the one asked for.
 
         Raises:
-            ConfigError: the model does not give features at ``stride``.
+            ConfigError: the model does not give features at ``options.stride``.
         """
-        if weights is None and pretrained:
-            weights = cls.published_weights(name, cache_dir=cache_dir)
-        backbone = cls(name, weights)
-        backbone.check_stride(stride)
+        options = BuildOptions() if options is None else options
+        backbone = cls.build(name, options)
+        backbone.check_stride(options.stride)
         return backbone
 
     @classmethod
-    def from_config(
-        cls,
-        config: BackboneConfig,
-        *,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        trust_repo: bool = False,
-    ) -> Backbone:
+    def build(cls, name: str, options: BuildOptions) -> Backbone:
+        """The construction step of :meth:`create`, the one a source overrides. The default builds
+        ``cls(name, weights)``: ``options.weights``, else (``pretrained``) :meth:`published_weights`, else
+        None (a random initialisation)."""
+        return cls(name, options.local_weights(cls, name))
+
+    @classmethod
+    def from_config(cls, config: BackboneConfig, options: BuildOptions | None = None) -> Backbone:
         """The backbone ``config`` names, at its stride (``config.patch``), with its channel count checked.
 
         Raises:
             ConfigError: the model gives another stride or channel count than ``config`` records.
         """
-        backbone = cls.create(
-            config.name,
-            stride=config.patch,
-            pretrained=pretrained,
-            weights=weights,
-            cache_dir=cache_dir,
-            trust_repo=trust_repo,
-        )
+        options = dataclasses.replace(BuildOptions() if options is None else options, stride=config.patch)
+        backbone = cls.create(config.name, options)
         if backbone.channels != config.channels:
             raise ConfigError(
                 f"backbone.channels: the config records {config.channels} channels but the {cls.source} model "

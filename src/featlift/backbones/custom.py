@@ -13,7 +13,6 @@ statistics; loading it without ``backbone=`` raises an error that asks for the m
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ._normalisation import Stats
-from .base import Backbone
+from .base import Backbone, BuildOptions
 
 __all__ = ["ModuleBackbone", "UserModule"]
 
@@ -107,21 +106,12 @@ class ModuleBackbone(Backbone):
         self.freeze()
 
     @classmethod
-    def create(
-        cls,
-        name: str,
-        *,
-        stride: int | None = None,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        trust_repo: bool = False,
-    ) -> Backbone:
+    def build(cls, name: str, options: BuildOptions) -> Backbone:
         """A user's module cannot be built from its name: this raises the error that asks for it."""
-        raise ConfigError(_ask_for(name, stride, "...", "...", "..."))
+        raise ConfigError(_ask_for(name, options.stride, "...", "...", "..."))
 
     @classmethod
-    def from_config(cls, config, **options) -> Backbone:
+    def from_config(cls, config, options: BuildOptions | None = None) -> Backbone:
         """A user's module cannot be built from its config: this raises the error that asks for it by name,
         with the stride, channels and statistics the config records."""
         mean = "..." if config.mean is None else tuple(config.mean)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DownloadError, FeatliftError, UnknownModelError, require
 from ._normalisation import IDENTITY, Stats
-from .base import Backbone, tokens_to_grid
+from .base import Backbone, BuildOptions, tokens_to_grid
 
 __all__ = ["TOWERS", "Tower", "TransformersBackbone"]
 
@@ -201,20 +201,9 @@ class TransformersBackbone(Backbone):
         self.freeze()
 
     @classmethod
-    def create(
-        cls,
-        name: str,
-        *,
-        stride: int | None = None,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        trust_repo: bool = False,
-    ) -> TransformersBackbone:
-        """See :meth:`Backbone.create`: the weights come through transformers' own Hugging Face download."""
-        backbone = cls(name, weights, pretrained=pretrained, cache_dir=cache_dir)
-        backbone.check_stride(stride)
-        return backbone
+    def build(cls, name: str, options: BuildOptions) -> TransformersBackbone:
+        """The weights come through transformers' own Hugging Face download (see :meth:`Backbone.build`)."""
+        return cls(name, options.weights, pretrained=options.pretrained, cache_dir=options.cache_dir)
 
     @classmethod
     def published_normalisation(cls, name: str) -> Stats | None:

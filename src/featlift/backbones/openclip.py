@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DownloadError, FeatliftError, UnknownModelError, require
 from ._normalisation import Stats
-from .base import Backbone, load_weights, tokens_to_grid
+from .base import Backbone, BuildOptions, load_weights, tokens_to_grid
 
 __all__ = ["OpenClipBackbone", "split_name"]
 
@@ -178,20 +178,9 @@ class OpenClipBackbone(Backbone):
         return 32, int(visual.layer4[-1].bn3.num_features)
 
     @classmethod
-    def create(
-        cls,
-        name: str,
-        *,
-        stride: int | None = None,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        trust_repo: bool = False,
-    ) -> OpenClipBackbone:
-        """See :meth:`Backbone.create`: the weights come through open_clip's own Hugging Face download."""
-        backbone = cls(name, weights, pretrained=pretrained, cache_dir=cache_dir)
-        backbone.check_stride(stride)
-        return backbone
+    def build(cls, name: str, options: BuildOptions) -> OpenClipBackbone:
+        """The weights come through open_clip's own Hugging Face download (see :meth:`Backbone.build`)."""
+        return cls(name, options.weights, pretrained=options.pretrained, cache_dir=options.cache_dir)
 
     @classmethod
     def published_normalisation(cls, name: str) -> Stats | None:

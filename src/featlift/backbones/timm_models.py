@@ -14,7 +14,7 @@ from torch import Tensor
 from ..errors import CheckpointError, ConfigError, FeatliftError, UnknownModelError
 from ..weights import read_state_dict
 from ._normalisation import Stats, timm_normalisation
-from .base import Backbone
+from .base import Backbone, BuildOptions
 
 __all__ = ["TimmBackbone", "TimmViT", "is_token_model"]
 
@@ -164,20 +164,9 @@ class TimmBackbone(Backbone):
             ) from None
 
     @classmethod
-    def create(
-        cls,
-        name: str,
-        *,
-        stride: int | None = None,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        trust_repo: bool = False,
-    ) -> TimmBackbone:
-        """See :meth:`Backbone.create`; ``stride`` picks a convolutional model's feature stage."""
-        if weights is None and pretrained:
-            weights = cls.published_weights(name, cache_dir=cache_dir)
-        return cls(name, weights, stride=stride)
+    def build(cls, name: str, options: BuildOptions) -> TimmBackbone:
+        """``options.stride`` picks a convolutional model's feature stage (see :meth:`Backbone.build`)."""
+        return cls(name, options.local_weights(cls, name), stride=options.stride)
 
     @classmethod
     def published_normalisation(cls, name: str) -> Stats | None:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, FeatliftError
 from ._normalisation import IDENTITY, Stats
-from .base import Backbone, load_weights, tokens_to_grid
+from .base import Backbone, BuildOptions, load_weights, tokens_to_grid
 
 __all__ = ["HubBackbone", "parse_hub_name", "spatial_features"]
 
@@ -163,22 +163,11 @@ class HubBackbone(Backbone):
         return 2 * step, 3 * step
 
     @classmethod
-    def create(
-        cls,
-        name: str,
-        *,
-        stride: int | None = None,
-        pretrained: bool = True,
-        weights: str | os.PathLike | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        trust_repo: bool = False,
-    ) -> HubBackbone:
-        """See :meth:`Backbone.create`; the entry loads its own weights (``pretrained`` is not passed on)."""
-        if not pretrained:
+    def build(cls, name: str, options: BuildOptions) -> HubBackbone:
+        """The entry loads its own weights: ``pretrained`` is not passed on (see :meth:`Backbone.build`)."""
+        if not options.pretrained:
             logger.info("pretrained=False: the torch.hub entry %r decides its own weights", name)
-        backbone = cls(name, weights, trust_repo=trust_repo)
-        backbone.check_stride(stride)
-        return backbone
+        return cls(name, options.weights, trust_repo=options.trust_repo)
 
     @classmethod
     def published_normalisation(cls, name: str) -> Stats:
