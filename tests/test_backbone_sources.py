@@ -368,6 +368,10 @@ def test_hub_names_and_contract_errors(tmp_path):
     repo = zoo.hub_repo(tmp_path / "radio")
     with pytest.raises(ConfigError, match="states no stride; the adapter reads it from module.patch_size"):
         create_backbone(f"hub:{repo}:no_stride")
+    with pytest.raises(ConfigError, match="entry 'radio_model' .* failed with the keywords {'bogus': 1}.*KEY=VALUE"):
+        create_backbone(f"hub:{repo}:radio_model,bogus=1")
+    with pytest.raises(ConfigError, match="is neither a folder here .* nor OWNER/NAME"):
+        create_backbone(f"hub:{tmp_path / 'absent'}:radio_model")
     grid = torch.arange(12.0).view(1, 2, 2, 3)
     assert torch.equal(spatial_features((None, grid), (2, 3), what="m"), grid)
     with pytest.raises(ConfigError, match=r"returned \(2, 3\); the torch.hub adapter takes"):

@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, FeatliftError
+from ..errors import ConfigError, DownloadError, FeatliftError
 from ._normalisation import IDENTITY, Stats
 from .base import Backbone, BuildOptions, load_weights, tokens_to_grid
 
@@ -88,6 +89,31 @@ def spatial_features(out, size: tuple[int, int], *, what: str) -> Tensor:
     )
 
 
+def _load_entry(name: str, local: Path, repo: str, entry: str, kwargs: dict, trust_repo: bool):
+    """``torch.hub.load`` of the entry, from the local checkout or GitHub, its failures in featlift's terms."""
+    try:
+        if local.is_dir():
+            return torch.hub.load(str(local.resolve()), entry, source="local", **kwargs)
+        trust = True if trust_repo else "check"  # "check": torch.hub asks before running an untrusted repo
+        return torch.hub.load(repo, entry, source="github", trust_repo=trust, **kwargs)
+    except FeatliftError:
+        raise
+    except (OSError, RuntimeError) as err:  # no network, no cached checkout, a failed download in the entry
+        detail = " ".join(str(err).split())[:600] or "no details"
+        raise DownloadError(
+            f"torch.hub could not load {name!r} ({type(err).__name__}: {detail}). Fixes: clone the repository "
+            "and name its folder (hub:/path/to/checkout:ENTRY), or run once with network access (the weights "
+            "the entry downloads stay in their caches); a GitHub repository also needs --trust-repo or a yes to "
+            "torch.hub's question"
+        ) from None
+    except Exception as err:  # the entry itself refused: a wrong keyword or value
+        detail = " ".join(str(err).split())[:600] or "no details"
+        raise ConfigError(
+            f"backbone.name: the torch.hub entry {entry!r} of {repo!r} failed with the keywords {kwargs} "
+            f"({type(err).__name__}: {detail}); check the KEY=VALUE pairs after the entry's name"
+        ) from None
+
+
 class HubBackbone(Backbone):
     """A torch.hub entry's model as a backbone, through the adapter contract in this module's docstring.
 
@@ -114,10 +140,12 @@ class HubBackbone(Backbone):
         local = Path(repo).expanduser()
         if local.is_dir():
             name = f"{local.resolve()}:{name.rpartition(':')[2]}"  # config.json records where it is
-            module = torch.hub.load(str(local.resolve()), entry, source="local", **kwargs)
-        else:
-            trust = True if trust_repo else "check"  # "check": torch.hub asks before running an untrusted repo
-            module = torch.hub.load(repo, entry, source="github", trust_repo=trust, **kwargs)
+        elif not re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w./-]+)?", repo):
+            raise ConfigError(
+                f"backbone.name: the torch.hub repository {repo!r} is neither a folder here ({local.absolute()} "
+                "does not exist) nor OWNER/NAME[:REF] on GitHub"
+            )
+        module = _load_entry(name, local, repo, entry, kwargs, trust_repo)
         if not isinstance(module, nn.Module):
             raise ConfigError(
                 f"backbone.name: torch.hub entry {name!r} returned a {type(module).__name__}, not a module"
