@@ -142,6 +142,8 @@ def test_training_records_the_backbone_and_the_directory_reloads(case, workdir, 
 def test_a_user_module_upsampler_asks_for_its_module(workdir, tmp_path):
     case = _case("module", workdir / "module-ask")
     _train(case, workdir, tmp_path / "run")
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert 'UserModule(module=..., name="tiny-convnet", stride=8, channels=12' in card and "backbone=mine)" in card
     with pytest.raises(featlift.ConfigError, match=r"your own module 'tiny-convnet'.*backbone=.*stride=8, channels=12"):
         featlift.load_upsampler(str(tmp_path / "run"), device="cpu")
     other = UserModule(module=zoo.TinyConvNet(), name="another", stride=8, channels=12, mean=case.mean, std=case.std)
