@@ -122,6 +122,19 @@ def test_timm_swin_takes_any_multiple_of_its_stride_in_nchw():
         assert backbone(_image(16 * h, 16 * w)).shape == (1, 384, h, w)
 
 
+def test_a_timm_model_that_does_not_build_on_the_meta_device_is_laid_out_on_the_cpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from featlift.backbones import timm_models
+
+    def no_meta(kind):
+        raise RuntimeError(f"no {kind} device here")
+
+    monkeypatch.setattr(timm_models, "torch", SimpleNamespace(device=no_meta))
+    backbone = create_backbone("timm:test_resnet", stride=16, pretrained=False)
+    assert (backbone.patch, backbone.channels) == (16, 192)
+
+
 def test_the_stated_stride_is_checked_against_the_output():
     """Negative control: a backbone whose stride or channels are stated wrongly fails its check."""
     backbone = create_backbone("timm:test_resnet", stride=16, pretrained=False)

@@ -26,7 +26,11 @@ def _layout(name: str):
     feature stages, before the real build."""
     import timm
 
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False)
+    except Exception as err:  # an architecture whose init reads tensor values: build it on the CPU
+        logger.debug("timm model %r does not build on the meta device (%s); building it on the CPU", name, err)
         return timm.create_model(name, pretrained=False)
 
 
