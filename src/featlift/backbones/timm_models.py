@@ -52,6 +52,37 @@ def _stage(name: str, stages: list[tuple[int, int]], stride: int | None) -> int:
     return matches[-1]
 
 
+def _size_keyword(err: TypeError) -> bool:
+    """Whether timm refused the keyword that lets a model take other image sizes."""
+    return any(key in str(err) for key in ("dynamic_img_size", "strict_img_size"))
+
+
+def _with_weights(name: str, path: Path, kwargs: dict):
+    """timm model ``name`` with the state dict in ``path`` (read by featlift), loaded by timm strictly."""
+    import timm
+
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {path}")
+    state_dict = read_state_dict(path, prefer_ema=True)
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state_dict}, **kwargs)
+    except FeatliftError:
+        raise
+    except Exception as err:  # strict-load mismatch, or timm's key filter choking on a foreign layout
+        if isinstance(err, TypeError) and _size_keyword(err):
+            raise
+        detail = " ".join(str(err).split())[:2000] or "no details"
+        raise CheckpointError(
+            f"backbone weights {path} do not fit timm model {name!r} ({type(err).__name__}: {detail}); "
+            "pass the weights of this model, or the model name these weights belong to"
+        ) from None
+    # timm keeps its pretrained config on the model; drop the state dict it holds there.
+    for cfg in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)):
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)
+    return model
+
+
 class TimmBackbone(Backbone):
     """A timm model as a backbone.
 
@@ -137,29 +168,9 @@ class TimmBackbone(Backbone):
         try:
             if weights is None:
                 return timm.create_model(name, pretrained=False, **kwargs)
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(f"backbone weights file not found: {path}")
-            state_dict = read_state_dict(path, prefer_ema=True)
-            try:
-                model = timm.create_model(
-                    name, pretrained=True, pretrained_cfg_overlay={"state_dict": state_dict}, **kwargs
-                )
-            except (FeatliftError, TypeError):
-                raise
-            except Exception as err:  # strict-load mismatch, or timm's key filter choking on a foreign layout
-                detail = " ".join(str(err).split())[:2000] or "no details"
-                raise CheckpointError(
-                    f"backbone weights {path} do not fit timm model {name!r} ({type(err).__name__}: {detail}); "
-                    "pass the weights of this model, or the model name these weights belong to"
-                ) from None
-            # timm keeps its pretrained config on the model; drop the state dict it holds there.
-            for cfg in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)):
-                if isinstance(cfg, dict):
-                    cfg.pop("state_dict", None)
-            return model
+            return _with_weights(name, Path(weights), kwargs)
         except TypeError as err:
-            if not any(key in str(err) for key in ("dynamic_img_size", "strict_img_size")):
+            if not _size_keyword(err):
                 raise
             raise ConfigError(
                 f"backbone.name: timm model {name!r} cannot take images of other sizes than its own "
