@@ -289,25 +289,23 @@ def test_open_clip_timm_tower_gets_dynamic_sizes_as_timm_builds_them(open_clip_m
         assert torch.allclose(backbone(image), want, atol=1e-6) and want.shape == (1, 64, 3, 5)
 
 
-def test_open_clip_switches_a_fixed_size_timm_vit_to_dynamic_sizes(open_clip_models):
-    """The switch itself, on a timm ViT built for one size (as SigLIP towers are)."""
+def test_a_fixed_size_timm_vit_is_switched_to_dynamic_sizes_as_timm_builds_them():
+    """The switch open_clip's timm towers get (SigLIP towers are built for one size)."""
     import timm
 
-    from featlift.backbones.openclip import OpenClipBackbone as Cls
+    from featlift.backbones.timm_models import dynamic_sizes
 
     fixed = timm.create_model("test_vit", dynamic_img_size=False, img_size=64).eval()
     dynamic = timm.create_model("test_vit", dynamic_img_size=True, img_size=64).eval()
     dynamic.load_state_dict(fixed.state_dict())
-    holder = Cls.__new__(Cls)
-    holder.kind = "timm_vit"
-    visual = torch.nn.Module()
-    visual.trunk = fixed
-    assert Cls._geometry(holder, visual) == (16, 64)
     image = _image(32, 80)
+    with pytest.raises(AssertionError):  # negative control: built for 64 px, it refuses 32x80
+        fixed.forward_intermediates(image, indices=1, norm=True, intermediates_only=True)
+    dynamic_sizes(fixed)
     with torch.no_grad():
         got = fixed.forward_intermediates(image, indices=1, norm=True, intermediates_only=True)[0]
         want = dynamic.forward_intermediates(image, indices=1, norm=True, intermediates_only=True)[0]
-    assert torch.allclose(got, want, atol=1e-6)
+    assert got.shape == (1, 64, 2, 5) and torch.allclose(got, want, atol=1e-6)
 
 
 def test_open_clip_resnet_tower_gives_its_last_stage(open_clip_models):

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, DownloadError, FeatliftError, UnknownModelError, require
 from ._normalisation import Stats
 from .base import Backbone, BuildOptions, load_weights, tokens_to_grid
+from .timm_models import dynamic_sizes, is_token_model
 
 __all__ = ["OpenClipBackbone", "split_name"]
 
@@ -129,6 +130,8 @@ class OpenClipBackbone(Backbone):
         mean, std = tag_cfg.get("mean") or cfg["mean"], tag_cfg.get("std") or cfg["std"]
         del model  # the text tower is not kept
         self.kind = self._kind(visual, name)
+        if self.kind == "timm_vit":
+            dynamic_sizes(visual.trunk)  # SigLIP & co. are built for one size
         if weights is not None:
             load_weights(visual, weights, what=f"the visual tower of open_clip model {name!r}", prefix="visual.")
         self.visual = visual
@@ -148,8 +151,6 @@ class OpenClipBackbone(Backbone):
                 )
             return "vit"
         if kind == "TimmModel":
-            from .timm_models import is_token_model
-
             return "timm_vit" if is_token_model(visual.trunk) else "timm_stages"
         if kind == "ModifiedResNet":
             return "resnet"
@@ -164,13 +165,6 @@ class OpenClipBackbone(Backbone):
             return int(visual.patch_size[0]), int(visual.conv1.out_channels)
         if self.kind == "timm_vit":
             trunk = visual.trunk
-            trunk.dynamic_img_size = True  # position embeddings interpolated to each image's grid
-            trunk.patch_embed.strict_img_size = False
-            if getattr(trunk.patch_embed, "flatten", False):  # timm's dynamic layout: NHWC patch maps
-                from timm.layers import Format
-
-                trunk.patch_embed.flatten = False
-                trunk.patch_embed.output_fmt = Format.NHWC
             return int(trunk.patch_embed.patch_size[0]), int(trunk.embed_dim)
         if self.kind == "timm_stages":
             info = visual.trunk.feature_info[-1]

@@ -16,7 +16,7 @@ from ..weights import read_state_dict
 from ._normalisation import Stats, timm_normalisation
 from .base import Backbone, BuildOptions
 
-__all__ = ["TimmBackbone", "TimmViT", "is_token_model"]
+__all__ = ["TimmBackbone", "TimmViT", "dynamic_sizes", "is_token_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,19 @@ def _layout(name: str):
 def is_token_model(model) -> bool:
     """A ViT-like model: patch tokens with prefix tokens, read through ``forward_intermediates``."""
     return all(hasattr(model, attr) for attr in ("patch_embed", "num_prefix_tokens", "forward_intermediates"))
+
+
+def dynamic_sizes(vit) -> None:
+    """Switch a timm ViT built for one image size (``dynamic_img_size=False``) to any size, in place: what
+    ``dynamic_img_size=True`` sets at construction (position embeddings interpolated to each grid, NHWC
+    patch maps, no size assertion)."""
+    from timm.layers import Format
+
+    vit.dynamic_img_size = True
+    vit.patch_embed.strict_img_size = False
+    if getattr(vit.patch_embed, "flatten", False):
+        vit.patch_embed.flatten = False
+        vit.patch_embed.output_fmt = Format.NHWC
 
 
 def _stage(name: str, stages: list[tuple[int, int]], stride: int | None) -> int:
