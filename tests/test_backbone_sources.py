@@ -238,6 +238,8 @@ def test_transformers_statistics_weights_and_errors(hf_models, tmp_path):
     named = create_backbone(f"transformers:{hf_models['dinov2']}")
     image = _image(28, 42)
     assert torch.equal(loaded(image), named(image)) and loaded.name == "label-only"
+    bare = zoo.save_transformers_model("dinov2", tmp_path / "bare", stats=None)  # weights without statistics
+    assert create_backbone(f"transformers:{hf_models['dinov2']}", weights=bare).normalisation == zoo.HF_STATS
     random = create_backbone(f"transformers:{hf_models['dinov2']}", pretrained=False)
     assert not torch.equal(random(image), named(image))
     with pytest.raises(featlift.DownloadError, match="could not load .*HF_HUB_OFFLINE=1"):

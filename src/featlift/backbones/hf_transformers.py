@@ -139,7 +139,8 @@ class TransformersBackbone(Backbone):
         cache_dir: the Hugging Face cache directory.
 
     :attr:`normalisation` comes from the model's image processor config (``preprocessor_config.json``:
-    ``image_mean``/``image_std``, none when ``do_normalize`` is false); None when it has none.
+    ``image_mean``/``image_std``, none when ``do_normalize`` is false), in the ``weights`` folder or else
+    the name's; None when there is none.
 
     Raises:
         MissingDependencyError: transformers is not installed (``pip install "featlift[transformers]"``).
@@ -197,7 +198,10 @@ class TransformersBackbone(Backbone):
         self.name = name
         self.patch = _patch_size(config)
         self.channels = int(config.output_channels if self.model_type == "sam_vision_model" else config.hidden_size)
-        self.normalisation = _processor_stats(where, cache_dir)
+        stats = _processor_stats(where, cache_dir)
+        if stats is None and where != name:  # a weights folder without the processor config: the name's
+            stats = _processor_stats(name, cache_dir)
+        self.normalisation = stats
         self.freeze()
 
     @classmethod
