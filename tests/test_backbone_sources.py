@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import featlift
 from featlift._registry import get_variant
@@ -506,3 +507,56 @@ def test_every_source_exports_with_its_backbone_and_runs_at_other_sizes(kind, tm
         got = program(image)
     assert got.shape == want.shape == (1, backbone.channels, 6, 10)
     assert torch.allclose(got, want, atol=1e-4)
+
+
+# -- offline: each library's own Hugging Face download, from the cache ---------------------------------------
+
+
+def test_library_downloads_work_offline_from_the_cache_and_fail_clearly_without_it(tmp_path):
+    """transformers and open_clip fetch through their own Hugging Face paths: with HF_HUB_OFFLINE=1 a
+    cached repo loads, a missing one (or open_clip weights missing beside a cached config) is a
+    DownloadError naming the fix, not a hang or a silently random model."""
+    import json as json_
+
+    import open_clip
+
+    from .conftest import add_to_cache, run_python
+
+    hub = tmp_path / "hf" / "hub"
+    folder = zoo.save_transformers_model("dinov2", tmp_path / "dinov2", seed=4)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        add_to_cache(hub, "featlift-test/tiny-dinov2", name, folder / name)
+    vision = {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16}
+    config = {
+        "model_cfg": {"embed_dim": 16, "vision_cfg": vision, "text_cfg": zoo.TEXT_TOWER},
+        "preprocess_cfg": {"mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2]},
+    }
+    (tmp_path / "open_clip_config.json").write_text(json_.dumps(config))
+    torch.manual_seed(4)
+    model = open_clip.CLIP(**config["model_cfg"])
+    save_file(model.state_dict(), str(tmp_path / "open_clip_model.safetensors"))
+    for name in ("open_clip_config.json", "open_clip_model.safetensors"):
+        add_to_cache(hub, "featlift-test/tiny-clip", name, tmp_path / name)
+    add_to_cache(hub, "featlift-test/config-only", "open_clip_config.json", tmp_path / "open_clip_config.json")
+    code = f"""
+        import torch, featlift
+        from featlift.backbones import create_backbone
+        image = torch.rand(1, 3, 32, 48)
+        dino = create_backbone("transformers:featlift-test/tiny-dinov2")
+        local = create_backbone("transformers:{folder}")
+        assert dino.normalisation == local.normalisation and torch.equal(dino(image), local(image))
+        clip = create_backbone("open_clip:hf-hub:featlift-test/tiny-clip")
+        assert clip.normalisation == ((0.3,) * 3, (0.2,) * 3), clip.normalisation
+        assert torch.equal(clip.visual.conv1.weight, torch.load("{tmp_path / "conv1.pt"}"))
+        for name in ("transformers:featlift-test/absent", "open_clip:hf-hub:featlift-test/config-only"):
+            try:
+                create_backbone(name)
+            except featlift.DownloadError as err:
+                assert "HF_HUB_OFFLINE=1" in str(err), err
+            else:
+                raise AssertionError(name + " loaded")
+        print("ok")
+    """
+    torch.save(model.visual.conv1.weight.detach().clone(), tmp_path / "conv1.pt")
+    result = run_python(code, tmp_path / "hf")
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -117,6 +117,10 @@ class OpenClipBackbone(Backbone):
         elif not fetch and arch.startswith(_SCHEMAS):
             options["load_weights"] = False
         try:
+            if fetch and arch.startswith(_SCHEMAS[0]):  # open_clip would go on with random weights if this failed
+                from open_clip.pretrained import download_pretrained_from_hf
+
+                download_pretrained_from_hf(arch[len(_SCHEMAS[0]) :], cache_dir=cache_dir)
             model = oc.create_model(arch, **options)
         except FeatliftError:
             raise
