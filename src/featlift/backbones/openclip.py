@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DownloadError, FeatliftError, UnknownModelError, require
@@ -51,6 +54,56 @@ def _tag_config(arch: str, tag: str | None) -> dict:
             "ARCH/TAG, e.g. 'ViT-B-16/openai', see open_clip.list_pretrained()"
         )
     return cfg
+
+
+@dataclass(frozen=True)
+class _Tower:
+    """How featlift reads one kind of open_clip visual tower."""
+
+    geometry: Callable[[nn.Module], tuple[int, int]]  # tower -> (stride, channels)
+    read: Callable[[nn.Module, Tensor], Tensor]  # (tower, normalised images) -> features [B, C, h, w]
+
+
+def _vit_tokens(visual: nn.Module, image: Tensor) -> Tensor:
+    """open_clip's ViT forward up to ``ln_post`` with the position embedding resized to the grid."""
+    from timm.layers import resample_abs_pos_embed
+
+    x = visual.conv1(image)
+    size = tuple(x.shape[-2:])
+    x = x.flatten(2).transpose(1, 2)
+    cls_token = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+    x = torch.cat([cls_token, x], dim=1)
+    pos = resample_abs_pos_embed(
+        visual.positional_embedding[None], new_size=size, old_size=visual.grid_size, num_prefix_tokens=1
+    )
+    x = visual.ln_pre(visual.patch_dropout(x + pos.to(x.dtype)))
+    x = visual.ln_post(visual.transformer(x))
+    return tokens_to_grid(x, size, 1, what="an open_clip ViT tower")
+
+
+def _resnet_stage(visual: nn.Module, image: Tensor) -> Tensor:
+    x = visual.stem(image)
+    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        x = layer(x)
+    return x
+
+
+# tower kind -> how to read it: open_clip's own ViT, a timm ViT trunk (SigLIP), a timm stage model, a
+# modified ResNet
+_TOWERS: dict[str, _Tower] = {
+    "vit": _Tower(lambda v: (int(v.patch_size[0]), int(v.conv1.out_channels)), _vit_tokens),
+    "timm_vit": _Tower(
+        lambda v: (int(v.trunk.patch_embed.patch_size[0]), int(v.trunk.embed_dim)),
+        lambda v, image: v.trunk.forward_intermediates(
+            image, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True
+        )[0],
+    ),
+    "timm_stages": _Tower(
+        lambda v: (int(v.trunk.feature_info[-1]["reduction"]), int(v.trunk.feature_info[-1]["num_chs"])),
+        lambda v, image: v.trunk.forward_intermediates(image, indices=1, intermediates_only=True)[0],
+    ),
+    "resnet": _Tower(lambda v: (32, int(v.layer4[-1].bn3.num_features)), _resnet_stage),
+}
 
 
 class OpenClipBackbone(Backbone):
@@ -140,7 +193,7 @@ class OpenClipBackbone(Backbone):
             load_weights(visual, weights, what=f"the visual tower of open_clip model {name!r}", prefix="visual.")
         self.visual = visual
         self.name = name
-        self.patch, self.channels = self._geometry(visual)
+        self.patch, self.channels = _TOWERS[self.kind].geometry(visual)
         self.normalisation = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
         self.freeze()
 
@@ -163,18 +216,6 @@ class OpenClipBackbone(Backbone):
             "it reads open_clip ViTs, timm towers and modified ResNets"
         )
 
-    def _geometry(self, visual: nn.Module) -> tuple[int, int]:
-        """(stride, channels) of the tower's features."""
-        if self.kind == "vit":
-            return int(visual.patch_size[0]), int(visual.conv1.out_channels)
-        if self.kind == "timm_vit":
-            trunk = visual.trunk
-            return int(trunk.patch_embed.patch_size[0]), int(trunk.embed_dim)
-        if self.kind == "timm_stages":
-            info = visual.trunk.feature_info[-1]
-            return int(info["reduction"]), int(info["num_chs"])
-        return 32, int(visual.layer4[-1].bn3.num_features)
-
     @classmethod
     def build(cls, name: str, options: BuildOptions) -> OpenClipBackbone:
         """The weights come through open_clip's own Hugging Face download (see :meth:`Backbone.build`)."""
@@ -195,33 +236,4 @@ class OpenClipBackbone(Backbone):
         return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
 
     def forward(self, image: Tensor) -> Tensor:
-        visual = self.visual
-        if self.kind == "vit":
-            return self._vit_tokens(visual, image)
-        if self.kind == "timm_vit":
-            return visual.trunk.forward_intermediates(
-                image, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True
-            )[0]
-        if self.kind == "timm_stages":
-            return visual.trunk.forward_intermediates(image, indices=1, intermediates_only=True)[0]
-        x = visual.stem(image)
-        for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-            x = layer(x)
-        return x
-
-    def _vit_tokens(self, visual: nn.Module, image: Tensor) -> Tensor:
-        """open_clip's ViT forward up to ``ln_post`` with the position embedding resized to the grid."""
-        import torch
-        from timm.layers import resample_abs_pos_embed
-
-        x = visual.conv1(image)
-        size = tuple(x.shape[-2:])
-        x = x.flatten(2).transpose(1, 2)
-        cls_token = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
-        x = torch.cat([cls_token, x], dim=1)
-        pos = resample_abs_pos_embed(
-            visual.positional_embedding[None], new_size=size, old_size=visual.grid_size, num_prefix_tokens=1
-        )
-        x = visual.ln_pre(visual.patch_dropout(x + pos.to(x.dtype)))
-        x = visual.ln_post(visual.transformer(x))
-        return tokens_to_grid(x, size, 1, what=f"open_clip model {self.name!r}")
+        return _TOWERS[self.kind].read(self.visual, image)
