@@ -16,8 +16,9 @@ import torch
 
 from ._lookup import HubFile, ModelLike, ModelSource, resolve_model
 from ._upsampler import Upsampler
-from .backbones import load_backbone
-from .errors import CheckpointError
+from .backbones import Backbone, ModuleBackbone, UserModule, create_backbone, load_backbone
+from .config import BackboneConfig
+from .errors import CheckpointError, ConfigError
 from .modeling.uplift import UPLiFT
 from .weights import CONFIG_NAME, WEIGHTS_NAME, load_into, read_state_dict
 
@@ -105,16 +106,20 @@ class LoadOptions:
     # A local UPLiFT weights file (.safetensors, or .pth/.pt read with weights_only) instead of the
     # download or the directory's file; the authors' key layout or featlift's.
     weights: str | os.PathLike | None = None
-    # Local backbone weights: a timm .safetensors/.pth file, or for the VAE a diffusers folder.
+    # Local backbone weights: a timm or open_clip .safetensors/.pth file, a torch.hub module's state dict, or
+    # a folder for transformers models and the VAE (config.json + safetensors weights).
     backbone_weights: str | os.PathLike | None = None
     # Hugging Face Hub branch, tag or commit pinning a repo id's UPLiFT files.
     revision: str | None = None
     # The Hugging Face cache directory (default: the standard one, HF_HOME / HF_HUB_CACHE).
     cache_dir: str | os.PathLike | None = None
+    # Let a torch.hub backbone from GitHub run its code without asking (default: torch.hub asks once).
+    trust_repo: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.pretrained, bool):
-            raise TypeError(f"pretrained must be True or False, got {self.pretrained!r}")
+        for name in ("pretrained", "trust_repo"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("weights", "backbone_weights", "cache_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
@@ -178,6 +183,8 @@ def load_upsampler(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     tile: int | tuple[int, int] | None = None,
+    trust_repo: bool = False,
+    backbone: Backbone | UserModule | None = None,
     options: LoadOptions | None = None,
 ) -> Upsampler:
     """A ready-to-use, frozen :class:`Upsampler`: backbone + UPLiFT with pre- and post-processing.
@@ -206,8 +213,14 @@ def load_upsampler(
         cache_dir: Hugging Face cache directory (default: the standard HF cache).
         tile: default tile size, in backbone cells, for exact tiled upsampling of large images
             (``None``: whole images); see :class:`Upsampler`.
-        options: ``pretrained``, ``weights``, ``backbone_weights``, ``revision`` and ``cache_dir`` as one
-            :class:`LoadOptions` value, instead of those keywords (not together with them).
+        trust_repo: let a torch.hub backbone from GitHub run its code without asking.
+        backbone: the backbone to use instead of building the one the config names: your own module
+            (a :class:`~featlift.backbones.UserModule`, required for an upsampler trained for one; its
+            name must be the one the config records) or any :class:`~featlift.backbones.Backbone`. Its
+            stride, channels and statistics must fit the config.
+        options: ``pretrained``, ``weights``, ``backbone_weights``, ``revision``, ``cache_dir`` and
+            ``trust_repo`` as one :class:`LoadOptions` value, instead of those keywords (not together
+            with them).
 
     Raises:
         UnknownModelError: ``name`` is none of the kinds above.
@@ -216,25 +229,56 @@ def load_upsampler(
             without ``weights=`` for a directory without ``model.safetensors`` or a config file or object.
         DownloadError: a file is neither downloadable nor in the Hugging Face cache (or its cache entry
             is broken).
-        ValueError: the config names no backbone (use :func:`build_upsampler` with your own features).
+        ValueError: the config names no backbone (use :func:`build_upsampler` with your own features),
+            or ``backbone`` does not fit it.
+        ConfigError: the config records your own module and ``backbone`` is not given (the message asks for
+            it by name), or ``backbone`` is another module than the one recorded.
     """
     _check_dtype(dtype)
-    given = LoadOptions(pretrained, weights, backbone_weights, revision, cache_dir)
+    given = LoadOptions(pretrained, weights, backbone_weights, revision, cache_dir, trust_repo)
     if options is None:
         options = given
     elif given != LoadOptions():
         raise TypeError("pass the loading keywords (pretrained, weights, ...) or options=LoadOptions(...), not both")
     source = options.resolve(name)
     uplift = load_uplift(source, options)
-    backbone = load_backbone(
-        source.config.backbone,
-        pretrained=options.pretrained,
-        weights=options.backbone_weights,
-        cache_dir=options.cache_dir,
-    )
+    if backbone is None:
+        backbone = load_backbone(
+            source.config.backbone,
+            pretrained=options.pretrained,
+            weights=options.backbone_weights,
+            cache_dir=options.cache_dir,
+            trust_repo=options.trust_repo,
+        )
+    else:
+        backbone = _given_backbone(backbone, source.config.backbone, options)
     label = name if isinstance(name, str) else (os.fspath(name) if isinstance(name, os.PathLike) else None)
     up = Upsampler(backbone, uplift, iters=iters, name=label, tile=tile)
     up.to(device=torch.device(device) if device is not None else _default_device())
     if dtype is not None:
         up.to(dtype=dtype)
     return up
+
+
+def _given_backbone(backbone: Backbone | UserModule, config: BackboneConfig, options: LoadOptions) -> Backbone:
+    """The backbone passed to :func:`load_upsampler`, checked against the config's backbone section: the
+    module a config records by name must be that module; stride and channels must agree (the statistics
+    are checked by the :class:`Upsampler`)."""
+    if not isinstance(backbone, (Backbone, UserModule)):
+        raise TypeError(f"backbone must be a featlift.backbones.UserModule or Backbone, got {type(backbone).__name__}")
+    if options.backbone_weights is not None:
+        raise ConfigError(
+            "backbone_weights applies when featlift builds the backbone; the backbone given brings its own"
+        )
+    if config.source == ModuleBackbone.source and backbone.name != config.name:
+        raise ConfigError(
+            f"backbone: this upsampler was trained for your module {config.name!r}, but the module given is named "
+            f"{backbone.name!r}. Fix: pass the module it was trained for (UserModule(name={config.name!r}, ...))"
+        )
+    built = create_backbone(backbone)
+    if (built.patch, built.channels) != (config.patch, config.channels):
+        raise ConfigError(
+            f"backbone: {built.name!r} gives {built.channels} channels at stride {built.patch}, but the upsampler "
+            f"was trained for {config.channels} channels at stride {config.patch}"
+        )
+    return built

@@ -71,7 +71,9 @@ RESAMPLE_MODES = ("nearest", "bilinear", "none")
 DOWN_OPS = ("none", "conv", "max")
 UP_OPS = ("tconv", "none")
 RESIDUAL_MODES = ("none", "bilinear")
-BACKBONE_SOURCES = ("timm", "diffusers")
+# Where a backbone comes from (featlift.backbones.BACKBONE_CLASSES maps each to its class): "module" is a user's
+# own module, passed in Python (featlift.backbones.UserModule).
+BACKBONE_SOURCES = ("timm", "diffusers", "open_clip", "transformers", "hub", "module")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -295,11 +297,14 @@ class BackboneConfig:
     """The frozen backbone whose features are upsampled."""
 
     channels: int = 384  # feature channels C
-    patch: int = 14  # pixels per feature cell (the ViT patch, or 8 for the SD VAE)
-    name: str | None = None  # timm model name or diffusers pipeline id, e.g. "vit_small_patch14_dinov2.lvd142m"
-    source: str | None = None  # "timm" | "diffusers" | None (features supplied by the user)
-    # Per-channel image normalisation. None: unstated, resolved by featlift.backbones._normalisation (timm's
-    # pretrained config for timm backbones, else images stay in [0, 1]).
+    patch: int = 14  # the stride: pixels per feature cell (a ViT's patch, a conv net's output stride, 8 for the VAE)
+    # The name its source builds it from: a timm model name ("vit_small_patch14_dinov2.lvd142m"), a diffusers
+    # pipeline id, an open_clip "ARCH/TAG", a transformers repo id or folder, a torch.hub "REPO:ENTRY", or the
+    # name of a user's module.
+    name: str | None = None
+    source: str | None = None  # one of BACKBONE_SOURCES, or None (features supplied by the user)
+    # Per-channel image normalisation. None: unstated, resolved by featlift.backbones._sources (what the
+    # backbone's library publishes for its name, else images stay in [0, 1]). Trained models state it.
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
@@ -404,9 +409,37 @@ class UpliftConfig:
             return self.guidance_patch
         return 16 if self.backbone.patch == 14 else self.backbone.patch
 
+    @staticmethod
+    def derived_guidance_patch(stride: int, up_factor: int = 2) -> int:
+        """Guidance pixels per feature cell for a backbone of ``stride`` with no published config: the
+        smallest power of ``up_factor`` that is at least the stride (8 -> 8, 14 -> 16, 16 -> 16, 32 -> 32,
+        7 -> 8, 28 -> 32). The image is resized by that over the stride for the guidance encoder, so the last
+        iteration's grid is the guidance map's own and every earlier iteration reads an exact nearest
+        subgrid of it: the authors' 14 -> 16 rule, for any stride."""
+        if up_factor < 2:
+            return stride
+        patch = 1
+        while patch < stride:
+            patch *= up_factor
+        return patch
+
+    def for_backbone(self, backbone: BackboneConfig) -> UpliftConfig:
+        """This architecture for another backbone (its channels, stride, name and statistics).
+
+        Where the stride differs from this config's, the guidance patch is derived
+        (:meth:`derived_guidance_patch`) and written into the result, so that every iteration reads
+        guidance at its own grid: strides 8, 14, 16 and 32 reach pixel density in 3, 4, 4 and 5 iterations.
+        The encoder, decoder step and attender are kept as they are (the guidance maps are all at the
+        guidance image's resolution, so each iteration has the maps it reads at any stride).
+        """
+        if backbone.patch == self.backbone.patch:
+            return dataclasses.replace(self, backbone=backbone)
+        guidance = self.derived_guidance_patch(backbone.patch, self.up_factor)
+        return dataclasses.replace(self, backbone=backbone, guidance_patch=guidance)
+
     @property
     def default_iters(self) -> int:
-        """Iterations that reach the guidance resolution: 4 for patch 14 and 16, 3 for patch 8."""
+        """Iterations that reach the guidance resolution: 4 for patch 14 and 16, 3 for patch 8, 5 for 32."""
         if self.up_factor == 1:
             return 1
         iters, reach = 0, 1

@@ -4,8 +4,9 @@ What goes through this module:
 
 * :func:`read_state_dict` reads the weight files of models: the UPLiFT upsampler's (featlift's
   ``model.safetensors`` or the authors' published files, via :func:`featlift._builder.build_upsampler`) and
-  a timm backbone's (:class:`featlift.backbones.timm_vit.TimmViT`, which hands the state dict to timm). It
-  reads ``.safetensors``, or ``.pth`` / ``.pt`` / ``.pth.tar`` with ``torch.load(weights_only=True)``, and
+  a backbone's (:class:`featlift.backbones.TimmBackbone` hands the state dict to timm; the open_clip and
+  torch.hub backbones load it strictly with :func:`featlift.backbones.base.load_weights`). It reads
+  ``.safetensors``, or ``.pth`` / ``.pt`` / ``.pth.tar`` with ``torch.load(weights_only=True)``, and
   turns unreadable files into a :class:`CheckpointError`: no file is unpickled with arbitrary globals.
 * :func:`load_into` loads an upsampler's state dict strictly (every tensor used, none missing). A state
   dict in the UPLiFT authors' key layout is renamed first by :func:`featlift._authors.convert_state_dict`
@@ -17,7 +18,9 @@ What goes through this module:
 What does not go through it, and reads its own files:
 
 * the diffusers VAE backbone is loaded by diffusers (``AutoencoderKL.from_pretrained`` on a folder, with
-  safetensors only) in :mod:`featlift.backbones.sd_vae`;
+  safetensors only) in :mod:`featlift.backbones.sd_vae`, and transformers models by transformers
+  (``AutoModel.from_pretrained``, safetensors only) in :mod:`featlift.backbones.hf_transformers`; an
+  open_clip tag's published checkpoint is read by open_clip (safetensors, or ``weights_only``);
 * training checkpoints (``checkpoint.pt``: weights, optimiser and RNG states, run settings) are written
   and read by :mod:`featlift.training._checkpoint` (``torch.load(weights_only=True)``);
 * the backbone-feature cache of training and eval is written and read by :mod:`featlift._feature_cache`

@@ -1,62 +1,57 @@
-"""Frozen feature backbones behind one small interface (:class:`Backbone`).
+"""Frozen feature backbones behind one small interface (:class:`Backbone`), from every source.
 
-:func:`load_backbone` builds the backbone a :class:`~featlift.config.BackboneConfig` names; the table
-:data:`BACKBONE_CLASSES` maps each ``source`` to the class that builds (and fetches the weights of) it.
+=================  ============================================  ===========================================
+source             example name (``SOURCE:NAME``)                class
+=================  ============================================  ===========================================
+``timm``           ``timm:resnet50.a1_in1k`` (a bare name too)   :class:`TimmBackbone` (ViTs, conv nets, Swin)
+``open_clip``      ``open_clip:ViT-B-16/openai``                 :class:`OpenClipBackbone`
+``transformers``   ``transformers:facebook/dinov2-small``        :class:`TransformersBackbone`
+``hub``            ``hub:NVlabs/RADIO:radio_model``              :class:`HubBackbone` (adapter contract)
+``diffusers``      ``diffusers:stable-diffusion-v1-5/...``       :class:`DiffusersVAE`
+``module``         (Python only) :class:`UserModule`             :class:`ModuleBackbone`
+=================  ============================================  ===========================================
+
+:func:`create_backbone` builds one from a name, a :class:`UserModule` or a :class:`Backbone`;
+:func:`load_backbone` builds the one a :class:`~featlift.config.BackboneConfig` records. The table
+:data:`BACKBONE_CLASSES` maps each ``source`` to its class; each library beyond timm is imported only when
+its backbone is built.
 """
 
 from __future__ import annotations
 
-import os
-
-from ..config import BackboneConfig
-from ._sources import BACKBONE_CLASSES, agreed_normalisation, backbone_class, image_normalisation
-from .base import Backbone
+from ._sources import (
+    BACKBONE_CLASSES,
+    agreed_normalisation,
+    backbone_class,
+    create_backbone,
+    image_normalisation,
+    load_backbone,
+    parse_backbone,
+)
+from .base import Backbone, BuildOptions
+from .custom import ModuleBackbone, UserModule
+from .hf_transformers import TransformersBackbone
+from .openclip import OpenClipBackbone
 from .sd_vae import DiffusersVAE
-from .timm_vit import TimmViT
+from .timm_models import TimmBackbone, TimmViT
+from .torch_hub import HubBackbone
 
 __all__ = [
     "BACKBONE_CLASSES",
     "Backbone",
+    "BuildOptions",
     "DiffusersVAE",
+    "HubBackbone",
+    "ModuleBackbone",
+    "OpenClipBackbone",
+    "TimmBackbone",
     "TimmViT",
+    "TransformersBackbone",
+    "UserModule",
     "agreed_normalisation",
+    "backbone_class",
+    "create_backbone",
     "image_normalisation",
     "load_backbone",
+    "parse_backbone",
 ]
-
-
-def load_backbone(
-    config: BackboneConfig,
-    *,
-    pretrained: bool = True,
-    weights: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> Backbone:
-    """The frozen backbone ``config`` names (``source`` + ``name``), normalising as ``config`` says.
-
-    Args:
-        config: the backbone section of an UPLiFT config.
-        pretrained: fetch the published weights (timm's ``model.safetensors``; the diffusers pipeline's
-            ``vae`` folder) when ``weights`` is not given; False gives random weights.
-        weights: local weights: a timm ``.safetensors``/``.pth`` file (read with ``weights_only=True``),
-            or for the VAE a folder with ``config.json`` and ``diffusion_pytorch_model.safetensors``.
-        cache_dir: Hugging Face cache directory (default: the standard cache).
-
-    The result's :attr:`Backbone.normalisation` is
-    :func:`~featlift.backbones.image_normalisation` of ``config``.
-
-    Raises:
-        ValueError: ``config`` names no backbone, or an unknown source.
-        UnknownModelError: timm has no model of that name.
-        ConfigError: timm's name has no known normalisation and ``config`` states none.
-        CheckpointError, DownloadError, MissingDependencyError: see the backbone classes.
-    """
-    if config.source is None or config.name is None:
-        raise ValueError(
-            "this upsampler's config names no backbone (backbone.source / backbone.name); run your backbone "
-            "yourself and call featlift.build_upsampler(...)(image, features)"
-        )
-    cls = backbone_class(config.source)
-    backbone = cls.from_config(config, pretrained=pretrained, weights=weights, cache_dir=cache_dir)
-    backbone.normalisation = image_normalisation(config)
-    return backbone

@@ -54,6 +54,7 @@ class DiffusersVAE(Backbone):
     """
 
     source = "diffusers"
+    example = "diffusers:stable-diffusion-v1-5/stable-diffusion-v1-5"
 
     def __init__(self, name: str, vae_dir: str | os.PathLike | None = None, vae=None) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from .._tensors import DTYPE_NAMES
 
 __all__ = [
+    "add_backbone_name",
     "add_backbone_weights",
     "add_feature_cache",
     "add_iters",
@@ -17,6 +18,7 @@ __all__ = [
     "add_no_pretrained",
     "add_runtime",
     "add_tile",
+    "add_trust_repo",
     "add_weight_sources",
     "at_least",
     "grid",
@@ -101,6 +103,7 @@ def add_weight_sources(parser) -> None:
     ``--no-pretrained``, ``--revision`` and ``--cache-dir`` (read back with :func:`load_options`)."""
     add_backbone_weights(parser)
     add_no_pretrained(parser)
+    add_trust_repo(parser)
     parser.add_argument("--revision", default=None, help="Hub branch, tag or commit of the UPLiFT files")
     parser.add_argument(
         "--cache-dir", default=None, metavar="DIR", help="Hugging Face cache folder (default: the standard one)"
@@ -110,6 +113,35 @@ def add_weight_sources(parser) -> None:
 def add_backbone_weights(parser) -> None:
     parser.add_argument(
         "--backbone-weights", default=None, metavar="PATH", help="local backbone weights instead of the download"
+    )
+
+
+def add_trust_repo(parser) -> None:
+    parser.add_argument(
+        "--trust-repo",
+        action="store_true",
+        help="torch.hub code from a GitHub repository (hub: backbones and upsamplers) runs without asking "
+        "(default: torch.hub asks once)",
+    )
+
+
+def add_backbone_name(parser, *, required: bool, what: str) -> None:
+    """``--backbone SOURCE:NAME`` and ``--backbone-stride``, for the commands that build a backbone by name."""
+    parser.add_argument(
+        "--backbone",
+        required=required,
+        default=None,
+        metavar="SOURCE:NAME",
+        help=f"{what}: SOURCE:NAME with SOURCE timm, open_clip, transformers, hub or diffusers (e.g. "
+        "open_clip:ViT-B-16/openai, transformers:facebook/dinov2-small, timm:resnet50.a1_in1k, "
+        "hub:NVlabs/RADIO:radio_model); a bare name is a timm name",
+    )
+    parser.add_argument(
+        "--backbone-stride",
+        type=positive_int,
+        default=None,
+        help="output stride of a convolutional or hierarchical timm backbone (8, 16 or 32; default: its deepest "
+        "stage's); other backbones have one stride",
     )
 
 
@@ -141,6 +173,7 @@ def load_options(args: argparse.Namespace):
         backbone_weights=args.backbone_weights,
         revision=args.revision,
         cache_dir=args.cache_dir,
+        trust_repo=args.trust_repo,
     )
 
 

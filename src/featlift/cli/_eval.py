@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .._tensors import DTYPE_NAMES
 from ._args import (
+    add_backbone_name,
     add_feature_cache,
     add_no_amp,
     add_runtime,
@@ -71,14 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="repeatable: a featlift name/dir/Hub id, bilinear|nearest|bicubic (with --backbone), or hub:REPO:ENTRY",
     )
-    parser.add_argument(
-        "--backbone", default=None, help="timm backbone for bilinear/nearest/bicubic and hub: upsamplers"
-    )
-    parser.add_argument(
-        "--trust-repo",
-        action="store_true",
-        help="hub:OWNER/NAME:ENTRY runs that GitHub repository's code without asking (default: torch.hub asks)",
-    )
+    add_backbone_name(parser, required=False, what="the backbone for bilinear/nearest/bicubic and hub: upsamplers")
     add_weight_sources(parser)
     parser.add_argument(
         "--protocol",
@@ -139,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     # device: default CUDA when available (under torchrun, this process's own GPU)
     common = given("backbone", "device", "max_val", "out", "feature_cache", "save_predictions", "trust_repo")
     common.update(options=load_options(args), amp=not args.no_amp, progress=True, protocol=chosen)
+    if args.backbone_stride is not None:
+        common["stride"] = args.backbone_stride
     if args.dtype is not None:
         common["dtype"] = to_dtype(args.dtype)
     picture = None

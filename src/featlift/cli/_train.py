@@ -6,10 +6,12 @@ import argparse
 import sys
 
 from ._args import (
+    add_backbone_name,
     add_backbone_weights,
     add_feature_cache,
     add_no_amp,
     add_runtime,
+    add_trust_repo,
     at_least,
     non_negative_int,
     number_above,
@@ -22,7 +24,8 @@ DESCRIPTION = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="timm ViT name or a registered variant")
+    add_backbone_name(parser, required=True, what="the backbone to train for, or a registered variant's name")
+    add_trust_repo(parser)
     parser.add_argument("--data", required=True, help="image folder (recursive) or a text file of image paths")
     parser.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, checkpoint.pt)")
     parser.add_argument(
@@ -79,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         backbone=args.backbone,
+        stride=args.backbone_stride,
+        trust_repo=args.trust_repo,
         data=args.data,
         out=args.out,
         image_size=args.image_size,

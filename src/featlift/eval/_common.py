@@ -12,7 +12,15 @@ from .._distributed import Dist, init_distributed, process_device
 from .._feature_cache import FeatureCache
 from .upsamplers import make_source
 
-__all__ = ["make_sources", "processes", "write_report"]
+__all__ = ["label", "make_sources", "processes", "write_report"]
+
+
+def label(spec) -> str | None:
+    """An upsampler or backbone as the report names it: its text, else a loaded Upsampler's, a
+    UserModule's or a Backbone's name, a callable's name (None stays None)."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    return getattr(spec, "name", None) or getattr(spec, "__name__", None) or type(spec).__name__
 
 
 def make_sources(upsamplers: list, options: dict):

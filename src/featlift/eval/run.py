@@ -26,7 +26,7 @@ from PIL import Image
 from .._atomic import atomic_write
 from .._distributed import Dist
 from ..errors import ConfigError
-from ._common import make_sources, processes, write_report
+from ._common import label, make_sources, processes, write_report
 from .probe import evaluate_probe, slug, train_probe
 from .protocols import ProbeProtocol
 from .protocols import protocol as named_protocol
@@ -89,7 +89,7 @@ def evaluate(
     ``task`` is ``"seg"`` or ``"depth"``; ``protocol`` a :class:`~featlift.eval.protocols.ProbeProtocol`
     or its name (default: the task's, :func:`~featlift.eval.protocols.task_default`).
     ``source_options`` are the keywords of :func:`featlift.eval.upsamplers.make_source` (``backbone``,
-    ``options``, ``device``, ``tile``, ``amp``, ``dtype``, ``trust_repo``). Returns the report (module
+    ``stride``, ``options``, ``device``, ``tile``, ``amp``, ``dtype``, ``trust_repo``). Returns the report (module
     docstring); ``out`` also writes it as JSON, ``picture`` a PNG grid, ``save_predictions`` the predicted
     and target PNGs.
 
@@ -117,13 +117,15 @@ def evaluate(
     val_set = make_dataset(dataset, root, "val", protocol.image_size, limit=max_val, **conventions)
     record = {
         **protocol.record(),
-        "backbone": source_options.get("backbone"),
+        "backbone": label(source_options.get("backbone")),
         "backbone_weights": _backbone_weights(source_options.get("options")),
-        "upsamplers": [spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec)) for spec in upsamplers],
+        "upsamplers": [label(spec) for spec in upsamplers],
         "train_images": len(train_set),
         "val_images": len(val_set),
         "tile": source_options.get("tile"),
     }
+    if source_options.get("stride") is not None:
+        record["stride"] = source_options["stride"]
     checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if checkpoints is not None:
         settings = {key: entry["value"] for key, entry in record["settings"].items()}

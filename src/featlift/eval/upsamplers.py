@@ -4,9 +4,11 @@ the images' own size.
 ``make_source(spec, ...)`` accepts:
 
 - a featlift model: a registered name, a model directory or a Hub repo id (anything
-  :func:`featlift.load_upsampler` takes); it brings its own backbone;
-- ``"bilinear"``, ``"nearest"`` or ``"bicubic"``: the backbone named by ``backbone`` (a timm name), its
-  coarse features resized to the image size;
+  :func:`featlift.load_upsampler` takes), or a loaded :class:`featlift.Upsampler` (one trained for your
+  own module, loaded with ``backbone=``); it brings its own backbone;
+- ``"bilinear"``, ``"nearest"`` or ``"bicubic"``: the backbone named by ``backbone`` (``SOURCE:NAME`` as
+  :func:`featlift.backbones.create_backbone` reads it, a bare timm name, or a
+  :class:`~featlift.backbones.UserModule`), its coarse features resized to the image size;
 - ``"hub:REPO:ENTRY"``: a torch.hub model (``REPO`` a local checkout or ``owner/name`` on GitHub)
   called as ``model(image, lowres, output_size)``, the convention of AnyUp, JAFAR and NAF, with the
   backbone named by ``backbone``. ``image`` is the guidance image normalised with ImageNet's statistics
@@ -39,9 +41,10 @@ from torch import Tensor, nn
 from .._builder import LoadOptions
 from .._feature_cache import FeatureCache
 from .._images import resize_to_patch_multiple
-from ..backbones import Backbone, load_backbone
+from .._upsampler import Upsampler
+from ..backbones import Backbone, UserModule, create_backbone
 from ..backbones._normalisation import Stats, normalise
-from ..config import IMAGENET_MEAN, IMAGENET_STD, BackboneConfig
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["GUIDANCE", "INTERPOLATIONS", "FeatureSource", "make_source"]
 
@@ -177,9 +180,10 @@ def _hub_model(spec: str, device: torch.device, trust_repo: bool) -> UpsampleFn:
 
 
 def make_source(
-    spec: str | UpsampleFn,
+    spec: str | Upsampler | UpsampleFn,
     *,
-    backbone: str | None = None,
+    backbone: str | UserModule | Backbone | None = None,
+    stride: int | None = None,
     options: LoadOptions | None = None,
     device: str | torch.device = "cpu",
     tile: int | None = None,
@@ -193,9 +197,12 @@ def make_source(
     """The :class:`FeatureSource` that ``spec`` names (see the module docstring).
 
     Args:
-        spec: a featlift model, ``bilinear``/``nearest``/``bicubic``, ``hub:REPO:ENTRY``, or a callable
+        spec: a featlift model (or a loaded :class:`~featlift.Upsampler`), ``bilinear``/``nearest``/``bicubic``, ``hub:REPO:ENTRY``, or a callable
             ``f(image, lowres, (H, W))`` (``image`` normalised for the backbone, ``lowres`` its features).
-        backbone: timm model name of the backbone for interpolation, hub and callable specs.
+        backbone: the backbone for interpolation, hub and callable specs: ``SOURCE:NAME`` (``timm``,
+            ``open_clip``, ``transformers``, ``hub``, ``diffusers``; a bare name is timm's), a
+            :class:`~featlift.backbones.UserModule` or a :class:`~featlift.backbones.Backbone`.
+        stride: the output stride of a convolutional or hierarchical timm backbone (None: its deepest).
         options: where the weights come from (:class:`featlift.LoadOptions`): ``backbone_weights`` (local
             weights for the backbone, offline use), ``pretrained=False`` (random weights for whatever is not
             passed explicitly: tests, smoke runs), and for featlift models ``revision`` and ``cache_dir``
@@ -209,7 +216,8 @@ def make_source(
         amp: on CUDA, compute in bfloat16 (ignored on the CPU).
         dtype: featlift models only: the compute dtype (e.g. ``torch.bfloat16`` on a CPU); default float32,
             or bfloat16 on CUDA with ``amp``.
-        trust_repo: ``hub:`` specs from GitHub: run the repository's code without asking.
+        trust_repo: ``hub:`` specs and ``hub:`` backbones from GitHub: run the repository's code without asking
+            (also when ``options.trust_repo`` says so).
         guidance: callables only: the guidance image's statistics, ``"backbone"`` (default) or
             ``"imagenet"``. ``hub:`` models always get ImageNet's, as AnyUp, JAFAR and NAF expect.
 
@@ -226,9 +234,11 @@ def make_source(
     if guidance not in GUIDANCE:
         raise ValueError(f"guidance must be one of {GUIDANCE}, got {guidance!r}")
     imagenet = (IMAGENET_MEAN, IMAGENET_STD)
+    if isinstance(spec, Upsampler):
+        return _FeatliftSource(name or spec.name or type(spec.backbone).__name__, spec, tile, cache)
     if callable(spec) and not isinstance(spec, str):
         label = name or getattr(spec, "__name__", type(spec).__name__)
-        source = _backbone(backbone, options, label)
+        source = _backbone(backbone, stride, options, label, trust_repo)
         stats = imagenet if guidance == "imagenet" else None
         return _BackboneSource(label, source, spec, device, keeps_channels=False, cache=cache, amp=half, guidance=stats)
     if not isinstance(spec, str) or not spec:
@@ -245,19 +255,26 @@ def make_source(
             dtype = torch.bfloat16
         up = load_upsampler(spec, device=device, dtype=dtype, options=options)
         return _FeatliftSource(label, up, tile, cache)
-    source = _backbone(backbone, options, label)
+    source = _backbone(backbone, stride, options, label, trust_repo)
     keeps = spec in INTERPOLATIONS
     stats = imagenet if spec.startswith("hub:") else None
     return _BackboneSource(label, source, upsample, device, keeps_channels=keeps, cache=cache, amp=half, guidance=stats)
 
 
-def _backbone(name: str | None, options: LoadOptions, label: str) -> Backbone:
-    if name is None:
+def _backbone(
+    backbone: str | UserModule | Backbone | None, stride: int | None, options: LoadOptions, label: str, trust: bool
+) -> Backbone:
+    if backbone is None:
         raise ValueError(
-            f"upsampler {label!r} upsamples a backbone's features: name the backbone with --backbone (a timm "
-            "model name such as vit_small_patch14_dinov2.lvd142m; --backbone-weights FILE for offline use)"
+            f"upsampler {label!r} upsamples a backbone's features: name the backbone with --backbone (SOURCE:NAME, "
+            "e.g. timm:vit_small_patch14_dinov2.lvd142m or open_clip:ViT-B-16/openai; --backbone-weights FILE "
+            "for offline use)"
         )
-    config = BackboneConfig(name=name, source="timm")
-    return load_backbone(
-        config, pretrained=options.pretrained, weights=options.backbone_weights, cache_dir=options.cache_dir
+    return create_backbone(
+        backbone,
+        stride=stride,
+        pretrained=options.pretrained,
+        weights=options.backbone_weights,
+        cache_dir=options.cache_dir,
+        trust_repo=trust or options.trust_repo,
     )

@@ -23,7 +23,7 @@ from torch import Tensor
 from .._atomic import atomic_write
 from .._distributed import shard
 from .._images import nearest_index, resize_image
-from ._common import make_sources, processes, write_report
+from ._common import label, make_sources, processes, write_report
 from .protocols import VideoProtocol
 from .protocols import protocol as get_protocol
 
@@ -591,7 +591,7 @@ def evaluate_video(
             **protocol.record(),
             "val_images": len(sequences),
             "objects": objects_total,
-            "backbone": source_options.get("backbone"),
+            "backbone": label(source_options.get("backbone")),
             "processes": d.world,
         },
         "results": results,

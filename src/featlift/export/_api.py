@@ -172,7 +172,9 @@ def export_onnx(
         opset: ONNX opset, 18 (default) up to the newest the installed ``onnx`` knows.
         dtype: ``torch.float32`` (default) or ``torch.float16`` (also as strings). In float16 the
             attender's softmax and sums still run in float32, inside the graph.
-        with_backbone: export backbone + upsampler as one graph from ``image`` (timm ViTs export).
+        with_backbone: export backbone + upsampler as one graph from ``image``, where the backbone's code
+            traces with ``torch.export`` (featlift's tests export a timm ViT to ONNX, and a tiny model of
+            every backbone source to ``.pt2``).
         options: where a model reference's weights come from (:class:`featlift.LoadOptions`, as in
             :func:`featlift.load_upsampler`; ``LoadOptions(pretrained=False)``: random weights, for tests).
         example_cells: (rows, cols) of backbone cells of the example input traced (any size runs later;

@@ -20,6 +20,16 @@ def model_card(cfg: TrainConfig, config: UpliftConfig, metrics: dict, *, n_train
         if rows
         else "No images were held out."
     )
+    where = cfg.push_to_hub or "<this repo>"
+    if bb.source == "module":  # a user's own module is passed in, by the name the config records
+        load = (
+            "from featlift.backbones import UserModule\n"
+            f'mine = UserModule(module=..., name="{bb.name}", stride={bb.patch}, channels={bb.channels}, '
+            f"mean={tuple(bb.mean)}, std={tuple(bb.std)})\n"
+            f'up = featlift.load_upsampler("{where}", backbone=mine)'
+        )
+    else:
+        load = f'up = featlift.load_upsampler("{where}")'
     return f"""---
 library_name: featlift
 tags:
@@ -30,12 +40,12 @@ license: mit
 
 # UPLiFT upsampler for `{bb.name}`
 
-Pixel-dense features for the frozen backbone `{bb.name}` ({bb.channels} channels, patch {bb.patch}),
+Pixel-dense features for the frozen {bb.source} backbone `{bb.name}` ({bb.channels} channels, stride {bb.patch}),
 trained with [featlift](https://pypi.org/project/featlift/)'s self-supervised multi-depth objective.
 
 ```python
 import featlift
-up = featlift.load_upsampler("{cfg.push_to_hub or "<this repo>"}")
+{load}
 feats = up(image)  # [1, {bb.channels}, H, W]
 ```
 

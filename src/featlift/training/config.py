@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import UpliftConfig
 from .objective import LOSSES
+
+if TYPE_CHECKING:
+    from ..backbones import UserModule
 
 __all__ = ["TrainConfig"]
 
@@ -14,7 +18,10 @@ __all__ = ["TrainConfig"]
 class TrainConfig:
     """Everything a training run needs; the command line maps onto these fields one to one."""
 
-    backbone: str  # timm model name (e.g. "vit_base_patch16_clip_224.openai") or a registered variant's name
+    # The backbone: SOURCE:NAME ("open_clip:ViT-B-16/openai", "transformers:facebook/dinov2-small",
+    # "timm:resnet50.a1_in1k", "hub:REPO:ENTRY"), a bare timm name, a registered variant's name, or your own
+    # module (featlift.backbones.UserModule).
+    backbone: str | UserModule
     data: str  # image folder (recursive) or text file of paths
     out: str  # output folder: config.json, model.safetensors, checkpoint.pt, metrics.json
     image_size: int = 224  # side of the square training crops (targets), divisible by patch * 2**depths
@@ -29,6 +36,8 @@ class TrainConfig:
     base: str | UpliftConfig = "dinov2_s14"
     backbone_weights: str | None = None
     pretrained_backbone: bool = True
+    stride: int | None = None  # output stride of a conv/hierarchical timm backbone (None: its deepest stage's)
+    trust_repo: bool = False  # a torch.hub backbone from GitHub runs its code without asking
     loss: str = "l2"
     noise_std: float = 0.0  # noise on the input features (the VAE recipe)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -46,6 +55,8 @@ class TrainConfig:
             raise ValueError("give the length of training: steps or epochs")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        if self.stride is not None and (not isinstance(self.stride, int) or self.stride < 1):
+            raise ValueError(f"stride must be a positive integer or None, got {self.stride!r}")
         for name in ("depths", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -1,4 +1,4 @@
-"""Train an UPLiFT upsampler for any timm ViT: one process, or many through torchrun (DDP).
+"""Train an UPLiFT upsampler for any backbone (every source, your own module too): one process, or many through torchrun (DDP).
 
 Every random draw derives from ``(seed, step)``, or ``(seed, step, rank)`` where it is per process:
 
@@ -51,9 +51,10 @@ from .._distributed import Dist, init_distributed, process_device
 from .._feature_cache import FeatureCache
 from .._lookup import resolve_model
 from .._registry import list_upsamplers
-from ..backbones import Backbone, agreed_normalisation, load_backbone
+from ..backbones import Backbone, agreed_normalisation, create_backbone, load_backbone
 from ..backbones._normalisation import normalise
 from ..config import BackboneConfig, UpliftConfig
+from ..errors import ConfigError
 from ..modeling.uplift import UPLiFT
 from ._card import model_card
 from ._checkpoint import CHECKPOINT_NAME, resume, save_checkpoint
@@ -71,23 +72,40 @@ logger = logging.getLogger(__name__)
 # -- model -------------------------------------------------------------------------------------------
 
 
-def _backbone_config(cfg: TrainConfig) -> BackboneConfig:
-    """The backbone section: a registered variant's (through the one resolver), else a timm name."""
-    if cfg.backbone in list_upsamplers():
-        return resolve_model(cfg.backbone).config.backbone
-    return BackboneConfig(name=cfg.backbone, source="timm")
+def _backbone(cfg: TrainConfig) -> Backbone:
+    """The frozen backbone ``cfg`` names: a registered variant's (through the one resolver), else whatever
+    :func:`~featlift.backbones.create_backbone` builds (``SOURCE:NAME``, a bare timm name, a UserModule)."""
+    options = {"pretrained": cfg.pretrained_backbone, "weights": cfg.backbone_weights, "trust_repo": cfg.trust_repo}
+    if isinstance(cfg.backbone, str) and cfg.backbone in list_upsamplers():
+        config = resolve_model(cfg.backbone).config.backbone
+        backbone = load_backbone(config, **options)
+        backbone.check_stride(cfg.stride)
+        return backbone
+    return create_backbone(cfg.backbone, stride=cfg.stride, **options)
 
 
 def build(cfg: TrainConfig, device: torch.device) -> tuple[Backbone, UpliftConfig]:
-    """(frozen backbone, UPLiFT config with the backbone's patch/channels/normalisation) for ``cfg``."""
+    """(frozen backbone, UPLiFT config for it): the ``base`` architecture with the backbone's source, name,
+    stride, channels and normalisation (written into ``config.json``, so :func:`featlift.load_upsampler`
+    rebuilds the backbone), and where the stride is not the base's, the derived guidance patch
+    (:meth:`~featlift.config.UpliftConfig.for_backbone`)."""
     base = resolve_model(cfg.base).config
-    bb_cfg = _backbone_config(cfg)
-    backbone = load_backbone(bb_cfg, pretrained=cfg.pretrained_backbone, weights=cfg.backbone_weights)
-    # The one normalisation rule, resolved by load_backbone and written into config.json: the saved model
-    # states it.
+    backbone = _backbone(cfg)
+    if backbone.normalisation is None:
+        raise ConfigError(
+            f"backbone.mean: the {backbone.source} backbone {backbone.name!r} states no image normalisation (its "
+            "library publishes none for that name), so the upsampler cannot record one. Fix: use a name whose "
+            "statistics are published, or wrap the model as a featlift.backbones.UserModule stating mean and std"
+        )
+    # The one normalisation rule, resolved when the backbone was built and written into config.json: the
+    # saved model states it.
     mean, std = backbone.normalisation
-    bb_cfg = dataclasses.replace(bb_cfg, channels=backbone.channels, patch=backbone.patch, mean=mean, std=std)
-    config = dataclasses.replace(base, backbone=bb_cfg, description=f"UPLiFT trained by featlift for {cfg.backbone}")
+    bb_cfg = BackboneConfig(
+        channels=backbone.channels, patch=backbone.patch, name=backbone.name, source=backbone.source, mean=mean, std=std
+    )
+    config = dataclasses.replace(
+        base.for_backbone(bb_cfg), description=f"UPLiFT trained by featlift for {backbone.name}"
+    )
     return backbone.to(device).eval(), config
 
 
