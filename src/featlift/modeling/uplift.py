@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -200,34 +201,36 @@ class UPLiFT(nn.Module):
         if tile is not None and return_steps:
             raise ValueError("return_steps needs every whole intermediate map; it cannot be combined with tile")
         run = plan(self, features, self.channels_last)
-        if not run.lean or torch.compiler.is_compiling():  # compiled code folds in the graph, on each call
-            return self._run(image, features, iters, run, generator, return_steps, tile, head)
-        with fold_scope():
-            return self._run(image, features, iters, run, generator, return_steps, tile, head)
+        # One fold per call on the lean path; compiled code folds in the graph, on each call.
+        folding = run.lean and not torch.compiler.is_compiling()
+        with fold_scope() if folding else contextlib.nullcontext():
+            if run.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+                features = features.contiguous(memory_format=torch.channels_last)
+            inputs = self.guidance_inputs(image)
+            noise = Noise(generator)
+            if tile is not None:
 
-    def _run(self, image, features, iters, run, generator, return_steps, tile, head):
-        """:meth:`forward` after its checks and plan, inside the fold scope when lean."""
-        if run.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-            features = features.contiguous(memory_format=torch.channels_last)
-        inputs = self.guidance_inputs(image)
-        noise = Noise(generator)
-        if tile is not None:
+                def crop_iterate(crop: Tensor, region: Region) -> Tensor:
+                    return self.iterate(inputs, crop, iters, noise=noise, plan=run, region=region)
 
-            def crop_iterate(crop: Tensor, region: Region) -> Tensor:
-                return self.iterate(inputs, crop, iters, noise=noise, plan=run, region=region)
-
-            factor = self.config.up_factor**iters
-            halo = self.tile_halo(iters)
-            return tiled(
-                crop_iterate, features, tile=tile, halo=halo, factor=factor, channels_last=run.channels_last, head=head
-            )
-        out = self.iterate(inputs, features, iters, noise=noise, plan=run, return_steps=return_steps)
-        if head is None:
-            return out
-        if return_steps:
-            return [apply_head(head, step) for step in out]
-        return apply_head(head, out)
+                factor = self.config.up_factor**iters
+                halo = self.tile_halo(iters)
+                return tiled(
+                    crop_iterate,
+                    features,
+                    tile=tile,
+                    halo=halo,
+                    factor=factor,
+                    channels_last=run.channels_last,
+                    head=head,
+                )
+            out = self.iterate(inputs, features, iters, noise=noise, plan=run, return_steps=return_steps)
+            if head is None:
+                return out
+            if return_steps:
+                return [apply_head(head, step) for step in out]
+            return apply_head(head, out)
 
     # -- tiled inference ---------------------------------------------------------------------------
 

@@ -226,10 +226,9 @@ def triton_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int,
     out = torch.empty(b, c, out_h, out_w, dtype=values.dtype, device=values.device)
     if out.numel() == 0:
         return out
-    needed = needs_wide(logits, values, scale)
     if wide is None:
-        wide = needed
-    elif needed and not wide:
+        wide = needs_wide(logits, values, scale)
+    elif not wide and needs_wide(logits, values, scale):
         raise ValueError("these tensors have 2**31 elements or more: the kernel needs wide=True (or None)")
     kernel = _kernel(interpreting())
     on_device = torch.cuda.device(values.device) if values.device.type == "cuda" else contextlib.nullcontext()
