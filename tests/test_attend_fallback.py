@@ -168,6 +168,8 @@ def test_self_test_never_records_autograd(cpu_is_candidate):
         ("triton", "fused", "fused"),
         ("fused", "triton", "triton"),
         ("fused", "reference", "reference"),
+        ("bagged", "auto", "bagged"),
+        ("bagged", "fused", "fused"),
     ],
 )
 def test_env_var_and_impl_force_the_choice_without_a_self_test(monkeypatch, env, impl, expected):
@@ -208,7 +210,7 @@ def test_env_var_set_to_auto_keeps_the_self_test(monkeypatch, caplog, env):
 def test_invalid_env_value_names_the_variable_and_the_choices():
     logits, values = _inputs()
     with la.use_attend_policy(la.AttendPolicy.from_environment({la.ENV_VAR: "cuda"})):
-        with pytest.raises(ValueError, match=r"FEATLIFT_ATTEND_IMPL='cuda'.*auto, reference, fused, triton"):
+        with pytest.raises(ValueError, match=r"FEATLIFT_ATTEND_IMPL='cuda'.*auto, reference, fused, bagged, triton"):
             local_attend(logits, values, OFFSETS, 2)
         with pytest.raises(ValueError, match="FEATLIFT_ATTEND_IMPL"):
             resolve_impl("auto", values)
@@ -226,11 +228,12 @@ def test_forced_triton_that_cannot_run_says_who_forced_it(monkeypatch):
 
 
 def test_cpu_is_no_candidate_by_default(monkeypatch):
-    """Under the default candidate rule the CPU never self-tests: auto is plain fused there, even under
-    the interpreter."""
+    """Under the default candidate rule the CPU never self-tests: auto is the embedding-bag path there
+    (fused in float64), even under the interpreter."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with la.use_attend_policy(la.AttendPolicy()) as policy:
-        assert resolve_impl("auto", _inputs()[1]) == "fused"
+        assert resolve_impl("auto", _inputs()[1]) == "bagged"
+        assert resolve_impl("auto", _inputs(torch.float64)[1]) == "fused"
     assert policy.verdict("cpu") is None
 
 

@@ -7,6 +7,7 @@ The Triton kernel runs in Triton's CPU interpreter here (``TRITON_INTERPRET=1``,
 from __future__ import annotations
 
 import functools
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -16,11 +17,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import featlift.ops._bagged as bagged_path
 import featlift.ops._triton as triton_kernel
 from featlift.ops import local_attend, local_attend_reference, neighbourhood_offsets, resolve_impl
 
 SIZES = [5, 9, 13, 17, 25]
-FAST_IMPLS = ["fused", "triton"]
+LAYOUTS = (torch.contiguous_format, torch.channels_last)
+FAST_IMPLS = ["fused", "bagged", "triton"]
 needs_triton = pytest.mark.skipif(triton_kernel.triton is None, reason="triton is not installed")
 
 
@@ -146,20 +149,73 @@ def test_batch_items_are_independent():
     assert not torch.allclose(out[1], full[1])
 
 
+def with_weights(weights, values, offsets, scale):
+    """The weighted sum for given (already normalised) weights [B, n, H, W], in the inputs' dtype."""
+    _, _, h, w = values.shape
+    rows = torch.arange(h * scale) // scale
+    cols = torch.arange(w * scale) // scale
+    out = torch.zeros((*values.shape[:2], h * scale, w * scale), dtype=values.dtype)
+    for k, (dy, dx) in enumerate(offsets):
+        shifted = values[:, :, (rows + dy).clamp(0, h - 1)][:, :, :, (cols + dx).clamp(0, w - 1)]
+        out += weights[:, k : k + 1] * shifted
+    return out
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_dtypes_match_float64_within_rounding(dtype, impl):
-    """Half precision accumulates in float32: the only error left is the output's own rounding."""
+    """Half precision accumulates in float32: the only error left is the output's own rounding. The
+    bagged path takes its weights in the values' dtype, so its oracle sees the same rounded weights; a
+    sum of 17 terms rounded at each step would miss this bound."""
     gen = torch.Generator().manual_seed(3)
     values = torch.randn(1, 40, 5, 6, generator=gen)
     logits = 3 * torch.randn(1, 17, 10, 12, generator=gen)
     offsets = neighbourhood_offsets(17)
+    if impl == "bagged" and dtype == torch.float64:
+        with pytest.raises(RuntimeError, match="float32, bfloat16 or float16, not on cpu in torch.float64"):
+            local_attend(logits.double(), values.double(), offsets, 2, impl=impl)
+        return
     # The oracle sees the same rounded inputs, in float64.
-    ref = local_attend_reference(logits.to(dtype).double(), values.to(dtype).double(), offsets, 2)
+    if impl == "bagged":
+        weights = torch.softmax(logits.to(dtype).double(), dim=1).to(dtype).double()
+        ref = with_weights(weights, values.to(dtype).double(), offsets, 2)
+    else:
+        ref = local_attend_reference(logits.to(dtype).double(), values.to(dtype).double(), offsets, 2)
     out = local_attend(logits.to(dtype), values.to(dtype), offsets, 2, impl=impl)
     assert out.dtype == dtype
     eps = torch.finfo(dtype).eps if dtype != torch.float64 else 1e-12
     # One unit in the last place of each element (plus a floor near zero) is the output's rounding.
     assert torch.all((out.double() - ref).abs() <= eps * ref.abs() + eps * 1e-2)
+
+
+def test_bagged_weights_are_the_only_rounding_besides_the_output(monkeypatch):
+    """Negative control for the bound above: the same bfloat16 sum accumulated in bfloat16 (each of the
+    17 products and partial sums rounded) breaks it."""
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(1, 40, 5, 6, generator=gen).bfloat16()
+    logits = 3 * torch.randn(1, 17, 10, 12, generator=gen)
+    offsets = neighbourhood_offsets(17)
+    weights = torch.softmax(logits.bfloat16().double(), dim=1).bfloat16()
+    ref = with_weights(weights.double(), values.double(), offsets, 2)
+    rounded_each_step = with_weights(weights, values, offsets, 2).double()
+    eps = torch.finfo(torch.bfloat16).eps
+    assert not torch.all((rounded_each_step - ref).abs() <= eps * ref.abs() + eps * 1e-2)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_bagged_bands_and_wide_indices_give_the_same_numbers(monkeypatch, layout):
+    """Bands of a few pixels (so bands split output rows' runs, images and batches at odd places) and
+    int64 indices (taken past 2**31 table rows) change nothing."""
+    gen = torch.Generator().manual_seed(5)
+    offsets = neighbourhood_offsets(25)
+    values = torch.randn(3, 6, 4, 5, generator=gen).contiguous(memory_format=layout)
+    logits = 3 * torch.randn(3, 25, 12, 15, generator=gen)
+    want = local_attend_reference(logits, values, offsets, 3)
+    for band, limit in ((7, 2**31), (40, 2**31), (7, 1)):
+        monkeypatch.setattr(bagged_path, "_BAND_PIXELS", band)
+        monkeypatch.setattr(bagged_path, "_INT32_LIMIT", limit)
+        for channels_last in (False, True):
+            got = local_attend(logits, values, offsets, 3, impl="bagged", channels_last=channels_last)
+            assert (got - want).abs().max().item() <= 1e-5, (band, limit, channels_last)
 
 
 def test_triton_and_fused_agree_on_rounded_half_outputs(monkeypatch):
@@ -229,7 +285,9 @@ def test_torch_compile_sees_one_opaque_op():
 
 def test_implementation_choice():
     values = torch.randn(1, 2, 2, 2)
-    assert resolve_impl("auto", values) == "fused"
+    assert resolve_impl("auto", values) == "bagged"
+    assert resolve_impl("auto", values.bfloat16()) == "bagged"
+    assert resolve_impl("auto", values.double()) == "fused", "float64: the embedding-bag kernels do not serve it"
     with pytest.raises(ValueError, match="unknown local-attend implementation 'cuda'"):
         resolve_impl("cuda", values)
 
@@ -284,29 +342,36 @@ def test_default_path_never_builds_the_stacked_tensor():
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("scale", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_fused_channels_last_layout(size, scale, dtype):
+@pytest.mark.parametrize("impl", ["fused", "bagged"])
+def test_fast_channels_last_layout(size, scale, dtype, impl):
     """channels_last output when asked (what the model's plan asks for on CPU), with the same numbers."""
     gen = torch.Generator().manual_seed(size + 7 * scale)
     values = torch.randn(2, 19, 5, 4, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
     logits = 3 * torch.randn(2, size, 5 * scale, 4 * scale, generator=gen)
     logits = logits.to(dtype).contiguous(memory_format=torch.channels_last)
     offsets = neighbourhood_offsets(size)
-    out = local_attend(logits, values, offsets, scale, impl="fused", channels_last=True)
+    out = local_attend(logits, values, offsets, scale, impl=impl, channels_last=True)
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
     ref = local_attend_reference(logits.double(), values.double(), offsets, scale)
     eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6
-    assert torch.all((out.double() - ref).abs() <= eps * ref.abs() + max(eps * 1e-2, 1e-6))
+    floor = max(eps * 1e-2, 1e-6)
+    if impl == "bagged" and dtype != torch.float32:
+        # and the weights' rounding (the bagged path takes them in the values' dtype): at most half an
+        # ulp of each weight, times the weighted sum of |values|
+        floor = floor + eps * local_attend_reference(logits.double(), values.double().abs(), offsets, scale)
+    assert torch.all((out.double() - ref).abs() <= eps * ref.abs() + floor)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_custom_op_registration_passes_opcheck(layout):
+@pytest.mark.parametrize(("impl", "dtype"), [("fused", torch.float64), ("bagged", torch.float32)])
+def test_custom_op_registration_passes_opcheck(layout, impl, dtype):
     """Schema, fake (meta) kernel strides, autograd registration and dispatch, checked by PyTorch."""
     offsets = neighbourhood_offsets(9)
-    logits = torch.randn(2, 9, 6, 8, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
-    values = torch.randn(2, 3, 3, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    logits = torch.randn(2, 9, 6, 8, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
+    values = torch.randn(2, 3, 3, 4, dtype=dtype).contiguous(memory_format=layout).requires_grad_()
     flat = [v for pair in offsets for v in pair]
     channels_last = layout == torch.channels_last
-    torch.library.opcheck(torch.ops.featlift.local_attend.default, (logits, values, flat, 2, "fused", channels_last))
+    torch.library.opcheck(torch.ops.featlift.local_attend.default, (logits, values, flat, 2, impl, channels_last))
 
 
 def test_output_layout_is_the_requested_one_whatever_the_input_layout():
@@ -315,15 +380,14 @@ def test_output_layout_is_the_requested_one_whatever_the_input_layout():
     logits, values = torch.randn(1, 17, 8, 6), torch.randn(1, 5, 4, 3)
     flat = [v for pair in offsets for v in pair]
     ref = local_attend_reference(logits, values, offsets, 2)
-    for want_cl in (False, True):
-        for layout in (torch.contiguous_format, torch.channels_last):
-            v = values.contiguous(memory_format=layout)
-            out = torch.ops.featlift.local_attend(logits, v, flat, 2, "fused", want_cl)
-            assert out.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
-            assert (out - ref).abs().max().item() <= 1e-5
+    for want_cl, layout, impl in itertools.product((False, True), LAYOUTS, ("fused", "bagged")):
+        v = values.contiguous(memory_format=layout)
+        out = torch.ops.featlift.local_attend(logits, v, flat, 2, impl, want_cl)
+        assert out.is_contiguous(memory_format=torch.channels_last if want_cl else torch.contiguous_format)
+        assert (out - ref).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference", "portable"])
+@pytest.mark.parametrize("impl", ["fused", "bagged", "reference", "portable"])
 def test_the_caller_alone_decides_the_output_layout(impl):
     """Plain NCHW strides unless channels_last=True, whatever layout the inputs arrive in."""
     offsets = neighbourhood_offsets(9)
@@ -338,7 +402,7 @@ def test_the_caller_alone_decides_the_output_layout(impl):
 
 
 @needs_triton
-@pytest.mark.parametrize("impl", ["triton", "fused", "reference"])
+@pytest.mark.parametrize("impl", ["triton", "fused", "bagged", "reference"])
 def test_minus_infinity_logits_are_masked_out(monkeypatch, impl):
     """A -inf logit (a masked offset) gets weight 0 in every implementation, in the first offset too:
     the kernel's online softmax must not compute exp(-inf - -inf)."""

@@ -12,7 +12,11 @@ Every output vector is therefore a convex combination of input feature vectors.
 :func:`local_attend` is the one entry point the model uses; it picks an implementation by device and
 dtype (:func:`resolve_impl`):
 
-- ``"fused"`` (:mod:`featlift.ops._fused`): banded PyTorch, cache-sized scratch, any device. CPU default.
+- ``"bagged"`` (:mod:`featlift.ops._bagged`): one embedding bag per output pixel, PyTorch's FBGEMM
+  kernels; one pass over the output, bfloat16 read and written as such. CPU default (float32, bfloat16,
+  float16).
+- ``"fused"`` (:mod:`featlift.ops._fused`): banded PyTorch, cache-sized scratch, any device; the default
+  where the others do not apply (MPS, CUDA without Triton, float64 on the CPU).
 - ``"triton"`` (:mod:`featlift.ops._triton`): one fused kernel launch. CUDA default.
 - ``"portable"`` (:mod:`featlift.ops._portable`): standard ops only (a batched matrix product over the
   stacked shifts), what the ONNX export and ``export_pt2(portable=True)`` trace.
@@ -25,9 +29,9 @@ and the index width (32-bit, or 64-bit for tensors past 2**31 elements: two comp
 self-test is keyed on the device, the dtype and the width: on the first call with a new key the kernel
 runs in that variant on a small random input and is compared with the fused path. Any exception or
 mismatch logs one warning and sends calls with that key to the fused path for the rest of the process;
-other dtypes and widths keep their own verdicts. ``impl=`` other than ``"auto"``, or the environment variable ``FEATLIFT_ATTEND_IMPL``
-(``auto``, ``fused``, ``triton`` or ``reference``), force a choice and skip the self-test. The variable is
-read once, and the verdicts kept, by one :class:`AttendPolicy` (:func:`attend_policy`); tests and
+other dtypes and widths keep their own verdicts. ``impl=`` other than ``"auto"``, or the environment
+variable ``FEATLIFT_ATTEND_IMPL`` (``auto``, ``bagged``, ``fused``, ``triton`` or ``reference``), force a
+choice and skip the self-test. The variable is read once, and the verdicts kept, by one :class:`AttendPolicy` (:func:`attend_policy`); tests and
 embedders install their own with :func:`use_attend_policy`.
 """
 
@@ -44,6 +48,7 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 from .._neighbourhood import Offsets, neighbourhood_offsets
+from ._bagged import bagged_forward, bagged_supported
 from ._fused import accumulation_dtype, fused_backward, fused_forward
 from ._portable import portable_local_attend
 from ._triton import needs_wide, triton_available, triton_forward
@@ -90,7 +95,7 @@ def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
         )
 
 
-IMPLS = ("auto", "reference", "fused", "triton", "portable")
+IMPLS = ("auto", "reference", "fused", "bagged", "triton", "portable")
 ENV_VAR = "FEATLIFT_ATTEND_IMPL"
 
 
@@ -207,9 +212,11 @@ class AttendPolicy:
     @torch.compiler.disable
     def auto(self, device: torch.device, dtype: torch.dtype, wide: bool = False) -> str:
         """``"triton"`` if ``device`` is a candidate and the kernel passed its self-test there in ``dtype``
-        with that index width, else ``"fused"``. Each test runs once, never under autograd."""
+        with that index width; else ``"bagged"`` where it applies (the CPU, see
+        :func:`~featlift.ops._bagged.bagged_supported`), else ``"fused"``. Each test runs once, never
+        under autograd."""
         if not self.candidate(device):
-            return "fused"
+            return "bagged" if bagged_supported(device, dtype) else "fused"
         key = (str(device), dtype, bool(wide))
         with self._lock, torch.no_grad():
             if key not in self._verdicts:
@@ -240,6 +247,11 @@ class AttendPolicy:
                 f"the Triton local-attend kernel cannot run on {values.device} ({source}): it needs a CUDA "
                 "device and the triton package (or TRITON_INTERPRET=1 for the CPU interpreter); use "
                 f"impl='fused' or 'auto', or unset {ENV_VAR}"
+            )
+        if choice == "bagged" and not bagged_supported(values.device, values.dtype):
+            raise RuntimeError(
+                f"the embedding-bag local attend runs on the CPU in float32, bfloat16 or float16, not on "
+                f"{values.device} in {values.dtype} ({source}); use impl='fused' or 'auto', or unset {ENV_VAR}"
             )
         return choice
 
@@ -273,11 +285,11 @@ def resolve_impl(impl: str, values: Tensor) -> str:
     """The implementation ``impl`` stands for on ``values``' device and dtype, under :func:`attend_policy`.
 
     An explicit ``impl`` other than ``"auto"`` is used as given. For ``"auto"``, the environment variable
-    ``FEATLIFT_ATTEND_IMPL`` (``auto``, ``fused``, ``triton`` or ``reference``; read once per process)
-    decides when set to something other than ``auto``; otherwise ``"auto"`` picks the Triton kernel on
-    CUDA when Triton is installed and the kernel passes its self-test on that device (see the module
-    docstring), and the fused PyTorch path everywhere else (CPU, MPS, CUDA without Triton, a failed
-    self-test).
+    ``FEATLIFT_ATTEND_IMPL`` (``auto``, ``bagged``, ``fused``, ``triton`` or ``reference``; read once per
+    process) decides when set to something other than ``auto``; otherwise ``"auto"`` picks the Triton
+    kernel on CUDA when Triton is installed and the kernel passes its self-test on that device (see the
+    module docstring), the embedding-bag path on the CPU in float32, bfloat16 and float16, and the fused
+    PyTorch path everywhere else (MPS, CUDA without Triton, a failed self-test, float64).
 
     Raises:
         ValueError: an unknown ``impl`` or value of ``FEATLIFT_ATTEND_IMPL``.
@@ -296,17 +308,18 @@ def local_attend(
         values: [B, C, h, w] coarse features.
         offsets: the n ``(dy, dx)`` offsets, from :func:`neighbourhood_offsets`.
         scale: integer upsampling factor.
-        impl: ``"auto"`` (default), ``"fused"`` (banded PyTorch, any device), ``"triton"`` (CUDA kernel),
+        impl: ``"auto"`` (default), ``"bagged"`` (embedding bags, CPU), ``"fused"`` (banded PyTorch, any
+            device), ``"triton"`` (CUDA kernel),
             ``"portable"`` (standard ops, for export) or ``"reference"`` (the plain oracle); see :func:`resolve_impl`. With ``"auto"``, the
             environment variable ``FEATLIFT_ATTEND_IMPL`` may force one of the others.
         channels_last: lay the output out [B, H, W, C] in memory (what the model asks for on the CPU,
             where its convs run channels_last); default plain NCHW strides. Every implementation
-            honours it; the fused path writes that layout directly, the others convert.
+            honours it; the bagged and fused paths write that layout directly, the others convert.
 
     Returns:
         [B, C, h*scale, w*scale] in ``values.dtype``; half-precision inputs accumulate in float32.
 
-    Memory: the output plus cache-sized scratch (fused) or nothing else (Triton). Gradients flow to
+    Memory: the output plus cache-sized scratch (bagged, fused) or nothing else (Triton). Gradients flow to
     both inputs through an explicit backward, and ``torch.compile`` sees the op as one opaque node
     (``torch.ops.featlift.local_attend``).
     """
@@ -345,6 +358,8 @@ def _local_attend_op(
     if impl == "triton":
         out = policy.kernel(logits, values, _pairs(offsets), scale, wide=wide)  # always NCHW
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+    if impl == "bagged":
+        return bagged_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
     return fused_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
 
 
