@@ -10,9 +10,11 @@ rows, accumulate in float32 registers and write the C channels once, in the tabl
 over the output, no float32 scratch, and a bfloat16 table is read and written as bfloat16 while summing
 in float32. Nothing is compiled at install time.
 
-The bags come out as ``[B * H * W, C]``: channels_last ``[B, C, H, W]``. They are produced one band of
-output rows at a time, written in place through the op's ``out=`` overload, so the indices and weights
-alive at once stay cache-sized; a plain NCHW output gets each band through a band-sized scratch. Forward only (inference); gradients come from
+The bags come out as ``[B * H * W, C]``, which is a channels_last ``[B, C, H, W]`` as it stands. Where
+the indices and weights of every output pixel (``n * (4 + dtype size)`` bytes a pixel) are small beside
+the output, one call makes the whole output and nothing is copied. Otherwise (few channels, or a plain
+NCHW output) the work goes in bands of output rows, each copied into place, so what is alive at once
+besides the output stays cache-sized. Forward only; gradients come from
 :func:`featlift.ops._fused.fused_backward`.
 
 The weights are rounded to the values' dtype (the kernel takes one dtype for both), so a bfloat16 call
@@ -23,6 +25,7 @@ float32's within bfloat16's tolerance.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._neighbourhood import Offsets
@@ -33,10 +36,12 @@ __all__ = ["BAGGED_DTYPES", "bagged_forward", "bagged_supported"]
 # such, summed in float32). float64 takes PyTorch's generic loop, slower than the fused path.
 BAGGED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Output pixels per band: the band's indices, weights and softmax scratch (about 200 bytes a pixel for
-# 17 offsets) stay within a core's L2 cache.
+# Output pixels per band (and per softmax step of a whole-output call): a band's indices, weights and
+# softmax scratch (about 200 bytes a pixel for 17 offsets) stay within a core's L2 cache.
 _BAND_PIXELS = 4096
-# Past this many table rows (or index entries in a band) the indices are int64.
+# One call for the whole output when its indices and weights are at most this share of the output.
+_WHOLE_SHARE = 0.25
+# Past this many table rows (or index entries in one call) the indices are int64.
 _INT32_LIMIT = 2**31
 
 
@@ -61,52 +66,50 @@ def bagged_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int,
     s, n = scale, len(offsets)
     hh, ww = h * s, w * s
     dtype = values.dtype
-    rows = max(1, min(hh, _BAND_PIXELS // ww))  # output rows per band
-    # int32 indices take FBGEMM's fastest kernels, where the table's rows and a band's entries fit them
+    total = b * hh  # output rows of the whole batch, image after image
+    per_pixel = n * (4 + values.element_size())  # int32 indices and the weights
+    whole = channels_last and per_pixel <= _WHOLE_SHARE * c * values.element_size()
+    rows = total if whole else max(1, min(total, _BAND_PIXELS // ww))  # output rows per call
+    # int32 indices take FBGEMM's fastest kernels, where the table's rows and one call's entries fit them
     index = torch.int32 if max(b * h * w, rows * ww * n) < _INT32_LIMIT else torch.int64
     # [B * h * w, C] with contiguous rows: free for channels_last values, one coarse-sized copy otherwise
-    # (a reshape could return a view whose rows are strided, which the kernel reads slowly)
-    table = values.permute(0, 2, 3, 1).contiguous().view(b * h * w, c)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty((b, c, hh, ww), dtype=dtype, device=values.device, memory_format=layout)
-    # channels_last: each band's bags are written straight into the output; NCHW: into a band-sized
-    # scratch, then transposed into place (never an image-sized second copy)
-    rows_out = out.permute(0, 2, 3, 1).view(b, hh * ww, c) if channels_last else None
+    # (a reshape could return a view with strided rows, which sends the op to a slow generic loop)
+    table = values.detach().permute(0, 2, 3, 1).contiguous().view(b * h * w, c)
     dy = torch.tensor([o[0] for o in offsets], dtype=index)
     dx = torch.tensor([o[1] for o in offsets], dtype=index)
-    row_start = _clamped_cells(h, s, dy, index).mul_(w)  # [H, n]: first table row of each coarse row read
+    row_start = _clamped_cells(h, s, dy, index).mul_(w)  # [H, n]: the first table row of each coarse row read
     col = _clamped_cells(w, s, dx, index)  # [W, n]
-    bag_starts = torch.arange(0, rows * ww * n, n, dtype=index)
-    scratch = None if channels_last else torch.empty(rows * ww, c, dtype=dtype)
-    # The op's other outputs (bag bookkeeping for a backward this path never takes), sized once.
-    offset2bag = torch.empty(0, dtype=index)
-    bag_size = torch.empty(rows * ww, dtype=index)
-    max_indices = torch.empty(rows * ww, dtype=index)
-    for i in range(b):
-        for y0 in range(0, hh, rows):
-            y1 = min(hh, y0 + rows)
-            bags = (y1 - y0) * ww
-            cells = row_start[y0:y1, None, :] + col[None, :, :]  # [R, W, n]
+    step = max(1, _BAND_PIXELS // ww)  # rows per softmax step
+
+    def bags(g0: int, g1: int) -> Tensor:
+        """The weighted sums of output rows ``g0 .. g1`` of the whole batch: [(g1 - g0) * W, C]."""
+        cells = torch.empty((g1 - g0, ww, n), dtype=index)
+        weights = torch.empty((g1 - g0, ww, n), dtype=dtype)
+        r0 = g0
+        while r0 < g1:  # in cache-sized steps, never crossing an image
+            i, y0 = divmod(r0, hh)
+            y1 = min(hh, y0 + step, y0 + g1 - r0)
+            at = slice(r0 - g0, r0 - g0 + y1 - y0)
+            r0 += y1 - y0
+            torch.add(row_start[y0:y1, None, :], col[None, :, :], out=cells[at])
             if i:
-                cells += i * h * w
-            # softmax over the offsets, laid out [R, W, n] like the indices, in the table's dtype
-            band = logits[i, :, y0:y1].permute(1, 2, 0)
-            weights = torch.softmax(band, dim=-1, dtype=torch.float32).to(dtype, memory_format=torch.contiguous_format)
-            torch.ops.aten._embedding_bag_forward_only.out(
-                table,
-                cells.view(-1),
-                bag_starts[:bags],
-                False,  # scale_grad_by_freq
-                0,  # mode: sum
-                False,  # sparse
-                weights.view(-1),
-                False,  # include_last_offset
-                -1,  # padding_idx: none
-                out0=rows_out[i, y0 * ww : y1 * ww] if channels_last else scratch[:bags],
-                out1=offset2bag,
-                out2=bag_size[:bags],
-                out3=max_indices[:bags],
-            )
-            if not channels_last:
-                out[i, :, y0:y1].copy_(scratch[:bags].view(y1 - y0, ww, c).permute(2, 0, 1))
+                cells[at] += i * h * w
+            # softmax over the offsets, laid out [rows, W, n] like the indices, in the table's dtype
+            weights[at] = torch.softmax(logits[i, :, y0:y1].permute(1, 2, 0), dim=-1, dtype=torch.float32)
+        return F.embedding_bag(cells.view(-1, n), table, mode="sum", per_sample_weights=weights.view(-1, n))
+
+    if whole:  # the bags are the output, channels_last as they stand
+        return bags(0, total).view(b, hh, ww, c).permute(0, 3, 1, 2)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((b, c, hh, ww), dtype=dtype, device=values.device, memory_format=layout)
+    flat = out.permute(0, 2, 3, 1).view(total, ww, c) if channels_last else None
+    for g0 in range(0, total, rows):
+        g1 = min(total, g0 + rows)
+        band = bags(g0, g1).view(g1 - g0, ww, c)
+        if channels_last:
+            flat[g0:g1].copy_(band)
+            continue
+        for i in range(g0 // hh, (g1 - 1) // hh + 1):  # NCHW: each image's rows transposed into place
+            y0, y1 = max(g0, i * hh), min(g1, (i + 1) * hh)
+            out[i, :, y0 - i * hh : y1 - i * hh].copy_(band[y0 - g0 : y1 - g0].permute(2, 0, 1))
     return out
