@@ -203,17 +203,16 @@ def test_bagged_weights_are_the_only_rounding_besides_the_output(monkeypatch):
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_bagged_bands_and_wide_indices_give_the_same_numbers(monkeypatch, layout):
-    """Bands of a few pixels (so bands and softmax steps split images at odd places), one call for the
-    whole batch, and int64 indices (taken past 2**31 table rows) change nothing."""
+    """Bands of a few pixels (so bands split images at odd places), one band for the whole batch, and
+    int64 indices (taken past 2**31 table rows) change nothing."""
     gen = torch.Generator().manual_seed(5)
     offsets = neighbourhood_offsets(25)
     values = torch.randn(3, 6, 4, 5, generator=gen).contiguous(memory_format=layout)
     logits = 3 * torch.randn(3, 25, 12, 15, generator=gen)
     want = local_attend_reference(logits, values, offsets, 3)
-    for band, limit, whole in ((7, 2**31, 0), (40, 2**31, 0), (7, 1, 0), (7, 2**31, 1e9), (7, 1, 1e9)):
-        monkeypatch.setattr(bagged_path, "_BAND_PIXELS", band)
+    for band, limit in ((7, 2**31), (40, 2**31), (10**6, 2**31), (7, 1), (10**6, 1)):
+        monkeypatch.setattr(bagged_path, "_BAND_PIXELS", band)  # 10**6: one band for the whole batch
         monkeypatch.setattr(bagged_path, "_INT32_LIMIT", limit)
-        monkeypatch.setattr(bagged_path, "_WHOLE_SHARE", whole)  # 1e9: one call for the whole output
         for channels_last in (False, True):
             got = local_attend(logits, values, offsets, 3, impl="bagged", channels_last=channels_last)
             assert (got - want).abs().max().item() <= 1e-5, (band, limit, channels_last)

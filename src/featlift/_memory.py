@@ -95,9 +95,7 @@ def _uplift_working_set(uplift, cells: tuple[int, int], iters: int, itemsize: in
     phases = {
         "encoder": encoder,
         "decoder": in_px * c + out_px * dec + guide_px * kept,
-        # values, logits and output; on the CPU also the embedding-bag path's indices (int32) and
-        # weights (the model's dtype), one set per output pixel when it makes the output in one call
-        "attender": in_px * c + out_px * (config.attender * (2 + -(-4 // itemsize)) + c),
+        "attender": in_px * c + out_px * (config.attender + c),
     }
     if config.refiner is not None:
         blocks = config.refiner.blocks

@@ -10,12 +10,12 @@ rows, accumulate in float32 registers and write the C channels once, in the tabl
 over the output, no float32 scratch, and a bfloat16 table is read and written as bfloat16 while summing
 in float32. Nothing is compiled at install time.
 
-The bags come out as ``[B * H * W, C]``, which is a channels_last ``[B, C, H, W]`` as it stands. Where
-the indices and weights of every output pixel (``n * (4 + dtype size)`` bytes a pixel) are small beside
-the output, one call makes the whole output and nothing is copied. Otherwise (few channels, or a plain
-NCHW output) the work goes in bands of output rows, each copied into place, so what is alive at once
-besides the output stays cache-sized. Forward only; gradients come from
-:func:`featlift.ops._fused.fused_backward`.
+The bags come out as ``[B * H * W, C]``, a channels_last ``[B, C, H, W]`` as they stand. The work goes
+in bands of output rows, each copied into place (transposed, for a plain NCHW output), so what is alive
+at once besides the output stays cache-sized: the output is the only image-sized tensor. (One call for
+the whole output would skip that copy, but its indices and weights, ``n * (4 + dtype size)`` bytes a
+pixel, raised the model's peak memory by 9-13% for a gain under 1% of a 448 px call.) Forward only;
+gradients come from :func:`featlift.ops._fused.fused_backward`.
 
 The weights are rounded to the values' dtype (the kernel takes one dtype for both), so a bfloat16 call
 carries bfloat16 weights as well as bfloat16 features; ``tests/test_bf16.py`` shows the answer keeps
@@ -36,11 +36,9 @@ __all__ = ["BAGGED_DTYPES", "bagged_forward", "bagged_supported"]
 # such, summed in float32). float64 takes PyTorch's generic loop, slower than the fused path.
 BAGGED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Output pixels per band (and per softmax step of a whole-output call): a band's indices, weights and
-# softmax scratch (about 200 bytes a pixel for 17 offsets) stay within a core's L2 cache.
+# Output pixels per band: a band's indices, weights, softmax scratch and bags (about 200 bytes a pixel
+# for 17 offsets, plus C channels) stay within a core's cache.
 _BAND_PIXELS = 4096
-# One call for the whole output when its indices and weights are at most this share of the output.
-_WHOLE_SHARE = 0.25
 # Past this many table rows (or index entries in one call) the indices are int64.
 _INT32_LIMIT = 2**31
 
@@ -67,9 +65,7 @@ def bagged_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int,
     hh, ww = h * s, w * s
     dtype = values.dtype
     total = b * hh  # output rows of the whole batch, image after image
-    per_pixel = n * (4 + values.element_size())  # int32 indices and the weights
-    whole = channels_last and per_pixel <= _WHOLE_SHARE * c * values.element_size()
-    rows = total if whole else max(1, min(total, _BAND_PIXELS // ww))  # output rows per call
+    rows = max(1, min(total, _BAND_PIXELS // ww))  # output rows per band
     # int32 indices take FBGEMM's fastest kernels, where the table's rows and one call's entries fit them
     index = torch.int32 if max(b * h * w, rows * ww * n) < _INT32_LIMIT else torch.int64
     # [B * h * w, C] with contiguous rows: free for channels_last values, one coarse-sized copy otherwise
@@ -79,16 +75,15 @@ def bagged_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int,
     dx = torch.tensor([o[1] for o in offsets], dtype=index)
     row_start = _clamped_cells(h, s, dy, index).mul_(w)  # [H, n]: the first table row of each coarse row read
     col = _clamped_cells(w, s, dx, index)  # [W, n]
-    step = max(1, _BAND_PIXELS // ww)  # rows per softmax step
 
     def bags(g0: int, g1: int) -> Tensor:
         """The weighted sums of output rows ``g0 .. g1`` of the whole batch: [(g1 - g0) * W, C]."""
         cells = torch.empty((g1 - g0, ww, n), dtype=index)
         weights = torch.empty((g1 - g0, ww, n), dtype=dtype)
         r0 = g0
-        while r0 < g1:  # in cache-sized steps, never crossing an image
+        while r0 < g1:  # image by image
             i, y0 = divmod(r0, hh)
-            y1 = min(hh, y0 + step, y0 + g1 - r0)
+            y1 = min(hh, y0 + g1 - r0)
             at = slice(r0 - g0, r0 - g0 + y1 - y0)
             r0 += y1 - y0
             torch.add(row_start[y0:y1, None, :], col[None, :, :], out=cells[at])
@@ -98,8 +93,6 @@ def bagged_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int,
             weights[at] = torch.softmax(logits[i, :, y0:y1].permute(1, 2, 0), dim=-1, dtype=torch.float32)
         return F.embedding_bag(cells.view(-1, n), table, mode="sum", per_sample_weights=weights.view(-1, n))
 
-    if whole:  # the bags are the output, channels_last as they stand
-        return bags(0, total).view(b, hh, ww, c).permute(0, 3, 1, 2)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((b, c, hh, ww), dtype=dtype, device=values.device, memory_format=layout)
     flat = out.permute(0, 2, 3, 1).view(total, ww, c) if channels_last else None
