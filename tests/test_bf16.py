@@ -165,3 +165,13 @@ def test_the_memory_guard_expects_about_half_the_bytes_in_bfloat16(dinov2_case):
         want = up.estimate_memory(1, (448, 448), output_size=output_size).total
         got = half.estimate_memory(1, (448, 448), output_size=output_size).total
         assert 0.45 <= got / want <= 0.6, (output_size, got, want)
+
+
+def test_a_dtype_no_model_computes_in_is_refused_by_name(dinov2_case):
+    """A float8 type is floating point, but no convolution runs in it: refused when the model is built, not
+    deep in its first call; so are names and integer types."""
+    for dtype in (torch.float8_e4m3fn, "bfloat16", torch.int8):
+        with pytest.raises(TypeError, match=r"dtype must be one of torch.float32, torch.bfloat16, torch.float16"):
+            _fixture_models(dinov2_case, dtype)
+        with pytest.raises(TypeError, match=r"dtype must be one of"):
+            featlift.load_upsampler(dinov2_case.config_path, pretrained=False, device="cpu", dtype=dtype)
