@@ -6,6 +6,7 @@ copy of the pixel-dense map on the way) and needs about half float32's memory, b
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,16 +141,19 @@ class Float32Copies(TorchDispatchMode):
 def test_a_half_precision_call_makes_no_float32_copy_of_the_pixel_dense_map(dinov2_case, dtype, monkeypatch):
     """Whatever the output (own size: bilinear; native; a small size: antialiased; tiled), the map stays in
     the model's dtype: neither the final resize nor the finiteness check makes a float32 copy of it (each
-    would have doubled the memory of a bfloat16 call). The finiteness check's strips are shrunk to this
-    small map's scale."""
+    would have doubled the memory of a bfloat16 call), and it agrees with float32's. The finiteness
+    check's strips are shrunk to this small map's scale."""
     monkeypatch.setattr(featlift._upsampler, "FINITE_STRIP", 384 * 48 * 8, raising=False)
-    up = featlift.Upsampler(PatchEmbedding().eval(), _fixture_models(dinov2_case, None)).to(dtype)
+    full = featlift.Upsampler(PatchEmbedding().eval(), _fixture_models(dinov2_case, None))
+    up = copy.deepcopy(full).to(dtype)
     image = torch.rand(3, 28, 42, generator=torch.Generator().manual_seed(0))
     half_the_map = 384 * 32 * 48 // 2  # the native grid: 2x3 cells, 16x16 pixels each
     for kwargs in ({}, {"output_size": "native"}, {"output_size": (12, 20)}, {"tile": 1}):
         with Float32Copies(half_the_map) as spy:
             out = up(image, **kwargs)
         assert out.dtype == dtype and spy.seen == [], (kwargs, spy.seen)
+        cosine, relative = agreement(out, full(image, **kwargs))
+        assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (kwargs, cosine, relative)
     with Float32Copies(half_the_map) as spy:  # the spy sees both kinds of copy
         out.float()
         out.sum(dtype=torch.float32)
@@ -175,3 +179,22 @@ def test_a_dtype_no_model_computes_in_is_refused_by_name(dinov2_case):
             _fixture_models(dinov2_case, dtype)
         with pytest.raises(TypeError, match=r"dtype must be one of"):
             featlift.load_upsampler(dinov2_case.config_path, pretrained=False, device="cpu", dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["upsample", "photo.png", "--out", "feats"],
+        ["demo"],
+        ["eval", "seg", "--dataset", "voc", "--root", "data", "--upsampler", "dinov2_s14"],
+    ],
+)
+def test_a_dtype_the_commands_do_not_take_is_refused_naming_the_choices(command, capsys):
+    from featlift.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--dtype", "bf16"])
+    assert exited.value.code == 2
+    assert re.search(
+        r"argument --dtype: invalid choice: 'bf16' \(choose from .*float32.*bfloat16.*float16", capsys.readouterr().err
+    )

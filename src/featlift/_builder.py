@@ -213,7 +213,7 @@ def load_upsampler(
         dtype: the dtype of the parameters and of every computation, ``torch.float32`` (default),
             ``torch.bfloat16`` (half the memory; fast on CPUs with AVX512-BF16 or AMX, see
             :func:`featlift.cpu_supports_bf16`), ``torch.float16`` (meant for GPUs: on a CPU without
-            AVX512-FP16 it ran 5-9x slower than float32) or ``torch.float64``.
+            AVX512-FP16 it ran about 5x slower than float32) or ``torch.float64``.
         iters: upsampling iterations (default: pixel density for the variant).
         weights: local UPLiFT weights file instead of the download or the directory's file (air-gapped
             machines, other checkpoints).
