@@ -26,6 +26,7 @@ CASES = {
     "dinov2-896-native": ("dinov2_s14", 896, "native", None, 0, "float32"),
     "dinov2-896-tiled-head": ("dinov2_s14", 896, "own", 16, 21, "float32"),
     "dinov2-448-own-bf16": ("dinov2_s14", 448, "own", None, 0, "bfloat16"),
+    "dinov2-448-native-bf16": ("dinov2_s14", 448, "native", None, 0, "bfloat16"),
     "dinov3-512-own": ("dinov3_splus16", 512, "own", None, 0, "float32"),
     "vae-256-native": ("sd15_vae", 256, "native", None, 0, "float32"),
 }

@@ -140,3 +140,20 @@ class ConvBackbone(Backbone):
 
     def forward(self, image):
         return self.conv(image)
+
+
+@pytest.fixture
+def attended(monkeypatch) -> list[tuple[torch.dtype, torch.dtype, torch.dtype]]:
+    """What every Local Attender computes in while the test runs: one (its weights' dtype, the logits'
+    dtype, the values' dtype) per call, in call order."""
+    from featlift.modeling.attender import LocalAttender
+
+    seen = []
+    attend = LocalAttender.attend
+
+    def spy(self, logits, values, **kwargs):
+        seen.append((self.to_logits.weight.dtype, logits.dtype, values.dtype))
+        return attend(self, logits, values, **kwargs)
+
+    monkeypatch.setattr(LocalAttender, "attend", spy)
+    return seen

@@ -1,18 +1,23 @@
 """bfloat16 keeps the answer: against float32, per-pixel cosine at least 0.999 and mean relative error at
 most 1%, on the authors' fixture weights and on a real photo; a negative control shows the check fails
-for a path that keeps fewer bits than bfloat16."""
+for a path that keeps fewer bits than bfloat16. A half-precision call computes in its dtype (no float32
+copy of the pixel-dense map on the way) and needs about half float32's memory, by the guard's estimate."""
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import featlift
+import featlift._upsampler
 from featlift.backbones import Backbone
 from featlift.modeling.blocks import ConvBlock
 
@@ -109,3 +114,87 @@ def test_the_check_fails_for_a_path_that_keeps_too_few_bits(dinov2_case):
     assert cosine < MIN_COSINE or relative > MAX_RELATIVE_ERROR, (cosine, relative)
     cosine, relative = agreement(truncated_run(10), want)
     assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (cosine, relative)
+
+
+class Float32Copies(TorchDispatchMode):
+    """Within the block, records every op that returns a float32 tensor of at least ``numel`` elements, or
+    that reads a half-precision tensor that big with ``dtype=torch.float32`` (a reduction that converts
+    its input inside the kernel): ``.seen``, a list of (op, what)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.seen = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        big = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.numel() >= self.numel]
+        if kwargs.get("dtype") == torch.float32 and any(t.dtype != torch.float32 for t in big):
+            self.seen.append((str(func), "reads the map with dtype=float32"))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() >= self.numel:
+                self.seen.append((str(func), tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_call_makes_no_float32_copy_of_the_pixel_dense_map(dinov2_case, dtype, monkeypatch):
+    """Whatever the output (own size: bilinear; native; a small size: antialiased; tiled), the map stays in
+    the model's dtype: neither the final resize nor the finiteness check makes a float32 copy of it (each
+    would have doubled the memory of a bfloat16 call), and it agrees with float32's. The finiteness
+    check's strips are shrunk to this small map's scale."""
+    monkeypatch.setattr(featlift._upsampler, "FINITE_STRIP", 384 * 48 * 8, raising=False)
+    full = featlift.Upsampler(PatchEmbedding().eval(), _fixture_models(dinov2_case, None))
+    up = copy.deepcopy(full).to(dtype)
+    image = torch.rand(3, 28, 42, generator=torch.Generator().manual_seed(0))
+    half_the_map = 384 * 32 * 48 // 2  # the native grid: 2x3 cells, 16x16 pixels each
+    for kwargs in ({}, {"output_size": "native"}, {"output_size": (12, 20)}, {"tile": 1}):
+        with Float32Copies(half_the_map) as spy:
+            out = up(image, **kwargs)
+        assert out.dtype == dtype and spy.seen == [], (kwargs, spy.seen)
+        cosine, relative = agreement(out, full(image, **kwargs))
+        assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (kwargs, cosine, relative)
+    with Float32Copies(half_the_map) as spy:  # the spy sees both kinds of copy
+        out.float()
+        out.sum(dtype=torch.float32)
+    assert [what for _, what in spy.seen] == [tuple(out.shape), "reads the map with dtype=float32"]
+
+
+def test_the_memory_guard_expects_about_half_the_bytes_in_bfloat16(dinov2_case):
+    """The estimate the guard compares with free memory, for a 448 px photo: bfloat16 about half of float32
+    for the photo's own size (bilinear), the native grid and a small output (antialiased, past 2x)."""
+    up = featlift.Upsampler(PatchEmbedding().eval(), _fixture_models(dinov2_case, None))
+    half = copy.deepcopy(up).to(torch.bfloat16)
+    for output_size in (None, "native", (120, 120)):
+        want = up.estimate_memory(1, (448, 448), output_size=output_size).total
+        got = half.estimate_memory(1, (448, 448), output_size=output_size).total
+        assert 0.45 <= got / want <= 0.6, (output_size, got, want)
+
+
+def test_a_dtype_no_model_computes_in_is_refused_by_name(dinov2_case):
+    """A float8 type is floating point, but no convolution runs in it: refused when the model is built, not
+    deep in its first call; so are names and integer types."""
+    for dtype in (torch.float8_e4m3fn, "bfloat16", torch.int8):
+        with pytest.raises(TypeError, match=r"dtype must be one of torch.float32, torch.bfloat16, torch.float16"):
+            _fixture_models(dinov2_case, dtype)
+        with pytest.raises(TypeError, match=r"dtype must be one of"):
+            featlift.load_upsampler(dinov2_case.config_path, pretrained=False, device="cpu", dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["upsample", "photo.png", "--out", "feats"],
+        ["demo"],
+        ["eval", "seg", "--dataset", "voc", "--root", "data", "--upsampler", "dinov2_s14"],
+    ],
+)
+def test_a_dtype_the_commands_do_not_take_is_refused_naming_the_choices(command, capsys):
+    from featlift.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--dtype", "bf16"])
+    assert exited.value.code == 2
+    assert re.search(
+        r"argument --dtype: invalid choice: 'bf16' \(choose from .*float32.*bfloat16.*float16", capsys.readouterr().err
+    )

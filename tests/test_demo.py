@@ -211,6 +211,33 @@ def test_engine_pictures_at_the_photos_size_and_clicks(up, tmp_path):
     assert engine.similarity(result.token, 10_000, -5)[2] == (97, 0)  # clamped to the photo
 
 
+def test_engine_computes_in_the_upsamplers_dtype_and_says_so(up, tmp_path, attended):
+    """A bfloat16 upsampler (featlift demo --dtype bfloat16): the attender runs in bfloat16, the page says
+    which dtype, the guard expects about half the memory, and the pictures are float32's to within a
+    level or two (another photo or pixel moves them by far more)."""
+    photo = smooth_photo(tmp_path / "p.png", (70, 98))
+    full = DemoEngine(up)
+    want = full.upsample(photo)
+    attended.clear()
+    half = DemoEngine(tiny_upsampler().to(torch.bfloat16))
+    got = half.upsample(photo)
+    assert attended and set(attended) == {(torch.bfloat16,) * 3}
+    assert (want.dtype, got.dtype) == ("float32", "bfloat16")
+    assert "on `cpu` in bfloat16:" in got.summary("tiny", "cpu")
+    assert got.estimate_bytes <= 0.6 * want.estimate_bytes
+
+    def levels(a, b):
+        return np.abs(a.astype(int) - b.astype(int)).mean()
+
+    other = full.upsample(random_photo(tmp_path / "q.png", (70, 98)))
+    assert levels(got.featlift_pca, want.featlift_pca) < 2 < 20 < levels(other.featlift_pca, want.featlift_pca)
+    assert levels(got.bilinear_pca, want.bilinear_pca) < 2
+    got_maps, want_maps = half.similarity(got.token, 30, 20), full.similarity(want.token, 30, 20)
+    elsewhere = full.similarity(want.token, 80, 60)
+    assert levels(got_maps[1], want_maps[1]) < 1 < 5 < levels(elsewhere[1], want_maps[1])
+    assert levels(got_maps[0], want_maps[0]) < 1
+
+
 def test_engine_keeps_a_bounded_number_of_results(up, tmp_path):
     engine = DemoEngine(up, cache_entries=2)
     photo = random_photo(tmp_path / "p.png", (28, 28))
@@ -435,7 +462,7 @@ def test_demo_command_serves_a_local_model_dir_offline(tmp_path):
     env.pop("GRADIO_TEMP_DIR", None)
     command = [sys.executable, "-m", "featlift.cli", "demo", "--model", str(tmp_path / "model"), "--no-pretrained"]
     process = subprocess.Popen(
-        [*command, "--port", str(port), "--device", "cpu"],
+        [*command, "--port", str(port), "--device", "cpu", "--dtype", "bfloat16"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -458,6 +485,7 @@ def test_demo_command_serves_a_local_model_dir_offline(tmp_path):
             handle_file(str(photo)), api_name="/upsample"
         )
         assert _picture(result[1]).shape == (64, 80, 3) and "[1, 64, 64, 80]" in result[4]
+        assert "on `cpu` in bfloat16:" in result[4]  # --dtype reaches the model and the page says so
         assert (next(temp.glob("featlift-demo-*")) / "featlift-demo-examples" / "garden.png").is_file()
     finally:
         process.terminate()

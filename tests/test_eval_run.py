@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import textwrap
 
@@ -16,7 +17,9 @@ from featlift.eval.probe import evaluate_probe, slug, train_probe
 from featlift.eval.protocols import protocol as _protocol
 from featlift.eval.upsamplers import FeatureSource, make_source
 
-from .conftest import TIMM_NAME
+from .configs import tiny_config
+from .conftest import FIXTURES, TIMM_NAME, ConvBackbone
+from .test_bf16 import MAX_RELATIVE_ERROR, MIN_COSINE, agreement
 
 SEG = _protocol(None, "seg")  # the default segmentation protocol (naf)
 
@@ -238,6 +241,53 @@ def test_featlift_eval_seg_end_to_end_on_a_synthetic_voc_layout(synthetic_voc, t
         g_tp, g_union = np.diag(guess), guess.sum(0) + guess.sum(1) - np.diag(guess)
         chance = (g_tp[g_union > 0] / g_union[g_union > 0]).mean()
         assert result["miou"] > 1.5 * chance, (name, result["miou"], chance)
+
+
+def test_eval_computes_featlift_models_in_the_dtype_asked_and_the_report_says_so(
+    synthetic_voc, tmp_path, backbone_file, attended, capsys
+):
+    """--dtype bfloat16: the featlift model's attender runs in bfloat16, tiled too (the probe applied per
+    tile in float32), and the report records the dtype asked for and what the upsampler computed in; its
+    probes are not resumed in float32. A bfloat16 source's features (float32 for the probe) agree with
+    float32's without being them."""
+    import featlift
+    from featlift.cli import main
+
+    weights = FIXTURES / "dinov2_s14"
+    model = tmp_path / "model"
+    featlift.build_upsampler(weights / "config.yaml", weights=weights / "weights.safetensors").save_pretrained(model)
+    out = tmp_path / "results.json"
+    argv = ["eval", "seg", "--dataset", "voc", "--root", str(synthetic_voc), "--image-size", str(SIZE), "--tile", "1"]
+    argv += ["--upsampler", str(model), "--epochs", "1", "--max-train", "2", "--max-val", "1", "--device", "cpu"]
+    argv += ["--backbone-weights", str(backbone_file), "--out", str(out)]
+    assert main([*argv, "--dtype", "bfloat16"]) == 0
+    # 4 tiles of 4 steps, for the training batch (2 images) and the validation image
+    assert len(attended) == 4 * 4 * 2 and set(attended) == {(torch.bfloat16,) * 3}
+    report = json.loads(out.read_text())
+    assert report["protocol"]["dtype"] == "bfloat16" and report["results"][str(model)]["compute_dtype"] == "bfloat16"
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 1  # float32 now: refused before any work
+    assert "other settings {'dtype': ('bfloat16', 'float32')}" in capsys.readouterr().err
+
+    full = make_source(str(model), options=LoadOptions(backbone_weights=backbone_file))
+    half = make_source(copy.deepcopy(full.up).to(torch.bfloat16))
+    image = torch.rand(1, 3, SIZE, 42, generator=torch.Generator().manual_seed(0))
+    want, got = full.features(image), half.features(image)
+    assert (full.compute_dtype, half.compute_dtype) == ("float32", "bfloat16")
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    cosine, relative = agreement(got, want)
+    assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (cosine, relative)
+
+
+def test_sources_say_what_they_compute_in_and_a_loaded_upsampler_keeps_its_dtype(caplog):
+    import featlift
+
+    assert make_source("bilinear", backbone=ConvBackbone()).compute_dtype == "float32"
+    up = featlift.Upsampler(ConvBackbone(), featlift.UPLiFT(tiny_config()).eval(), name="tiny")
+    with caplog.at_level("WARNING", logger="featlift.eval.upsamplers"):
+        source = make_source(up, dtype=torch.bfloat16)
+    assert source.compute_dtype == "float32" and up.dtype == torch.float32
+    assert "'tiny' computes in torch.float32, as it was loaded; dtype=torch.bfloat16 applies" in caplog.text
 
 
 def _write_davis(root, frames: int = 5, size=(48, 72)):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import featlift
@@ -22,6 +23,7 @@ from featlift.extract import Job, extract, load_head, plan_jobs
 from featlift.extract._plan import batches
 
 from .conftest import FIXTURES
+from .test_bf16 import MAX_RELATIVE_ERROR, MIN_COSINE, agreement
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = FIXTURES / "dinov2_s14" / "weights.safetensors"
@@ -44,6 +46,13 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def up(backbone_file):
     return featlift.load_upsampler("dinov2_s14", weights=WEIGHTS, backbone_weights=backbone_file, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def up_bf16(backbone_file):
+    return featlift.load_upsampler(
+        "dinov2_s14", weights=WEIGHTS, backbone_weights=backbone_file, device="cpu", dtype=torch.bfloat16
+    )
 
 
 def _argv(photos, out, backbone_file, *extra):
@@ -109,6 +118,46 @@ def test_save_dtypes_size_and_a_head(photos, tmp_path, backbone_file, up):
             feats = up(im)[0]
         want = torch.einsum("kc,chw->khw", weight, feats) + bias[:, None, None]
         assert t.shape == want.shape and (t - want).abs().max().item() <= 1e-3 * want.abs().max().item(), name
+
+
+def _stored(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("features"), f.metadata()
+
+
+def test_cli_computes_in_bfloat16_and_stores_what_it_computed(photos, tmp_path, backbone_file, up, up_bf16, attended):
+    """--dtype bfloat16: the attender runs on bfloat16 weights and inputs; each file holds, by default in
+    bfloat16 (half float32's bytes, nothing lost), exactly what the library's bfloat16 model returns, which
+    is not float32's result rounded, and agrees with float32. With a head (applied in float32 per tile) the
+    files hold float32 probabilities of the same bfloat16 features."""
+    from featlift.cli import main
+
+    names = ["a.png", "d/f.png"]  # 28x42 and 30x30 pixels (own size: resized from the native grid)
+    argv = ["upsample", *(str(photos / name) for name in names), "--model", "dinov2_s14", "--weights", str(WEIGHTS)]
+    argv += ["--backbone-weights", str(backbone_file), "--device", "cpu", "--dtype", "bfloat16", "--workers", "0"]
+    assert main([*argv, "--out", str(tmp_path / "bf16")]) == 0
+    assert attended and set(attended) == {(torch.bfloat16,) * 3}
+    for name in names:
+        got, metadata = _stored(tmp_path / "bf16" / (Path(name).name + ".safetensors"))
+        assert got.dtype == torch.bfloat16 and metadata["dtype"] == metadata["compute_dtype"] == "bfloat16"
+        with Image.open(photos / name) as im:
+            want, full = up_bf16(im)[0], up(im)[0]
+        assert torch.equal(got, want) and not torch.equal(got, full.bfloat16()), name
+        cosine, relative = agreement(got[None], full[None])
+        assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (name, cosine, relative)
+
+    weight = torch.randn(5, 384, generator=torch.Generator().manual_seed(0)) / 20
+    save_file({"weight": weight}, str(tmp_path / "probe.safetensors"))
+    attended.clear()
+    head = ["--head", str(tmp_path / "probe.safetensors"), "--tile", "1"]
+    assert main([*argv, *head, "--out", str(tmp_path / "head")]) == 0
+    assert len(attended) == 4 * (6 + 4) and set(attended) == {(torch.bfloat16,) * 3}  # 4 steps, 2x3 + 2x2 tiles
+    got, metadata = _stored(tmp_path / "head" / "a.png.safetensors")
+    assert got.dtype == torch.float32 and (metadata["dtype"], metadata["compute_dtype"]) == ("float32", "bfloat16")
+    with Image.open(photos / "a.png") as im:
+        want = torch.einsum("kc,chw->khw", weight, up_bf16(im)[0].float())
+    cosine, relative = agreement(got[None], want[None])
+    assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (cosine, relative)
 
 
 def test_bad_heads_are_refused_with_the_fix(tmp_path):

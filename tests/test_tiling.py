@@ -26,6 +26,7 @@ from featlift.modeling._region import Region, corner_aligned_upsample
 from featlift.modeling.blocks import ConvBlock
 
 from .configs import random_inputs, tiny_config
+from .test_bf16 import MAX_RELATIVE_ERROR, MIN_COSINE, PatchEmbedding, agreement
 
 TOL = 2e-5
 
@@ -104,6 +105,47 @@ def test_fixture_model_tiles_exactly(dinov2_case):
         full = model(image, features)
         tiled = model(image, features, tile=(4, 6))
     assert (tiled - full).abs().max().item() <= TOL * max(1.0, full.abs().max().item())
+
+
+def test_bfloat16_tiles_match_the_whole_bfloat16_image(dinov2_case, attended, monkeypatch):
+    """A tiled bfloat16 call runs the attender in bfloat16 on every tile and matches the untiled bfloat16
+    call as closely as bfloat16 matches float32 (per-pixel cosine and mean relative error of
+    tests/test_bf16.py), on a strip long enough (20 cells; the halo is 8) that its end tiles see only part
+    of it; with a quarter of the halo the same check fails."""
+    model = featlift.build_upsampler(dinov2_case.config_path, weights=dinov2_case.weights_path)
+    up = featlift.Upsampler(PatchEmbedding().eval(), model).to(torch.bfloat16)
+    coarse = torch.rand(1, 3, 11, 2, generator=torch.Generator().manual_seed(0))
+    image = torch.nn.functional.interpolate(coarse, size=(280, 28), mode="bicubic").clamp(0, 1)[0]  # smooth
+    whole = up(image, output_size="native")
+    attended.clear()
+    tiled = up(image, output_size="native", tile=2)
+    assert tiled.dtype == torch.bfloat16 and tiled.shape == whole.shape == (1, 384, 320, 32)
+    assert len(attended) == 10 * 4 and set(attended) == {(torch.bfloat16,) * 3}  # 10 tiles, 4 steps each
+    cosine, relative = agreement(tiled, whole)
+    assert cosine >= MIN_COSINE and relative <= MAX_RELATIVE_ERROR, (cosine, relative)
+    monkeypatch.setattr(featlift.UPLiFT, "tile_halo", lambda self, iters=None: 2)
+    cosine, relative = agreement(up(image, output_size="native", tile=2), whole)
+    assert cosine < MIN_COSINE or relative > MAX_RELATIVE_ERROR, (cosine, relative)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["bilinear-guidance", "unshared-encoder"])
+def test_antialiased_resampling_runs_in_half_precision_on_the_cpu(name, dtype, attended):
+    """PyTorch's antialiased bilinear has no half-precision CPU kernel, and these configs use it (guidance
+    maps resampled bilinearly; an unshared encoder's grown images): they failed deep in torch. The resample
+    now runs in float32 and rounds once; the rest of the model, tiles included, stays in ``dtype``."""
+    from featlift.modeling.guidance import RESAMPLES
+
+    model = _randomise(featlift.UPLiFT(CONFIGS[name])).to(dtype)
+    image, features = _inputs(model.config, 1, 3, 4)
+    with torch.no_grad():
+        out = model(image, features, iters=2)
+        tiled = model(image, features, iters=2, tile=2)
+    assert out.dtype == tiled.dtype == dtype and torch.isfinite(out).all()
+    assert attended and set(attended) == {(dtype,) * 3}
+    maps = torch.randn(1, 4, 9, 7, generator=torch.Generator().manual_seed(0)).to(dtype)
+    want = torch.nn.functional.interpolate(maps.float(), size=(4, 5), mode="bilinear", antialias=True).to(dtype)
+    assert torch.equal(RESAMPLES["bilinear"](maps, (4, 5)), want)
 
 
 def test_the_halo_is_needed(monkeypatch):

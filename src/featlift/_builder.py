@@ -27,9 +27,16 @@ __all__ = ["LoadOptions", "build_upsampler", "load_uplift", "load_upsampler"]
 logger = logging.getLogger(__name__)
 
 
+# The dtypes a model computes in (convolutions and the attender run in each, on the CPU and on CUDA).
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
 def _check_dtype(dtype: torch.dtype | None) -> None:
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    """A TypeError naming the choices unless ``dtype`` is None or one a model computes in (a float8 type,
+    for one, would only fail later, deep in the first convolution)."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or dtype not in COMPUTE_DTYPES):
+        names = ", ".join(str(d) for d in COMPUTE_DTYPES)
+        raise TypeError(f"dtype must be one of {names}, got {dtype!r}")
 
 
 def _build(source: ModelSource, weights: str | os.PathLike | None) -> UPLiFT:
@@ -65,7 +72,7 @@ def build_upsampler(
             is a Hub repo id; otherwise (a registered name, a config file or object) the model keeps its
             random initialisation: :func:`load_upsampler` fetches a registered name's published weights.
         device: where to put the model (default: CPU).
-        dtype: floating-point dtype of the parameters (default: float32).
+        dtype: dtype of the parameters and the computation: float32 (default), bfloat16, float16 or float64.
         revision: Hub branch, tag or commit of a repo id's files.
         cache_dir: Hugging Face cache directory (default: the standard HF cache).
 
@@ -74,6 +81,7 @@ def build_upsampler(
         ConfigError: the config file is invalid.
         CheckpointError: the weights are unreadable or do not match the config.
         DownloadError: a repo id's files are neither downloadable nor in the Hugging Face cache.
+        TypeError: ``dtype`` is not one a model computes in.
     """
     _check_dtype(dtype)
     options = LoadOptions(weights=weights, revision=revision, cache_dir=cache_dir)
@@ -202,7 +210,10 @@ def load_upsampler(
             ``backbone_weights=`` still load, but a directory's ``model.safetensors`` is ignored (it
             need not exist), and a repo id only fetches its ``config.json``.
         device: default CUDA when available, otherwise CPU.
-        dtype: parameter dtype, e.g. ``torch.bfloat16`` (default float32).
+        dtype: the dtype of the parameters and of every computation, ``torch.float32`` (default),
+            ``torch.bfloat16`` (half the memory; fast on CPUs with AVX512-BF16 or AMX, see
+            :func:`featlift.cpu_supports_bf16`), ``torch.float16`` (meant for GPUs: on a CPU without
+            AVX512-FP16 it ran about 5x slower than float32) or ``torch.float64``.
         iters: upsampling iterations (default: pixel density for the variant).
         weights: local UPLiFT weights file instead of the download or the directory's file (air-gapped
             machines, other checkpoints).
@@ -233,6 +244,7 @@ def load_upsampler(
             or ``backbone`` does not fit it.
         ConfigError: the config records your own module and ``backbone`` is not given (the message asks for
             it by name), or ``backbone`` is another module than the one recorded.
+        TypeError: ``dtype`` is not one a model computes in.
     """
     _check_dtype(dtype)
     given = LoadOptions(pretrained, weights, backbone_weights, revision, cache_dir, trust_repo)

@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["MemoryEstimate", "available_bytes", "estimate_call", "format_bytes"]
+__all__ = ["RESIZE_CHANNELS", "MemoryEstimate", "available_bytes", "estimate_call", "format_bytes"]
+
+# Channels a half-precision antialiased resize takes to float32 at a time (PyTorch's antialiased kernel
+# takes float32 only): the float32 copies stay a slice of the map (featlift._upsampler.resize_features).
+RESIZE_CHANNELS = 32
 
 # Headroom over the modelled peak: measured peaks lie within 10% of the model (benchmarks/bench_memory.py).
 MARGIN = 1.15
@@ -149,15 +153,16 @@ def estimate_call(
         working = batch * max(phases.values())
         uplift_peak = out_native + working
     resize = 0
-    if output_size is not None and tuple(output_size) != (
-        h * f**iters,
-        w * f**iters,
-    ):  # bilinear resize in float32 (resize_features); antialiased (past 2x) it goes one axis at a time
+    if output_size is not None and tuple(output_size) != (h * f**iters, w * f**iters):
+        # The bilinear resize (resize_features) writes the output beside the native map. Antialiased (past 2x)
+        # it goes one axis at a time in float32, half precision RESIZE_CHANNELS channels at a time.
         (oh, ow), (nh, nw) = output_size, (h * f**iters, w * f**iters)
-        per = batch * out_channels * 4
-        float_copy = out_native * 4 // itemsize if itemsize != 4 else 0
-        one_axis = max(oh * nw, nh * ow) if oh * 2 < nh or ow * 2 < nw else 0
-        resize = out_native + float_copy + per * (one_axis + oh * ow)
+        resize = out_native + batch * out_channels * itemsize * oh * ow
+        one_axis = max(oh * nw, nh * ow)
+        if (oh * 2 < nh or ow * 2 < nw) and itemsize == 4:
+            resize += batch * out_channels * 4 * one_axis
+        elif oh * 2 < nh or ow * 2 < nw:  # per slice: its float32 copy, the one-axis pass, its float32 result
+            resize += batch * min(out_channels, RESIZE_CHANNELS) * 4 * (nh * nw + one_axis + oh * ow)
     output = batch * out_channels * itemsize * (native if output_size is None else math.prod(output_size))
     total = MARGIN * (held + max(backbone_bytes, uplift_peak, resize))
     return MemoryEstimate(

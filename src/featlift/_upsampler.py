@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._images import PendingImage, image_batch, patch_multiple, resize_to_patch_multiple
-from ._memory import available_bytes, estimate_call, format_bytes
+from ._memory import RESIZE_CHANNELS, available_bytes, estimate_call, format_bytes
 from ._tensors import freeze
 from .backbones import agreed_normalisation
 from .backbones._normalisation import normalise
@@ -30,27 +30,49 @@ logger = logging.getLogger(__name__)
 
 OutputSize = None | str | tuple[int, int]
 
+# Elements of a half-precision map summed in float32 at a time by the finiteness check (16 MB of float32).
+FINITE_STRIP = 1 << 22
+
 
 def _all_finite(t: Tensor) -> bool:
-    """Whether every element is finite: one fast sum accumulated in float32 (a NaN or inf anywhere makes it
-    non-finite), and the exact element test only when the sum is not finite (it may have overflowed)."""
-    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(t.isfinite().all())
+    """Whether every element is finite: sums accumulated in float32 (a NaN or inf anywhere makes them
+    non-finite), and the exact element test only when they are not finite (they may have overflowed). A
+    half-precision map is summed a strip of rows at a time: a whole-map ``sum(dtype=torch.float32)`` would
+    first make a float32 copy of it, twice its own size."""
+    rows = t.shape[-2]
+    if t.element_size() < 4:
+        rows = FINITE_STRIP // max(1, t[..., :1, :].numel())
+    total = torch.stack([strip.sum(dtype=torch.float32) for strip in t.split(max(1, rows), dim=-2)]).sum()
+    return bool(torch.isfinite(total)) or bool(t.isfinite().all())
 
 
 def resize_features(features: Tensor, size: tuple[int, int]) -> Tensor:
     """``features`` [B, C, h, w] resized to ``size`` with bilinear interpolation (align_corners=False),
-    computed in float32 and returned in the input's dtype and memory layout.
+    accumulated in float32 and returned in the input's dtype and memory layout.
 
     Antialiased only where a side shrinks by more than 2x. Up to 2x, plain bilinear still draws on every
     input pixel (output pixels are at most 2 input pixels apart), so the antialiasing triangle filter
     changes little: from the native 512 px grid to a 448 px image it moves DINOv2 features by at most
     about 1e-2 (README, "Performance"), while PyTorch's antialiased kernel costs 5-9x more on the CPU
     (1.2 s of a 3.6 s call for 384 channels there). Past 2x, bilinear would skip input pixels and alias.
+
+    Half precision never takes a float32 copy of the whole map: PyTorch's bilinear kernel accumulates it
+    in float32 itself, and its antialiased kernel, which takes float32 only, gets
+    :data:`~featlift._memory.RESIZE_CHANNELS` channels at a time.
     """
     h, w = features.shape[-2:]
     antialias = size[0] * 2 < h or size[1] * 2 < w
-    out = F.interpolate(features.float(), size=size, mode="bilinear", align_corners=False, antialias=antialias)
-    return out.to(features.dtype)
+    if not antialias or features.dtype == torch.float32:
+        return F.interpolate(features, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+    channels_last = features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((*features.shape[:2], *size), dtype=features.dtype, device=features.device, memory_format=layout)
+    for c in range(0, features.shape[1], RESIZE_CHANNELS):
+        part = features[:, c : c + RESIZE_CHANNELS].float()
+        out[:, c : c + RESIZE_CHANNELS] = F.interpolate(
+            part, size=size, mode="bilinear", align_corners=False, antialias=True
+        )
+    return out
 
 
 def _check_output_size(output_size: Any) -> OutputSize:

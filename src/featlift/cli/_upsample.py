@@ -36,9 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime(parser)
     parser.add_argument(
         "--save-dtype",
-        default="float32",
+        default=None,
         choices=DTYPE_NAMES,
-        help="stored dtype (float16 halves the files; bfloat16 too, with float32's range)",
+        help="stored dtype (default: the --dtype computed in, float32 with --head; float16 halves float32 "
+        "files; bfloat16 too, with float32's range)",
     )
     parser.add_argument(
         "--head",

@@ -51,14 +51,16 @@ class DemoResult:
     estimate_bytes: int  # the memory guard's estimate for the call
     output_shape: tuple[int, ...]
     lowres_shape: tuple[int, ...]
+    dtype: str  # what the upsampler computed in, e.g. "bfloat16" (featlift demo --dtype)
     note: str | None  # e.g. "downscaled to the pixel cap"
 
     def summary(self, model: str, device: str) -> str:
         """Markdown lines for the page."""
         peak = "not measurable here" if self.peak_bytes is None else format_bytes(self.peak_bytes)
         lines = [
-            f"**{model}** on `{device}`: the upsampler call took **{self.seconds:.2f} s**, peak memory "
-            f"**{peak}** ({self.peak_method}; the memory guard estimated {format_bytes(self.estimate_bytes)}); "
+            f"**{model}** on `{device}` in {self.dtype}: the upsampler call took **{self.seconds:.2f} s**, "
+            f"peak memory **{peak}** ({self.peak_method}; the memory guard estimated "
+            f"{format_bytes(self.estimate_bytes)}); "
             f"output **{list(self.output_shape)}** from backbone features {list(self.lowres_shape)}; "
             f"request {self.total_seconds:.2f} s in all.",
         ]
@@ -192,13 +194,15 @@ class DemoEngine:
             estimate_bytes=estimate.total,
             output_shape=output_shape,
             lowres_shape=lowres_shape,
+            dtype=str(up.dtype).removeprefix("torch."),
             note=upload.note,
         )
         logger.info(
-            "upsampled %dx%d -> %s in %.2f s (peak %s)",
+            "upsampled %dx%d -> %s in %s in %.2f s (peak %s)",
             size[1],
             size[0],
             list(output_shape),
+            result.dtype,
             seconds,
             "?" if peak.peak is None else format_bytes(peak.peak),
         )

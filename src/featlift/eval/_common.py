@@ -10,9 +10,9 @@ from pathlib import Path
 from .._atomic import atomic_write
 from .._distributed import Dist, init_distributed, process_device
 from .._feature_cache import FeatureCache
-from .upsamplers import make_source
+from .upsamplers import featlift_dtype, make_source
 
-__all__ = ["label", "make_sources", "processes", "write_report"]
+__all__ = ["dtype_name", "label", "make_sources", "processes", "write_report"]
 
 
 def label(spec) -> str | None:
@@ -21,6 +21,13 @@ def label(spec) -> str | None:
     if spec is None or isinstance(spec, str):
         return spec
     return getattr(spec, "name", None) or getattr(spec, "__name__", None) or type(spec).__name__
+
+
+def dtype_name(options: dict) -> str:
+    """The dtype featlift models named by their spec are loaded in, as the report names it (``options``:
+    :func:`~featlift.eval.upsamplers.make_source`'s keywords, the device resolved by :func:`processes`)."""
+    given = {key: options[key] for key in ("amp", "device") if key in options}
+    return str(featlift_dtype(options.get("dtype"), **given)).removeprefix("torch.")
 
 
 def make_sources(upsamplers: list, options: dict):

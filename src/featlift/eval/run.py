@@ -5,7 +5,12 @@
 
     {"task": "seg", "dataset": "voc",
      "protocol": {"name": "naf", "settings": {SETTING: {"value": ..., "source": "repo: file"}}, ...},
-     "results": {UPSAMPLER: {"miou": 0.61, "pixel_accuracy": 0.90, "iou": {CLASS: 0.7 or None}}}}
+     "results": {UPSAMPLER: {"miou": 0.61, "pixel_accuracy": 0.90, "iou": {CLASS: 0.7 or None},
+                            "compute_dtype": "bfloat16"}}}
+
+The protocol record's ``dtype`` is what featlift models named by ``--upsampler`` are loaded in
+(:func:`~featlift.eval.upsamplers.featlift_dtype`); each result's ``compute_dtype`` is what that
+upsampler's features were computed in (``"bfloat16-autocast"`` for other kinds under CUDA's autocast).
 
 (depth: ``{"d1", "d2", "d3", "rmse", "abs_rel"}`` and the same with ``_aligned``, per image then averaged).
 
@@ -26,7 +31,7 @@ from PIL import Image
 from .._atomic import atomic_write
 from .._distributed import Dist
 from ..errors import ConfigError
-from ._common import label, make_sources, processes, write_report
+from ._common import dtype_name, label, make_sources, processes, write_report
 from .probe import evaluate_probe, slug, train_probe
 from .protocols import ProbeProtocol
 from .protocols import protocol as named_protocol
@@ -123,6 +128,7 @@ def evaluate(
         "train_images": len(train_set),
         "val_images": len(val_set),
         "tile": source_options.get("tile"),
+        "dtype": dtype_name(source_options),
     }
     if source_options.get("stride") is not None:
         record["stride"] = source_options["stride"]
@@ -145,7 +151,7 @@ def evaluate(
             resume=resume,
             dist=d,
         )
-        results[source.name], kept[source.name] = evaluate_probe(
+        result, kept[source.name] = evaluate_probe(
             source,
             probe,
             val_set,
@@ -157,6 +163,7 @@ def evaluate(
             progress=progress,
             dist=d,
         )
+        results[source.name] = {**result, "compute_dtype": getattr(source, "compute_dtype", None)}
     report = {"task": kind.name, "dataset": dataset, "protocol": {**record, "processes": d.world}, "results": results}
     if d.main:
         write_report(report, out)

@@ -25,6 +25,8 @@ of the backbone's patch are resized to the nearest multiple before the backbone,
 ``cache`` (a :class:`featlift._feature_cache.FeatureCache`) reads the backbone's features from disk where
 it has them. ``amp`` on CUDA runs in bfloat16: featlift models are loaded in bfloat16, and the backbone
 and the upsampling of the other kinds run under bf16 autocast; features leave as float32 either way.
+``dtype`` sets the dtype featlift models are loaded in on any device (:func:`featlift_dtype`); each
+source's :attr:`~FeatureSource.compute_dtype` says what it computed in, for the report.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from ..backbones import Backbone, UserModule, create_backbone
 from ..backbones._normalisation import Stats, normalise
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["GUIDANCE", "INTERPOLATIONS", "FeatureSource", "make_source"]
+__all__ = ["GUIDANCE", "INTERPOLATIONS", "FeatureSource", "featlift_dtype", "make_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class FeatureSource:
     name: str
     channels: int
     device: torch.device
+    # What the features are computed in, as the report names it: "float32", "bfloat16", "float16", or
+    # "bfloat16-autocast" (a backbone and upsampler under bf16 autocast on CUDA).
+    compute_dtype: str = "float32"
 
     def features(self, images: Tensor) -> Tensor:
         raise NotImplementedError
@@ -85,6 +90,7 @@ class _FeatliftSource(FeatureSource):
         self.device = upsampler.device
         self.tile = tile
         self.cache = cache
+        self.compute_dtype = str(upsampler.dtype).removeprefix("torch.")
 
     def _lowres(self, images: Tensor) -> Tensor | None:
         if self.cache is None:
@@ -129,6 +135,7 @@ class _BackboneSource(FeatureSource):
         self.channels = backbone.channels
         self.cache = None  # the width probe below must not leave an entry behind
         self.amp = amp and device.type == "cuda"
+        self.compute_dtype = "bfloat16-autocast" if self.amp else "float32"
         if not keeps_channels:  # a hub model or callable may change the width: ask it, on a two-patch image
             side = 2 * backbone.patch
             self.channels = int(self.features(torch.zeros(1, 3, side, side)).shape[1])
@@ -179,6 +186,16 @@ def _hub_model(spec: str, device: torch.device, trust_repo: bool) -> UpsampleFn:
     return model
 
 
+def featlift_dtype(
+    dtype: torch.dtype | None = None, *, amp: bool = True, device: str | torch.device = "cpu"
+) -> torch.dtype:
+    """The dtype :func:`make_source` loads a featlift model in: ``dtype`` when given, else bfloat16 on CUDA
+    with ``amp``, else float32."""
+    if dtype is not None:
+        return dtype
+    return torch.bfloat16 if amp and torch.device(device).type == "cuda" else torch.float32
+
+
 def make_source(
     spec: str | Upsampler | UpsampleFn,
     *,
@@ -215,7 +232,8 @@ def make_source(
             are read from disk where cached (keyed on the backbone's weights and its exact input).
         amp: on CUDA, compute in bfloat16 (ignored on the CPU).
         dtype: featlift models only: the compute dtype (e.g. ``torch.bfloat16`` on a CPU); default float32,
-            or bfloat16 on CUDA with ``amp``.
+            or bfloat16 on CUDA with ``amp``. A loaded :class:`~featlift.Upsampler` keeps its own (a
+            different one is logged as a warning).
         trust_repo: ``hub:`` specs and ``hub:`` backbones from GitHub: run the repository's code without asking
             (also when ``options.trust_repo`` says so).
         guidance: callables only: the guidance image's statistics, ``"backbone"`` (default) or
@@ -235,7 +253,14 @@ def make_source(
         raise ValueError(f"guidance must be one of {GUIDANCE}, got {guidance!r}")
     imagenet = (IMAGENET_MEAN, IMAGENET_STD)
     if isinstance(spec, Upsampler):
-        return _FeatliftSource(name or spec.name or type(spec.backbone).__name__, spec, tile, cache)
+        label = name or spec.name or type(spec.backbone).__name__
+        if dtype is not None and dtype != spec.dtype:
+            logger.warning(
+                "upsampler %r computes in %s, as it was loaded; dtype=%s applies to the models eval loads by name "
+                "(load this one with load_upsampler(..., dtype=%s) to change it)",
+                label, spec.dtype, dtype, dtype,
+            )  # fmt: skip
+        return _FeatliftSource(label, spec, tile, cache)
     if callable(spec) and not isinstance(spec, str):
         label = name or getattr(spec, "__name__", type(spec).__name__)
         source = _backbone(backbone, stride, options, label, trust_repo)
@@ -251,9 +276,7 @@ def make_source(
     else:
         from .._builder import load_upsampler
 
-        if dtype is None and half:
-            dtype = torch.bfloat16
-        up = load_upsampler(spec, device=device, dtype=dtype, options=options)
+        up = load_upsampler(spec, device=device, dtype=featlift_dtype(dtype, amp=amp, device=device), options=options)
         return _FeatliftSource(label, up, tile, cache)
     source = _backbone(backbone, stride, options, label, trust_repo)
     keeps = spec in INTERPOLATIONS

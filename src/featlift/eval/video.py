@@ -23,7 +23,7 @@ from torch import Tensor
 from .._atomic import atomic_write
 from .._distributed import shard
 from .._images import nearest_index, resize_image
-from ._common import label, make_sources, processes, write_report
+from ._common import dtype_name, label, make_sources, processes, write_report
 from .protocols import VideoProtocol
 from .protocols import protocol as get_protocol
 
@@ -514,9 +514,10 @@ def evaluate_video(
 
     Returns:
         ``{"task": "video", "dataset", "protocol": {**protocol.record(), "val_images": sequences, "objects",
-        "backbone", "processes"}, "results": {upsampler: {"jf_mean", "j_mean", "f_mean", "j_recall",
-        "f_recall", "j_decay", "f_decay", "objects": {"SEQ_k": {"j", "f", "j_recall", "f_recall", "j_decay",
-        "f_decay"}}, "sequences": {SEQ: the mean of (j + f) / 2 over its objects}}}}``. The top-level means
+        "backbone", "dtype", "processes"}, "results": {upsampler: {"jf_mean", "j_mean", "f_mean", "j_recall",
+        "f_recall", "j_decay", "f_decay", "compute_dtype", "objects": {"SEQ_k": {"j", "f", "j_recall",
+        "f_recall", "j_decay", "f_decay"}}, "sequences": {SEQ: the mean of (j + f) / 2 over its objects}}}}``.
+        ``dtype`` and ``compute_dtype`` are as in :mod:`featlift.eval.run`'s report. The top-level means
         are over all objects of the dataset (61 in DAVIS 2017 val), as the toolkit's J&F-Mean, not over
         sequences.
     """
@@ -573,6 +574,7 @@ def evaluate_video(
         objects_total = len(objects)
         results[source.name] = {
             **_object_means(list(objects.values())),
+            "compute_dtype": getattr(source, "compute_dtype", None),
             "objects": objects,
             "sequences": {
                 seq_id: sum((o["j"] + o["f"]) / 2 for o in score["per_object"].values()) / len(score["per_object"])
@@ -592,6 +594,7 @@ def evaluate_video(
             "val_images": len(sequences),
             "objects": objects_total,
             "backbone": label(source_options.get("backbone")),
+            "dtype": dtype_name(source_options),
             "processes": d.world,
         },
         "results": results,

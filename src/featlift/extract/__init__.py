@@ -11,7 +11,8 @@
 - **Overlap.** A DataLoader decodes and resizes images in worker processes while the model computes, and
   a writer thread converts and saves the previous results. Images of one size are batched together
   (``batch_size`` at most); sizes are read from the file headers up front.
-- **Storage.** ``save_dtype`` (float16 halves float32's bytes; bfloat16 keeps float32's range), ``head``
+- **Storage.** ``save_dtype`` (default: the dtype the features come out in, the model's dtype, or
+  float32 with a head; float16 halves float32's bytes; bfloat16 keeps float32's range), ``head``
   (a linear map applied per tile, so only its K channels are computed at full resolution and stored),
   and ``output_size`` (``"native"``, ``(H, W)`` or each image's own size).
 
@@ -67,7 +68,7 @@ def extract(
     *,
     output_size: Any = None,
     batch_size: int = 1,
-    save_dtype: str | torch.dtype = "float32",
+    save_dtype: str | torch.dtype | None = None,
     head: nn.Module | None = None,
     pca: bool = False,
     overwrite: bool = False,
@@ -80,6 +81,8 @@ def extract(
     """Write ``out_dir/<...>.safetensors`` (tensor ``"features"``, [C or K, H, W]) for every image under
     ``inputs`` with ``upsampler`` (module docstring). Returns the summary of the whole run (every
     process's, gathered). ``on_failure(source, message)`` hears each failed image as it happens.
+    Files hold the features in ``save_dtype``, by default the dtype they are computed in (the
+    upsampler's, or float32 with a ``head``), and record both dtypes in their metadata.
     """
     d = dist if dist is not None else init_distributed(str(upsampler.device))
     if isinstance(save_dtype, str):

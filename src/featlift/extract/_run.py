@@ -45,9 +45,9 @@ def gathered(summary: ExtractionSummary, d: Dist) -> ExtractionSummary:
 
 class Extraction:
     """One process's share of a run: its ``jobs``, the model call (``upsampler``, ``output_size``,
-    ``head``), how results are stored (``save_dtype``, ``pca``, ``model_name``), the failure callback and
-    the progress bar. :meth:`run` it once; the writer thread and the computing thread both update
-    :attr:`summary` (under a lock)."""
+    ``head``), how results are stored (``save_dtype``, None: as computed; ``pca``, ``model_name``), the
+    failure callback and the progress bar. :meth:`run` it once; the writer thread and the computing
+    thread both update :attr:`summary` (under a lock)."""
 
     def __init__(
         self,
@@ -56,7 +56,7 @@ class Extraction:
         *,
         output_size: Any,
         head: nn.Module | None,
-        save_dtype: torch.dtype,
+        save_dtype: torch.dtype | None,
         pca: bool,
         model_name: str,
         on_failure: Callable[[Path, str], None] | None,
@@ -112,7 +112,7 @@ class Extraction:
 
     def _save(self, job: Job, tensor: Tensor, picture: Any) -> None:
         """The writer thread's work for one image."""
-        write(job, tensor, picture, model=self.model_name)
+        write(job, tensor, picture, model=self.model_name, compute_dtype=getattr(self.upsampler, "dtype", None))
         with self._lock:
             self.summary.written += 1
 

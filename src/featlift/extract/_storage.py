@@ -40,24 +40,33 @@ def stored(features: Tensor, dtype: torch.dtype) -> Tensor:
     return out
 
 
-def prepare(features: Tensor, *, save_dtype: torch.dtype, pca: bool) -> tuple[Tensor, Any]:
-    """The tensor to store and the PCA picture (or None): the torch work of saving, done by the computing
-    thread. (A second thread running torch ops beside the model's intra-op threads oversubscribes the
-    cores: on 2 cores that conversion cost 0.8 s per 448 px image instead of 0.15 s.)"""
+def prepare(features: Tensor, *, save_dtype: torch.dtype | None, pca: bool) -> tuple[Tensor, Any]:
+    """The tensor to store (in ``save_dtype``; None: the dtype ``features`` were computed in) and the PCA
+    picture (or None): the torch work of saving, done by the computing thread. (A second thread running
+    torch ops beside the model's intra-op threads oversubscribes the cores: on 2 cores that conversion
+    cost 0.8 s per 448 px image instead of 0.15 s.)"""
     from ..viz import pca_rgb
 
     tensor = features.detach().to("cpu")
-    return stored(tensor, save_dtype), (pca_rgb(tensor.float().contiguous()) if pca else None)
+    picture = pca_rgb(tensor.float().contiguous()) if pca else None
+    return stored(tensor, tensor.dtype if save_dtype is None else save_dtype), picture
 
 
-def write(job: Job, tensor: Tensor, picture: Any, *, model: str) -> None:
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def write(job: Job, tensor: Tensor, picture: Any, *, model: str, compute_dtype: torch.dtype | None = None) -> None:
     """Write :func:`prepare`'s outputs, each atomically (file work only: the :class:`Writer` thread runs it).
-    The file holds ``tensor`` as ``"features"`` with the source, model and dtype as metadata."""
+    The file holds ``tensor`` as ``"features"`` with the source, model, stored dtype and (when given) the
+    dtype the model computed in as metadata."""
     from PIL import Image
     from safetensors.torch import save_file
 
     job.features.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"source": str(job.source), "model": model, "dtype": str(tensor.dtype).removeprefix("torch.")}
+    metadata = {"source": str(job.source), "model": model, "dtype": _name(tensor.dtype)}
+    if compute_dtype is not None:
+        metadata["compute_dtype"] = _name(compute_dtype)
     with atomic_write(job.features) as tmp:
         save_file({"features": tensor}, str(tmp), metadata=metadata)
     if picture is not None:

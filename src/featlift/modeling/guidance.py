@@ -36,6 +36,11 @@ def _nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Antialiased bilinear (align_corners=False), returned in ``x``'s dtype. PyTorch's CPU kernel takes
+    no half precision: there a half-precision map (a guidance map or image, a few channels wide) is
+    resampled in float32 and rounded once."""
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        return _bilinear(x.float(), size).to(x.dtype)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -104,7 +109,7 @@ class GuidanceInputs:
             if key:
                 factor = self.up_factor**key
                 size = (int(source.shape[-2] * factor), int(source.shape[-1] * factor))
-                source = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=True)
+                source = _bilinear(source, size)
             self._cache[key] = guidance_image(source, self.patch, self.guidance_patch)
         return self._cache[key]
 
