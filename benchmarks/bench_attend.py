@@ -6,7 +6,7 @@ move at least once (logits read, values read, output written) divided by the tim
 prints that bandwidth as a fraction of the device's theoretical peak (memory clock x bus width x 2).
 Compare implementations within one run.
 
-    python benchmarks/bench_attend.py                                  # CPU: fused vs reference
+    python benchmarks/bench_attend.py                                  # CPU: bagged vs fused vs reference
     python benchmarks/bench_attend.py --device cuda --dtype bfloat16   # triton vs fused vs reference
     python benchmarks/bench_attend.py --device cuda:1                  # waits for and times cuda:1 itself
 
@@ -67,7 +67,8 @@ def main() -> None:
     values = torch.randn(args.batch, args.channels, h, w, device=device).to(dtype).contiguous(memory_format=fmt)
     logits = torch.randn(args.batch, n, h * s, w * s, device=device).to(dtype).contiguous(memory_format=fmt)
     offsets = neighbourhood_offsets(n)
-    impls = args.impls or (["triton"] if triton_available(device) else []) + ["fused", "portable", "reference"]
+    bagged = ["bagged"] if device.type == "cpu" else []  # every --dtype here is one it serves
+    impls = args.impls or (["triton"] if triton_available(device) else []) + bagged + ["fused", "portable", "reference"]
     elem = values.element_size()
     moved = (logits.numel() + values.numel() + args.batch * args.channels * h * s * w * s) * elem
 

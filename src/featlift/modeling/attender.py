@@ -21,8 +21,8 @@ class LocalAttender(nn.Module):
     Every output vector is a convex combination of input vectors.
 
     ``impl`` chooses the implementation of the core op (see :func:`featlift.ops.local_attend`):
-    ``"auto"`` (default: Triton on CUDA, fused PyTorch elsewhere), ``"fused"``, ``"triton"`` or
-    ``"reference"``.
+    ``"auto"`` (default: Triton on CUDA, embedding bags on the CPU, fused PyTorch elsewhere), ``"bagged"``,
+    ``"fused"``, ``"triton"``, ``"portable"`` or ``"reference"``.
     """
 
     def __init__(self, guide_channels: int, size: int = 17, residual: bool = True, impl: str = "auto") -> None:

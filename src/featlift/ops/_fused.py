@@ -5,7 +5,8 @@ a time. A band's softmax weights and its padded coarse rows are small; the band'
 in a phase-major scratch buffer ``[B, C, s, s, R, w]`` that stays in cache, so every accumulation runs
 along contiguous memory, and is then written once into the ``[B, C, H, W]`` output. Nothing image-sized
 is built besides the output itself: no n-fold stack, no upsampled copy of the values, no padded copy of
-the whole input. Works on every device; on CPU it is the default path.
+the whole input. Works on every device: the default where neither the embedding-bag path (the CPU) nor
+the Triton kernel (CUDA) applies, and the explicit ``impl="fused"``.
 
 Backward: gradients for both inputs from the saved logits and values (the softmax is recomputed), so
 training keeps no per-offset activations alive between forward and backward.
