@@ -175,9 +175,11 @@ def test_a_dtype_no_model_computes_in_is_refused_by_name(dinov2_case):
     """A float8 type is floating point, but no convolution runs in it: refused when the model is built, not
     deep in its first call; so are names and integer types."""
     for dtype in (torch.float8_e4m3fn, "bfloat16", torch.int8):
-        with pytest.raises(TypeError, match=r"dtype must be one of torch.float32, torch.bfloat16, torch.float16"):
+        with pytest.raises(
+            TypeError, match=r"dtype a model computes in, one of torch.float32, torch.bfloat16, torch.float16"
+        ):
             _fixture_models(dinov2_case, dtype)
-        with pytest.raises(TypeError, match=r"dtype must be one of"):
+        with pytest.raises(TypeError, match=r"dtype a model computes in, one of"):
             featlift.load_upsampler(dinov2_case.config_path, pretrained=False, device="cpu", dtype=dtype)
 
 

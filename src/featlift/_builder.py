@@ -36,7 +36,7 @@ def _check_dtype(dtype: torch.dtype | None) -> None:
     for one, would only fail later, deep in the first convolution)."""
     if dtype is not None and (not isinstance(dtype, torch.dtype) or dtype not in COMPUTE_DTYPES):
         names = ", ".join(str(d) for d in COMPUTE_DTYPES)
-        raise TypeError(f"dtype must be one of {names}, got {dtype!r}")
+        raise TypeError(f"dtype must be a floating-point dtype a model computes in, one of {names}; got {dtype!r}")
 
 
 def _build(source: ModelSource, weights: str | os.PathLike | None) -> UPLiFT:
