@@ -5,7 +5,7 @@ The dinov2_s14 architecture with random weights (the weights do not change the t
 random inputs in one process, round-robin, so machine drift hits them alike:
 
 * ``featlift``: ``UPLiFT(image, features)`` under ``torch.inference_mode()``: the lean inference path with
-  the fused local-attend kernel (the library's CPU default);
+  the library's CPU default for the local attend (``impl="auto"``: the embedding-bag path);
 * ``onnxruntime``: ``InferenceSession.run`` on the CPU execution provider, all graph optimisations on.
 
 Both get ``--threads`` threads. Times are medians over ``--repeats`` calls after one warm-up call each;

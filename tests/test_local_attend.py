@@ -126,12 +126,16 @@ def test_outputs_stay_inside_the_neighbourhood_range(size, h, w, scale, c, seed)
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_constant_features_give_constant_output(size):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_constant_features_give_constant_output(size, dtype):
+    """In half precision too, exactly: the weights sum to 1 closely enough that the constant comes back
+    after the output's rounding (weights rounded to bfloat16 moved 1 pixel in 40 by one unit)."""
     values = torch.full((2, 4, 3, 5), 0.0)
-    values += torch.tensor([1.5, -2.0, 0.25, 7.0]).view(1, 4, 1, 1)
+    values += torch.tensor([1.5, -2.0, 0.25, 100.0]).view(1, 4, 1, 1)
     logits = 10 * torch.randn(2, size, 6, 10)
-    out = local_attend(logits, values, neighbourhood_offsets(size), 2)
-    assert torch.allclose(out, values[:, :, :1, :1].expand_as(out), atol=1e-5)
+    out = local_attend(logits.to(dtype), values.to(dtype), neighbourhood_offsets(size), 2)
+    want = values[:, :, :1, :1].expand_as(out).to(dtype)
+    assert torch.allclose(out, want, atol=1e-5) if dtype == torch.float32 else torch.equal(out, want)
 
 
 def test_batch_items_are_independent():
@@ -163,9 +167,9 @@ def with_weights(weights, values, offsets, scale):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_dtypes_match_float64_within_rounding(dtype, impl):
-    """Half precision accumulates in float32: the only error left is the output's own rounding. The
-    bagged path takes its weights in the values' dtype, so its oracle sees the same rounded weights; a
-    sum of 17 terms rounded at each step would miss this bound."""
+    """Half precision accumulates in float32 with float32 weights: the only error left is the output's own
+    rounding (a sum of 17 terms rounded at each step, or with weights rounded to the values' dtype,
+    misses this bound: the test below)."""
     gen = torch.Generator().manual_seed(3)
     values = torch.randn(1, 40, 5, 6, generator=gen)
     logits = 3 * torch.randn(1, 17, 10, 12, generator=gen)
@@ -175,11 +179,7 @@ def test_dtypes_match_float64_within_rounding(dtype, impl):
             local_attend(logits.double(), values.double(), offsets, 2, impl=impl)
         return
     # The oracle sees the same rounded inputs, in float64.
-    if impl == "bagged":
-        weights = torch.softmax(logits.to(dtype).double(), dim=1).to(dtype).double()
-        ref = with_weights(weights, values.to(dtype).double(), offsets, 2)
-    else:
-        ref = local_attend_reference(logits.to(dtype).double(), values.to(dtype).double(), offsets, 2)
+    ref = local_attend_reference(logits.to(dtype).double(), values.to(dtype).double(), offsets, 2)
     out = local_attend(logits.to(dtype), values.to(dtype), offsets, 2, impl=impl)
     assert out.dtype == dtype
     eps = torch.finfo(dtype).eps if dtype != torch.float64 else 1e-12
@@ -187,18 +187,43 @@ def test_dtypes_match_float64_within_rounding(dtype, impl):
     assert torch.all((out.double() - ref).abs() <= eps * ref.abs() + eps * 1e-2)
 
 
-def test_bagged_weights_are_the_only_rounding_besides_the_output(monkeypatch):
-    """Negative control for the bound above: the same bfloat16 sum accumulated in bfloat16 (each of the
-    17 products and partial sums rounded) breaks it."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_paths_that_round_more_miss_that_bound(dtype):
+    """Negative controls for the bound above: the same sum with its weights rounded to the values' dtype
+    (what the embedding-bag kernel would do with one entry per offset), or accumulated in that dtype."""
     gen = torch.Generator().manual_seed(3)
-    values = torch.randn(1, 40, 5, 6, generator=gen).bfloat16()
-    logits = 3 * torch.randn(1, 17, 10, 12, generator=gen)
+    values = torch.randn(1, 40, 5, 6, generator=gen).to(dtype)
+    logits = 3 * torch.randn(1, 17, 10, 12, generator=gen).to(dtype)
     offsets = neighbourhood_offsets(17)
-    weights = torch.softmax(logits.bfloat16().double(), dim=1).bfloat16()
-    ref = with_weights(weights.double(), values.double(), offsets, 2)
-    rounded_each_step = with_weights(weights, values, offsets, 2).double()
-    eps = torch.finfo(torch.bfloat16).eps
-    assert not torch.all((rounded_each_step - ref).abs() <= eps * ref.abs() + eps * 1e-2)
+    ref = local_attend_reference(logits.double(), values.double(), offsets, 2)
+    weights = torch.softmax(logits.double(), dim=1)
+    eps = torch.finfo(dtype).eps
+    for wrong in (
+        with_weights(weights.to(dtype).double(), values.double(), offsets, 2).to(dtype),  # rounded weights
+        with_weights(weights.to(dtype), values, offsets, 2),  # every product and partial sum rounded
+    ):
+        assert not torch.all((wrong.double() - ref).abs() <= eps * ref.abs() + eps * 1e-2)
+
+
+def test_bagged_reads_and_writes_the_values_dtype(monkeypatch):
+    """What the kernel is handed in bfloat16: a bfloat16 table with contiguous rows (no float32 copy, no
+    strided view that sends it to PyTorch's slow loop), bfloat16 weights, and bands of bounded size."""
+    seen = []
+    real = bagged_path.F.embedding_bag
+
+    def spy(cells, table, **kwargs):
+        seen.append((table.dtype, table.is_contiguous(), kwargs["per_sample_weights"].dtype, cells.shape))
+        return real(cells, table, **kwargs)
+
+    monkeypatch.setattr(bagged_path.F, "embedding_bag", spy)
+    monkeypatch.setattr(bagged_path, "_BAND_PIXELS", 64)
+    offsets = neighbourhood_offsets(17)
+    for layout in LAYOUTS:
+        values = torch.randn(2, 8, 5, 6).bfloat16().contiguous(memory_format=layout)
+        out = local_attend(torch.randn(2, 17, 10, 12).bfloat16(), values, offsets, 2, impl="bagged")
+        assert out.dtype == torch.bfloat16
+    assert seen and all(s[:3] == (torch.bfloat16, True, torch.bfloat16) for s in seen)
+    assert all(s[3][0] <= 64 for s in seen), "bands of at most _BAND_PIXELS output pixels (12-pixel rows)"
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -210,8 +235,10 @@ def test_bagged_bands_and_wide_indices_give_the_same_numbers(monkeypatch, layout
     values = torch.randn(3, 6, 4, 5, generator=gen).contiguous(memory_format=layout)
     logits = 3 * torch.randn(3, 25, 12, 15, generator=gen)
     want = local_attend_reference(logits, values, offsets, 3)
-    for band, limit in ((7, 2**31), (40, 2**31), (10**6, 2**31), (7, 1), (10**6, 1)):
-        monkeypatch.setattr(bagged_path, "_BAND_PIXELS", band)  # 10**6: one band for the whole batch
+    # 7 and 40: bands of one and two rows (15 px); 75: five rows, so bands start mid-image and run into
+    # the next (rows 10-14 of 12-row images); 10**6: one band for the whole batch
+    for band, limit in ((7, 2**31), (40, 2**31), (75, 2**31), (10**6, 2**31), (7, 1), (75, 1)):
+        monkeypatch.setattr(bagged_path, "_BAND_PIXELS", band)
         monkeypatch.setattr(bagged_path, "_INT32_LIMIT", limit)
         for channels_last in (False, True):
             got = local_attend(logits, values, offsets, 3, impl="bagged", channels_last=channels_last)
@@ -313,6 +340,23 @@ def test_bad_inputs_raise_clear_errors(logits_shape, values_shape, scale, match)
         local_attend(torch.randn(*logits_shape), torch.randn(*values_shape), neighbourhood_offsets(17), scale)
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 0, 3), (1, 4, 3, 0), (1, 0, 3, 3)])
+def test_empty_maps_are_refused(shape):
+    b, _, h, w = shape
+    with pytest.raises(ValueError, match="no channels or no cells"):
+        local_attend(torch.randn(b, 17, 2 * h, 2 * w), torch.randn(*shape), neighbourhood_offsets(17), 2)
+
+
+def test_a_recorded_bagged_choice_that_cannot_run_says_so():
+    """A graph traced with impl='bagged' forced keeps that choice; run where it does not apply (float64
+    here, another device elsewhere) the op raises the clear error, not a slow or failing kernel."""
+    offsets = neighbourhood_offsets(9)
+    flat = [v for pair in offsets for v in pair]
+    logits, values = torch.randn(1, 9, 4, 6, dtype=torch.float64), torch.randn(1, 3, 2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="recorded when the call was traced.*impl='fused' or 'auto'"):
+        torch.ops.featlift.local_attend(logits, values, flat, 2, "bagged", False)
+
+
 def test_unknown_neighbourhood_size():
     with pytest.raises(ValueError, match="must be one of \\(5, 9, 13, 17, 25\\)"):
         neighbourhood_offsets(7)
@@ -354,12 +398,7 @@ def test_fast_channels_last_layout(size, scale, dtype, impl):
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
     ref = local_attend_reference(logits.double(), values.double(), offsets, scale)
     eps = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6
-    floor = max(eps * 1e-2, 1e-6)
-    if impl == "bagged" and dtype != torch.float32:
-        # and the weights' rounding (the bagged path takes them in the values' dtype): at most half an
-        # ulp of each weight, times the weighted sum of |values|
-        floor = floor + eps * local_attend_reference(logits.double(), values.double().abs(), offsets, scale)
-    assert torch.all((out.double() - ref).abs() <= eps * ref.abs() + floor)
+    assert torch.all((out.double() - ref).abs() <= eps * ref.abs() + max(eps * 1e-2, 1e-6))
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

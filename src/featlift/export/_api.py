@@ -252,8 +252,8 @@ def export_pt2(
     Inputs and output are those of :func:`export_onnx`. By default the Local Attender stays the library's
     custom op ``featlift::local_attend`` (its fake kernel lets ``torch.export`` trace it), which chooses its
     implementation when the program runs, on the device it runs on, as :func:`featlift.ops.local_attend`
-    does (Triton on CUDA after its self-test, fused PyTorch elsewhere; a program exported on the CPU takes
-    the kernel on CUDA): the loading process must import featlift. ``FEATLIFT_ATTEND_IMPL`` at export time
+    does (Triton on CUDA after its self-test, embedding bags on the CPU, fused PyTorch elsewhere; a program
+    exported on the CPU takes the kernel on CUDA): the loading process must import featlift. ``FEATLIFT_ATTEND_IMPL`` at export time
     fixes the choice in the program instead. ``portable=True`` writes it in standard
     ATen ops instead, so the program runs without featlift installed (slower, more memory).
 

@@ -8,8 +8,8 @@ UPLiFT computes one function in two ways.
   BatchNorm folded into the preceding conv, the parts of a concatenation convolved separately instead of
   being concatenated, in-place adds and ReLUs, the deepest guidance map computed only on the subgrids
   that are read (:class:`~featlift.modeling.guidance.GuidanceMaps`), and on the CPU channels_last memory
-  (oneDNN convolves [B, H, W, C] memory without layout reorders; the fused attender then writes its
-  output in that layout directly).
+  (oneDNN convolves [B, H, W, C] memory without layout reorders; the attender's embedding bags then
+  come out in that layout directly).
 
 :func:`plan` is the one place that chooses: the lean path runs when the model is in eval mode and autograd
 is off (``torch.no_grad()`` / ``torch.inference_mode()``), because in-place ops would corrupt a graph

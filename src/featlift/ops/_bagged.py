@@ -17,9 +17,11 @@ the whole output would skip that copy, but its indices and weights, ``n * (4 + d
 pixel, raised the model's peak memory by 9-13% for a gain under 1% of a 448 px call.) Forward only;
 gradients come from :func:`featlift.ops._fused.fused_backward`.
 
-The weights are rounded to the values' dtype (the kernel takes one dtype for both), so a bfloat16 call
-carries bfloat16 weights as well as bfloat16 features; ``tests/test_bf16.py`` shows the answer keeps
-float32's within bfloat16's tolerance.
+The kernel takes its weights in the table's dtype. In half precision each float32 weight therefore goes
+in as two entries on the same row, its rounding to that dtype and the remainder: about 16 bits of weight
+instead of 8 (bfloat16) or 11 (float16), so the result differs from the exact sum by its final rounding
+only, as with a float32 accumulator band, and constant features stay constant. Rounding the weights
+alone left a third of bfloat16 outputs one unit off.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ __all__ = ["BAGGED_DTYPES", "bagged_forward", "bagged_supported"]
 # such, summed in float32). float64 takes PyTorch's generic loop, slower than the fused path.
 BAGGED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Output pixels per band: a band's indices, weights, softmax scratch and bags (about 200 bytes a pixel
-# for 17 offsets, plus C channels) stay within a core's cache.
+# Output pixels per band: a band's indices, weights and softmax scratch (0.2-0.3 KB a pixel for 17
+# offsets) stay cache-sized, its bags (C channels a pixel) a few MB at most before they are copied out.
 _BAND_PIXELS = 4096
 # Past this many table rows (or index entries in one call) the indices are int64.
 _INT32_LIMIT = 2**31
@@ -64,22 +66,27 @@ def bagged_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int,
     s, n = scale, len(offsets)
     hh, ww = h * s, w * s
     dtype = values.dtype
+    # The kernel takes its weights in the table's dtype. Half precision passes each float32 weight as two
+    # terms, its rounding and the remainder (hi + lo, 16 bits of it), on the same row: the sum then misses
+    # the exact one by its own final rounding only, as the float32 band of the fused path did.
+    split = dtype != torch.float32
+    m = 2 * n if split else n  # entries per bag
     total = b * hh  # output rows of the whole batch, image after image
     rows = max(1, min(total, _BAND_PIXELS // ww))  # output rows per band
     # int32 indices take FBGEMM's fastest kernels, where the table's rows and one call's entries fit them
-    index = torch.int32 if max(b * h * w, rows * ww * n) < _INT32_LIMIT else torch.int64
+    index = torch.int32 if max(b * h * w, rows * ww * m) < _INT32_LIMIT else torch.int64
     # [B * h * w, C] with contiguous rows: free for channels_last values, one coarse-sized copy otherwise
     # (a reshape could return a view with strided rows, which sends the op to a slow generic loop)
     table = values.detach().permute(0, 2, 3, 1).contiguous().view(b * h * w, c)
-    dy = torch.tensor([o[0] for o in offsets], dtype=index)
-    dx = torch.tensor([o[1] for o in offsets], dtype=index)
-    row_start = _clamped_cells(h, s, dy, index).mul_(w)  # [H, n]: the first table row of each coarse row read
-    col = _clamped_cells(w, s, dx, index)  # [W, n]
+    dy = torch.tensor([o[0] for o in offsets] * (m // n), dtype=index)
+    dx = torch.tensor([o[1] for o in offsets] * (m // n), dtype=index)
+    row_start = _clamped_cells(h, s, dy, index).mul_(w)  # [H, m]: the first table row of each coarse row read
+    col = _clamped_cells(w, s, dx, index)  # [W, m]
 
     def bags(g0: int, g1: int) -> Tensor:
         """The weighted sums of output rows ``g0 .. g1`` of the whole batch: [(g1 - g0) * W, C]."""
-        cells = torch.empty((g1 - g0, ww, n), dtype=index)
-        weights = torch.empty((g1 - g0, ww, n), dtype=dtype)
+        cells = torch.empty((g1 - g0, ww, m), dtype=index)
+        weights = torch.empty((g1 - g0, ww, m), dtype=dtype)
         r0 = g0
         while r0 < g1:  # image by image
             i, y0 = divmod(r0, hh)
@@ -89,9 +96,12 @@ def bagged_forward(logits: Tensor, values: Tensor, offsets: Offsets, scale: int,
             torch.add(row_start[y0:y1, None, :], col[None, :, :], out=cells[at])
             if i:
                 cells[at] += i * h * w
-            # softmax over the offsets, laid out [rows, W, n] like the indices, in the table's dtype
-            weights[at] = torch.softmax(logits[i, :, y0:y1].permute(1, 2, 0), dim=-1, dtype=torch.float32)
-        return F.embedding_bag(cells.view(-1, n), table, mode="sum", per_sample_weights=weights.view(-1, n))
+            # softmax over the offsets, laid out [rows, W, n] like the indices
+            p = torch.softmax(logits[i, :, y0:y1].permute(1, 2, 0), dim=-1, dtype=torch.float32)
+            weights[at, :, :n] = p
+            if split:
+                weights[at, :, n:] = p - weights[at, :, :n].float()
+        return F.embedding_bag(cells.view(-1, m), table, mode="sum", per_sample_weights=weights.view(-1, m))
 
     layout = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((b, c, hh, ww), dtype=dtype, device=values.device, memory_format=layout)

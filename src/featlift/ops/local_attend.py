@@ -89,6 +89,11 @@ def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
         raise ValueError(f"logits have {n} channels but the neighbourhood has {len(offsets)} offsets")
     if b != vb:
         raise ValueError(f"batch mismatch: logits have {b} items, values {vb}")
+    if 0 in values.shape[1:]:
+        raise ValueError(
+            f"values of shape {tuple(values.shape)} have no channels or no cells; local_attend needs C, h and w "
+            "of at least 1"
+        )
     if (hh, ww) != (h * scale, w * scale):
         raise ValueError(
             f"logits are {hh}x{ww} but values {h}x{w} at scale {scale} need logits of {h * scale}x{w * scale}"
@@ -96,6 +101,17 @@ def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
 
 
 IMPLS = ("auto", "reference", "fused", "bagged", "triton", "portable")
+
+
+def _check_bagged(values: Tensor, source: str) -> None:
+    """A RuntimeError naming the fix unless the embedding-bag path serves ``values``."""
+    if not bagged_supported(values.device, values.dtype):
+        raise RuntimeError(
+            f"the embedding-bag local attend runs on the CPU in float32, bfloat16 or float16, not on "
+            f"{values.device} in {values.dtype} ({source}); use impl='fused' or 'auto', or unset {ENV_VAR}"
+        )
+
+
 ENV_VAR = "FEATLIFT_ATTEND_IMPL"
 
 
@@ -211,10 +227,10 @@ class AttendPolicy:
 
     @torch.compiler.disable
     def auto(self, device: torch.device, dtype: torch.dtype, wide: bool = False) -> str:
-        """``"triton"`` if ``device`` is a candidate and the kernel passed its self-test there in ``dtype``
-        with that index width; else ``"bagged"`` where it applies (the CPU, see
-        :func:`~featlift.ops._bagged.bagged_supported`), else ``"fused"``. Each test runs once, never
-        under autograd."""
+        """On a candidate device (CUDA with Triton): ``"triton"`` if the kernel passed its self-test there in
+        ``dtype`` with that index width, else ``"fused"``. Elsewhere ``"bagged"`` where it applies (the
+        CPU in float32, bfloat16 or float16, see :func:`~featlift.ops._bagged.bagged_supported`), else
+        ``"fused"``. Each test runs once, never under autograd."""
         if not self.candidate(device):
             return "bagged" if bagged_supported(device, dtype) else "fused"
         key = (str(device), dtype, bool(wide))
@@ -248,11 +264,8 @@ class AttendPolicy:
                 "device and the triton package (or TRITON_INTERPRET=1 for the CPU interpreter); use "
                 f"impl='fused' or 'auto', or unset {ENV_VAR}"
             )
-        if choice == "bagged" and not bagged_supported(values.device, values.dtype):
-            raise RuntimeError(
-                f"the embedding-bag local attend runs on the CPU in float32, bfloat16 or float16, not on "
-                f"{values.device} in {values.dtype} ({source}); use impl='fused' or 'auto', or unset {ENV_VAR}"
-            )
+        if choice == "bagged":
+            _check_bagged(values, source)
         return choice
 
 
@@ -293,7 +306,8 @@ def resolve_impl(impl: str, values: Tensor) -> str:
 
     Raises:
         ValueError: an unknown ``impl`` or value of ``FEATLIFT_ATTEND_IMPL``.
-        RuntimeError: Triton is forced but cannot run on this device.
+        RuntimeError: Triton is forced but cannot run on this device, or the embedding-bag path is forced
+            off the CPU or in a dtype it does not serve (float64).
     """
     return attend_policy().resolve(impl, values)
 
@@ -359,6 +373,8 @@ def _local_attend_op(
         out = policy.kernel(logits, values, _pairs(offsets), scale, wide=wide)  # always NCHW
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
     if impl == "bagged":
+        # a program traced with the choice forced may run elsewhere (another device, float64)
+        _check_bagged(values, "impl='bagged', recorded when the call was traced")
         return bagged_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
     return fused_forward(logits, values, _pairs(offsets), scale, channels_last=channels_last)
 
