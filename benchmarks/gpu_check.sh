@@ -111,6 +111,7 @@ step() {
     shift 2
     wanted "$name" || return 0
     local left=$((BUDGET - ($(date +%s) - START)))
+    if [ "$left" -lt 0 ]; then left=0; fi  # a step that began past the budget has none left, not less
     if [ -n "$CAP" ] && [ "$CAP" -lt "$limit" ]; then limit="$CAP"; fi
     if [ "$left" -lt "$limit" ]; then limit="$left"; fi
     {
