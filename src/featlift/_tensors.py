@@ -13,10 +13,16 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["DTYPE_NAMES", "freeze", "to_dtype"]
+__all__ = ["DTYPE_NAMES", "dtype_str", "freeze", "to_dtype"]
 
 # The floating-point dtypes featlift computes and stores in, by the name torch gives them.
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+
+def dtype_str(dtype: torch.dtype | str) -> str:
+    """The name torch gives ``dtype``, without ``torch.`` (``torch.bfloat16`` -> ``"bfloat16"``): how files,
+    reports and pages name a dtype."""
+    return dtype.removeprefix("torch.") if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
 
 
 def to_dtype(dtype: torch.dtype | str, allowed: tuple[str, ...] = DTYPE_NAMES, *, what: str = "dtype") -> torch.dtype:
@@ -24,7 +30,7 @@ def to_dtype(dtype: torch.dtype | str, allowed: tuple[str, ...] = DTYPE_NAMES, *
     one of ``allowed``; a :class:`~featlift.errors.ConfigError` naming ``what`` and the choices otherwise."""
     import torch
 
-    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    name = dtype_str(dtype)
     if name not in allowed or not isinstance(getattr(torch, name, None), torch.dtype):
         raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {dtype!r}")
     return getattr(torch, name)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .._memory import format_bytes
 from .._peak_memory import PeakMemory
+from .._tensors import dtype_str
 from .._upsampler import Upsampler
 from ..errors import ConfigError, ExpiredResultError
 from ..viz import fit_pca
@@ -194,7 +195,7 @@ class DemoEngine:
             estimate_bytes=estimate.total,
             output_shape=output_shape,
             lowres_shape=lowres_shape,
-            dtype=str(up.dtype).removeprefix("torch."),
+            dtype=dtype_str(up.dtype),
             note=upload.note,
         )
         logger.info(

@@ -10,6 +10,7 @@ from pathlib import Path
 from .._atomic import atomic_write
 from .._distributed import Dist, init_distributed, process_device
 from .._feature_cache import FeatureCache
+from .._tensors import dtype_str
 from .upsamplers import featlift_dtype, make_source
 
 __all__ = ["dtype_name", "label", "make_sources", "processes", "write_report"]
@@ -27,7 +28,7 @@ def dtype_name(options: dict) -> str:
     """The dtype featlift models named by their spec are loaded in, as the report names it (``options``:
     :func:`~featlift.eval.upsamplers.make_source`'s keywords, the device resolved by :func:`processes`)."""
     given = {key: options[key] for key in ("amp", "device") if key in options}
-    return str(featlift_dtype(options.get("dtype"), **given)).removeprefix("torch.")
+    return dtype_str(featlift_dtype(options.get("dtype"), **given))
 
 
 def make_sources(upsamplers: list, options: dict):

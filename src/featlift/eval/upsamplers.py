@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from .._builder import LoadOptions
 from .._feature_cache import FeatureCache
 from .._images import resize_to_patch_multiple
+from .._tensors import dtype_str
 from .._upsampler import Upsampler
 from ..backbones import Backbone, UserModule, create_backbone
 from ..backbones._normalisation import Stats, normalise
@@ -90,7 +91,7 @@ class _FeatliftSource(FeatureSource):
         self.device = upsampler.device
         self.tile = tile
         self.cache = cache
-        self.compute_dtype = str(upsampler.dtype).removeprefix("torch.")
+        self.compute_dtype = dtype_str(upsampler.dtype)
 
     def _lowres(self, images: Tensor) -> Tensor | None:
         if self.cache is None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .._builder import LoadOptions, load_uplift, load_upsampler
-from .._tensors import freeze
+from .._tensors import dtype_str, freeze
 from .._upsampler import Upsampler
 from ..errors import ConfigError
 from ..modeling.uplift import UPLiFT
@@ -134,7 +134,7 @@ class ExportTarget:
             "featlift.iters": str(self.iters),
             "featlift.up_factor": str(config.up_factor),
             "featlift.with_backbone": str(self.with_backbone).lower(),
-            "featlift.dtype": str(self.dtype).removeprefix("torch."),
+            "featlift.dtype": dtype_str(self.dtype),
             "featlift.config": json.dumps(config.to_dict(), separators=(",", ":")),
         }
         if config.backbone.name:

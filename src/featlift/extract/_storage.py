@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .._atomic import atomic_write
+from .._tensors import dtype_str
 from ._plan import Job
 
 __all__ = ["Writer", "prepare", "stored", "write"]
@@ -52,10 +53,6 @@ def prepare(features: Tensor, *, save_dtype: torch.dtype | None, pca: bool) -> t
     return stored(tensor, tensor.dtype if save_dtype is None else save_dtype), picture
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def write(job: Job, tensor: Tensor, picture: Any, *, model: str, compute_dtype: torch.dtype | None = None) -> None:
     """Write :func:`prepare`'s outputs, each atomically (file work only: the :class:`Writer` thread runs it).
     The file holds ``tensor`` as ``"features"`` with the source, model, stored dtype and (when given) the
@@ -64,9 +61,9 @@ def write(job: Job, tensor: Tensor, picture: Any, *, model: str, compute_dtype: 
     from safetensors.torch import save_file
 
     job.features.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"source": str(job.source), "model": model, "dtype": _name(tensor.dtype)}
+    metadata = {"source": str(job.source), "model": model, "dtype": dtype_str(tensor.dtype)}
     if compute_dtype is not None:
-        metadata["compute_dtype"] = _name(compute_dtype)
+        metadata["compute_dtype"] = dtype_str(compute_dtype)
     with atomic_write(job.features) as tmp:
         save_file({"features": tensor}, str(tmp), metadata=metadata)
     if picture is not None:
