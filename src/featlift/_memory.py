@@ -158,11 +158,12 @@ def estimate_call(
         # it goes one axis at a time in float32, half precision RESIZE_CHANNELS channels at a time.
         (oh, ow), (nh, nw) = output_size, (h * f**iters, w * f**iters)
         resize = out_native + batch * out_channels * itemsize * oh * ow
-        one_axis = max(oh * nw, nh * ow)
-        if (oh * 2 < nh or ow * 2 < nw) and itemsize == 4:
-            resize += batch * out_channels * 4 * one_axis
-        elif oh * 2 < nh or ow * 2 < nw:  # per slice: its float32 copy, the one-axis pass, its float32 result
-            resize += batch * min(out_channels, RESIZE_CHANNELS) * 4 * (nh * nw + one_axis + oh * ow)
+        if oh * 2 < nh or ow * 2 < nw:
+            one_axis = max(oh * nw, nh * ow)
+            if itemsize == 4:
+                resize += batch * out_channels * 4 * one_axis
+            else:  # per slice: its float32 copy, the one-axis pass, its float32 result
+                resize += batch * min(out_channels, RESIZE_CHANNELS) * 4 * (nh * nw + one_axis + oh * ow)
     output = batch * out_channels * itemsize * (native if output_size is None else math.prod(output_size))
     total = MARGIN * (held + max(backbone_bytes, uplift_peak, resize))
     return MemoryEstimate(

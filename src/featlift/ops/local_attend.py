@@ -101,6 +101,7 @@ def _check_inputs(logits: Tensor, values: Tensor, offsets: Offsets, scale: int) 
 
 
 IMPLS = ("auto", "reference", "fused", "bagged", "triton", "portable")
+ENV_VAR = "FEATLIFT_ATTEND_IMPL"
 
 
 def _check_bagged(values: Tensor, source: str) -> None:
@@ -110,9 +111,6 @@ def _check_bagged(values: Tensor, source: str) -> None:
             f"the embedding-bag local attend runs on the CPU in float32, bfloat16 or float16, not on "
             f"{values.device} in {values.dtype} ({source}); use impl='fused' or 'auto', or unset {ENV_VAR}"
         )
-
-
-ENV_VAR = "FEATLIFT_ATTEND_IMPL"
 
 
 def check_impl(impl: str) -> str:
